@@ -1,0 +1,326 @@
+//! Events: the facts the ledger records, named in the past tense. Their JSON is public
+//! contract; each type has a JSON Schema in `schemas/`.
+
+use super::ids::{AssetId, MeterId, SiteId, TenantId};
+use super::quantity::{AmountEu, EnergyWh, decimal_str, opt_decimal_str};
+use super::tariff::{Flow, Price, Source, Tariff};
+use super::time::{Interval, Period, opt_time_str, time_str};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version every event type is written with today.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeterKind {
+    Generation,
+    Storage,
+    Load,
+}
+
+impl MeterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterKind::Generation => "generation",
+            MeterKind::Storage => "storage",
+            MeterKind::Load => "load",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "generation" => Ok(Self::Generation),
+            "storage" => Ok(Self::Storage),
+            "load" => Ok(Self::Load),
+            _ => Err(format!("must be one of generation, storage, load; got {s:?}")),
+        }
+    }
+
+    /// The flows a meter of this kind may post.
+    pub fn allows(self, flow: Flow) -> bool {
+        matches!(
+            (self, flow),
+            (Self::Generation, Flow::Generated)
+                | (Self::Storage, Flow::Stored | Flow::Dispatched)
+                | (Self::Load, Flow::Consumed)
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    #[default]
+    Actual,
+    Estimated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRegistered {
+    pub site_id: SiteId,
+    pub time_zone: String,
+    #[serde(with = "decimal_str")]
+    pub loss_tolerance_pct: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRegistered {
+    pub tenant_id: TenantId,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterRegistered {
+    pub meter_id: MeterId,
+    pub site_id: SiteId,
+    pub kind: MeterKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_id: Option<AssetId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(with = "decimal_str")]
+    pub rated_power_w: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_wh: Option<EnergyWh>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_wh: Option<EnergyWh>,
+    /// Share of charged energy a battery can give back (storage only; 100 when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_decimal_str"
+    )]
+    pub round_trip_efficiency_pct: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time_str")]
+    pub active_from: Option<DateTime<Utc>>,
+}
+
+
+/// A metered reading and the price it was given when it was recorded. The same shape is
+/// recorded for each of the four flows (`EnergyGenerated`, `EnergyStored`, …).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadingRecorded {
+    pub meter_id: MeterId,
+    pub site_id: SiteId,
+    pub flow: Flow,
+    #[serde(with = "time_str")]
+    pub start: DateTime<Utc>,
+    #[serde(with = "time_str")]
+    pub end: DateTime<Utc>,
+    pub energy_wh: EnergyWh,
+    pub quality: Quality,
+    /// The asset (generation, storage) or tenant (load) the meter measures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_id: Option<AssetId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    pub price: Price,
+    /// The period the interval belongs to (by its start, UTC).
+    pub period: Period,
+    /// The period it is booked into: `period` unless that was closed when it arrived.
+    pub booked_period: Period,
+}
+
+/// A correction of an earlier reading: records the new value and the difference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadingCorrected {
+    pub corrected_event_id: Uuid,
+    pub meter_id: MeterId,
+    pub site_id: SiteId,
+    pub flow: Flow,
+    #[serde(with = "time_str")]
+    pub start: DateTime<Utc>,
+    #[serde(with = "time_str")]
+    pub end: DateTime<Utc>,
+    pub previous_wh: EnergyWh,
+    pub energy_wh: EnergyWh,
+    #[serde(with = "decimal_str")]
+    pub delta_wh: Decimal,
+    #[serde(with = "decimal_str")]
+    pub previous_amount_eu: Decimal,
+    /// The new value priced by the tariff and bands of the corrected reading.
+    pub price: Price,
+    #[serde(with = "decimal_str")]
+    pub delta_eu: Decimal,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_id: Option<AssetId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    pub period: Period,
+    pub booked_period: Period,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditsIssued {
+    pub tenant_id: TenantId,
+    pub amount_eu: AmountEu,
+    pub memo: String,
+    pub booked_period: Period,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditsTransferred {
+    pub from_tenant: TenantId,
+    pub to_tenant: TenantId,
+    pub amount_eu: AmountEu,
+    pub memo: String,
+    pub booked_period: Period,
+}
+
+/// A billing period closed. `last_position` and `chain_hash` pin the log as it stood, so
+/// that a later deletion of its tail is detected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodClosed {
+    pub period: Period,
+    pub last_position: u64,
+    pub chain_hash: String,
+}
+
+/// Every event the ledger records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "data")]
+pub enum Event {
+    SiteRegistered(SiteRegistered),
+    TariffPublished(Tariff),
+    PeriodClosed(PeriodClosed),
+    MeterRegistered(MeterRegistered),
+    EnergyGenerated(ReadingRecorded),
+    EnergyStored(ReadingRecorded),
+    EnergyDispatched(ReadingRecorded),
+    EnergyConsumed(ReadingRecorded),
+    ReadingCorrected(ReadingCorrected),
+    TenantRegistered(TenantRegistered),
+    CreditsIssued(CreditsIssued),
+    CreditsTransferred(CreditsTransferred),
+}
+
+/// All event type names, in the order of the catalog.
+pub const EVENT_TYPES: [&str; 12] = [
+    "SiteRegistered",
+    "TariffPublished",
+    "PeriodClosed",
+    "MeterRegistered",
+    "EnergyGenerated",
+    "EnergyStored",
+    "EnergyDispatched",
+    "EnergyConsumed",
+    "ReadingCorrected",
+    "TenantRegistered",
+    "CreditsIssued",
+    "CreditsTransferred",
+];
+
+impl ReadingRecorded {
+    pub fn interval(&self) -> Interval {
+        Interval {
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+impl ReadingCorrected {
+    pub fn interval(&self) -> Interval {
+        Interval {
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::SiteRegistered(_) => "SiteRegistered",
+            Event::TariffPublished(_) => "TariffPublished",
+            Event::PeriodClosed(_) => "PeriodClosed",
+            Event::MeterRegistered(_) => "MeterRegistered",
+            Event::EnergyGenerated(_) => "EnergyGenerated",
+            Event::EnergyStored(_) => "EnergyStored",
+            Event::EnergyDispatched(_) => "EnergyDispatched",
+            Event::EnergyConsumed(_) => "EnergyConsumed",
+            Event::ReadingCorrected(_) => "ReadingCorrected",
+            Event::TenantRegistered(_) => "TenantRegistered",
+            Event::CreditsIssued(_) => "CreditsIssued",
+            Event::CreditsTransferred(_) => "CreditsTransferred",
+        }
+    }
+
+    /// The reading event for a flow.
+    pub fn reading(r: ReadingRecorded) -> Self {
+        match r.flow {
+            Flow::Generated => Event::EnergyGenerated(r),
+            Flow::Stored => Event::EnergyStored(r),
+            Flow::Dispatched => Event::EnergyDispatched(r),
+            Flow::Consumed => Event::EnergyConsumed(r),
+        }
+    }
+
+    pub fn as_reading(&self) -> Option<&ReadingRecorded> {
+        match self {
+            Event::EnergyGenerated(r)
+            | Event::EnergyStored(r)
+            | Event::EnergyDispatched(r)
+            | Event::EnergyConsumed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The event's `data` object, as stored.
+    pub fn to_data(&self) -> serde_json::Value {
+        match serde_json::to_value(self).expect("events serialise") {
+            serde_json::Value::Object(mut m) => m.remove("data").expect("adjacently tagged"),
+            _ => unreachable!("adjacently tagged events serialise to objects"),
+        }
+    }
+
+    /// Rebuilds an event from its stored type and data (JSON text).
+    ///
+    /// Each type's data is parsed straight into its struct: going through serde's buffered
+    /// `Content` (as a tagged enum would) loses numbers under `arbitrary_precision`.
+    pub fn from_parts(event_type: &str, data: &str) -> Result<Self, String> {
+        fn p<T: serde::de::DeserializeOwned>(data: &str) -> Result<T, serde_json::Error> {
+            serde_json::from_str(data)
+        }
+        let ev = match event_type {
+            "SiteRegistered" => p(data).map(Event::SiteRegistered),
+            "TariffPublished" => p(data).map(Event::TariffPublished),
+            "PeriodClosed" => p(data).map(Event::PeriodClosed),
+            "MeterRegistered" => p(data).map(Event::MeterRegistered),
+            "EnergyGenerated" => p(data).map(Event::EnergyGenerated),
+            "EnergyStored" => p(data).map(Event::EnergyStored),
+            "EnergyDispatched" => p(data).map(Event::EnergyDispatched),
+            "EnergyConsumed" => p(data).map(Event::EnergyConsumed),
+            "ReadingCorrected" => p(data).map(Event::ReadingCorrected),
+            "TenantRegistered" => p(data).map(Event::TenantRegistered),
+            "CreditsIssued" => p(data).map(Event::CreditsIssued),
+            "CreditsTransferred" => p(data).map(Event::CreditsTransferred),
+            other => return Err(format!("unknown event type {other:?}")),
+        };
+        ev.map_err(|e| format!("{event_type}: {e}"))
+    }
+}
+
+/// The stream an entity's events live on.
+pub fn site_stream(site: &SiteId) -> String {
+    format!("site-{site}")
+}
+pub fn meter_stream(meter: &MeterId) -> String {
+    format!("meter-{meter}")
+}
+pub fn tenant_stream(tenant: &TenantId) -> String {
+    format!("tenant-{tenant}")
+}
+pub fn period_stream(period: &Period) -> String {
+    format!("period-{period}")
+}

@@ -1,0 +1,234 @@
+//! Wh and EU quantities over `rust_decimal`: never floats, carried in JSON as strings.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// Wh are recorded to the milliwatt-hour.
+pub const ENERGY_WH_SCALE_MAX: u32 = 3;
+/// EU are recorded to the millionth; prices are rounded to this once.
+pub const AMOUNT_EU_SCALE_MAX: u32 = 6;
+/// The largest quantity the ledger accepts in one command (Wh or EU): 10^18.
+/// Far above any physical reading, far below `Decimal`'s range, so sums of a
+/// long history cannot overflow.
+pub const QUANTITY_MAX: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0);
+
+/// Parses a plain decimal string (`"12500.125"`, `"-3"`), refusing exponents,
+/// empty strings, `NaN`, infinities and anything `Decimal` cannot hold exactly.
+pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must be a decimal number, got an empty string".into());
+    }
+    if t.len() > 40 || !t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+    {
+        return Err(format!("must be a plain decimal number such as \"12.5\", got {s:?}"));
+    }
+    let d = Decimal::from_str_exact(t)
+        .map_err(|_| format!("must be a plain decimal number such as \"12.5\", got {s:?}"))?;
+    if d.abs() > QUANTITY_MAX {
+        return Err(format!("must be at most {QUANTITY_MAX} in magnitude"));
+    }
+    Ok(d)
+}
+
+/// Renders a decimal without trailing zeros (`"742500"`, `"1.65"`).
+pub fn fmt_decimal(d: &Decimal) -> String {
+    d.normalize().to_string()
+}
+
+/// Rounds an EU amount once, to 6 decimals, half to even.
+pub fn round_eu(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(AMOUNT_EU_SCALE_MAX, RoundingStrategy::MidpointNearestEven)
+}
+
+/// Rounds Wh to 3 decimals, half to even (only for pro-rata shares).
+pub fn round_wh(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(ENERGY_WH_SCALE_MAX, RoundingStrategy::MidpointNearestEven)
+}
+
+/// Serde helpers for `Decimal` fields carried as JSON strings.
+pub mod decimal_str {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&fmt_decimal(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        decimal_from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde helpers for `Option<Decimal>` fields carried as JSON strings.
+pub mod opt_decimal_str {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&fmt_decimal(d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        decimal_from_json(&v).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A decimal from a JSON string or number. Numbers keep their exact text
+/// (serde_json's `arbitrary_precision`), so nothing passes through `f64`.
+pub fn decimal_from_json(v: &serde_json::Value) -> Result<Decimal, String> {
+    match v {
+        serde_json::Value::String(s) => parse_decimal(s),
+        serde_json::Value::Number(n) => parse_decimal(&n.to_string()),
+        other => Err(format!(
+            "must be a decimal number (a string such as \"12.5\"), got {}",
+            json_kind(other)
+        )),
+    }
+}
+
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+macro_rules! quantity {
+    ($(#[$doc:meta])* $name:ident, $scale:expr, $unit:literal, nonneg = $nonneg:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(Decimal);
+
+        impl $name {
+            pub const ZERO: Self = Self(Decimal::ZERO);
+
+            pub fn parse(s: &str) -> Result<Self, String> {
+                Self::new(parse_decimal(s)?)
+            }
+
+            pub fn new(d: Decimal) -> Result<Self, String> {
+                if $nonneg && d.is_sign_negative() && !d.is_zero() {
+                    return Err(format!("must not be negative, got {}", fmt_decimal(&d)));
+                }
+                if d.normalize().scale() > $scale {
+                    return Err(format!(
+                        "must have at most {} decimal places ({}), got {}",
+                        $scale,
+                        $unit,
+                        fmt_decimal(&d)
+                    ));
+                }
+                if d.abs() > QUANTITY_MAX {
+                    return Err(format!("must be at most {QUANTITY_MAX} in magnitude"));
+                }
+                Ok(Self(d.normalize()))
+            }
+
+            pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+                Self::new(decimal_from_json(v)?)
+            }
+
+            pub fn value(self) -> Decimal {
+                self.0
+            }
+
+            pub fn is_zero(self) -> bool {
+                self.0.is_zero()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&fmt_decimal(&self.0))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::parse(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&fmt_decimal(&self.0))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = serde_json::Value::deserialize(d)?;
+                Self::from_json(&v).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+quantity!(
+    /// Physical energy in watt-hours: never negative, at most 3 decimals.
+    EnergyWh, ENERGY_WH_SCALE_MAX, "Wh", nonneg = true
+);
+quantity!(
+    /// An amount of energy units: at most 6 decimals, any sign.
+    AmountEu, AMOUNT_EU_SCALE_MAX, "EU", nonneg = false
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn energy_parses_strings_and_numbers_exactly() {
+        assert_eq!(EnergyWh::parse("12500.125").unwrap().to_string(), "12500.125");
+        let v: serde_json::Value = serde_json::from_str("0.1").unwrap();
+        assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "0.1");
+        let v: serde_json::Value = serde_json::from_str("123456789012345.125").unwrap();
+        assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "123456789012345.125");
+    }
+
+    #[test]
+    fn energy_refuses_negative_too_precise_and_exotic() {
+        assert!(EnergyWh::parse("-1").is_err());
+        assert!(EnergyWh::parse("1.0001").is_err());
+        assert!(EnergyWh::parse("1e3").is_err());
+        assert!(EnergyWh::parse("NaN").is_err());
+        assert!(EnergyWh::parse("").is_err());
+        assert!(EnergyWh::parse(&"9".repeat(40)).is_err());
+        let v: serde_json::Value = serde_json::from_str("1e400").unwrap();
+        assert!(EnergyWh::from_json(&v).is_err());
+        assert!(EnergyWh::from_json(&serde_json::Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn trailing_zeros_do_not_count_as_precision() {
+        assert_eq!(EnergyWh::parse("1.5000").unwrap().to_string(), "1.5");
+        assert_eq!(AmountEu::parse("-2.000000").unwrap().to_string(), "-2");
+        assert!(AmountEu::parse("0.0000001").is_err());
+    }
+
+    #[test]
+    fn rounding_is_half_to_even_at_six_places() {
+        assert_eq!(round_eu(Decimal::from_str("0.0000005").unwrap()).to_string(), "0.000000");
+        assert_eq!(round_eu(Decimal::from_str("0.0000015").unwrap()).to_string(), "0.000002");
+        assert_eq!(round_eu(Decimal::from_str("2.0000025").unwrap()).to_string(), "2.000002");
+    }
+
+    #[test]
+    fn quantity_max_is_ten_to_the_eighteen() {
+        assert_eq!(QUANTITY_MAX, Decimal::from_str("1000000000000000000").unwrap());
+    }
+}

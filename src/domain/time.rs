@@ -1,0 +1,185 @@
+//! Intervals `[start, end)` and billing periods (calendar months, UTC).
+
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// The longest interval one reading may cover.
+pub const INTERVAL_S_MAX: i64 = 24 * 3600;
+
+/// Parses an RFC 3339 timestamp and returns it in UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}"))
+}
+
+/// Renders a time as RFC 3339 in UTC with a `Z`.
+pub fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Serde helpers for `DateTime<Utc>` fields, rendered with `fmt_time`.
+pub mod time_str {
+    use super::*;
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&fmt_time(t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_time(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde helpers for `Option<DateTime<Utc>>`.
+pub mod opt_time_str {
+    use super::*;
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&fmt_time(t)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| parse_time(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A metered interval `[start, end)`: `start < end`, at most 24 h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Interval {
+    #[serde(with = "time_str")]
+    pub start: DateTime<Utc>,
+    #[serde(with = "time_str")]
+    pub end: DateTime<Utc>,
+}
+
+impl Interval {
+    pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<Self, String> {
+        if end <= start {
+            return Err(format!(
+                "end {} must be after start {}",
+                fmt_time(&end),
+                fmt_time(&start)
+            ));
+        }
+        if (end - start).num_seconds() > INTERVAL_S_MAX {
+            return Err("an interval may cover at most 24 hours".into());
+        }
+        Ok(Self { start, end })
+    }
+
+    pub fn duration_ms(&self) -> i64 {
+        (self.end - self.start).num_milliseconds()
+    }
+
+    pub fn overlaps(&self, other: &Interval) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+}
+
+/// A billing period: a calendar month in UTC, written `YYYY-MM`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Period {
+    year: i32,
+    month: u32,
+}
+
+impl Period {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("must be a month written YYYY-MM, such as \"2026-11\", got {s:?}");
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        let year: i32 = y.parse().map_err(|_| bad())?;
+        let month: u32 = m.parse().map_err(|_| bad())?;
+        if !(1..=12).contains(&month) || !(1970..=9999).contains(&year) {
+            return Err(bad());
+        }
+        Ok(Self { year, month })
+    }
+
+    /// The period that contains `t`.
+    pub fn of(t: DateTime<Utc>) -> Self {
+        Self {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    pub fn start(&self) -> DateTime<Utc> {
+        let d = NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("valid month");
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
+    }
+
+    pub fn next(&self) -> Self {
+        if self.month == 12 {
+            Self {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    pub fn end(&self) -> DateTime<Utc> {
+        self.next().start()
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_must_be_ordered_and_short() {
+        let t = |s| parse_time(s).unwrap();
+        assert!(Interval::new(t("2026-01-01T00:00:00Z"), t("2026-01-01T00:15:00Z")).is_ok());
+        assert!(Interval::new(t("2026-01-01T00:15:00Z"), t("2026-01-01T00:15:00Z")).is_err());
+        assert!(Interval::new(t("2026-01-01T00:15:00Z"), t("2026-01-01T00:00:00Z")).is_err());
+        assert!(Interval::new(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z")).is_ok());
+        assert!(Interval::new(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:01Z")).is_err());
+    }
+
+    #[test]
+    fn offsets_are_normalised_to_utc() {
+        let a = parse_time("2026-03-08T01:00:00-06:00").unwrap();
+        assert_eq!(fmt_time(&a), "2026-03-08T07:00:00Z");
+    }
+
+    #[test]
+    fn periods_parse_and_step() {
+        let p = Period::parse("2026-12").unwrap();
+        assert_eq!(p.next().to_string(), "2027-01");
+        assert_eq!(fmt_time(&p.end()), "2027-01-01T00:00:00Z");
+        assert!(Period::parse("2026-13").is_err());
+        assert!(Period::parse("2026-1").is_err());
+        assert!(Period::parse("26-01").is_err());
+    }
+}

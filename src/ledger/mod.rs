@@ -1,0 +1,334 @@
+//! The write path: the only place that appends. A command is decided against the state
+//! under one lock, its event is queued to the store before the lock is released (so the
+//! log's order is the order of decisions), and the caller waits for durability outside the
+//! lock — which lets the store fold many commands into one commit.
+
+use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
+use crate::store::{
+    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
+    canonical_json,
+};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use uuid::Uuid;
+
+/// How long a duplicate's answer waits for its original to become durable.
+pub const DUPLICATE_WAIT_MS_MAX: u64 = 10_000;
+/// How often a command is retried after another writer moved a stream under it.
+pub const CONFLICT_RETRIES_MAX: usize = 3;
+
+/// The ledger's clock, injected so that tests decide "now".
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that stays where a test puts it.
+pub struct FixedClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl FixedClock {
+    pub fn new(t: DateTime<Utc>) -> Self {
+        Self(std::sync::Mutex::new(t))
+    }
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().expect("clock lock") = t;
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("clock lock")
+    }
+}
+
+/// A command that was carried out (now or before).
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub duplicate: bool,
+    pub event: Event,
+}
+
+impl Accepted {
+    /// The result object of CONTRACT §2.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "ok": true,
+            "event_id": self.event_id,
+            "stream": self.stream,
+            "version": self.version,
+            "position": self.position,
+            "duplicate": self.duplicate,
+            "event_type": self.event.event_type(),
+        });
+        let m = v.as_object_mut().expect("object");
+        match &self.event {
+            Event::ReadingCorrected(c) => {
+                m.insert("price".into(), serde_json::to_value(&c.price).expect("price"));
+                m.insert("delta_eu".into(), json!(crate::domain::quantity::fmt_decimal(&c.delta_eu)));
+            }
+            Event::TariffPublished(t) => {
+                m.insert("tariff_version".into(), json!(t.tariff_version));
+            }
+            e => {
+                if let Some(r) = e.as_reading() {
+                    m.insert("price".into(), serde_json::to_value(&r.price).expect("price"));
+                }
+            }
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl CommandError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::Rejected(r) => r.code.as_str(),
+            CommandError::Store(StoreError::Busy(_)) => "busy",
+            CommandError::Store(StoreError::VersionConflict { .. }) => "conflict",
+            CommandError::Store(StoreError::DuplicateEventId(_)) => "conflict",
+            CommandError::Store(_) => "unavailable",
+        }
+    }
+
+    /// The refusal object of CONTRACT §2.
+    pub fn to_json(&self) -> Value {
+        match self {
+            CommandError::Rejected(r) => {
+                let mut e = serde_json::to_value(r).expect("rejection");
+                e.as_object_mut().expect("object").insert("code".into(), json!(r.code.as_str()));
+                json!({"ok": false, "error": e})
+            }
+            CommandError::Store(s) => json!({"ok": false, "error": {"code": self.code(), "message": s.to_string()}}),
+        }
+    }
+}
+
+pub type Outcome = Result<Accepted, CommandError>;
+
+struct Inner {
+    state: LedgerState,
+}
+
+pub struct Ledger {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    inner: tokio::sync::Mutex<Inner>,
+    /// Set when an append the state already counted was not recorded: the state must be
+    /// rebuilt from the log before the next decision.
+    stale: Arc<AtomicBool>,
+}
+
+/// A decided command waiting for its answer.
+pub enum Pending {
+    Ready(Outcome),
+    Append {
+        ticket: AppendTicket,
+        new: Box<NewEvent>,
+        stale: Arc<AtomicBool>,
+    },
+    Duplicate {
+        store: Arc<dyn EventStore>,
+        event_id: Uuid,
+        stream: String,
+        version: u64,
+    },
+}
+
+impl Pending {
+    pub async fn wait(self) -> Outcome {
+        match self {
+            Pending::Ready(o) => o,
+            Pending::Append { ticket, new, stale } => match ticket.wait().await {
+                Ok(a) => {
+                    let (position, version) = a.recorded[0];
+                    Ok(Accepted {
+                        event_id: new.event_id,
+                        stream: new.stream,
+                        version,
+                        position,
+                        duplicate: a.duplicate,
+                        event: new.event,
+                    })
+                }
+                Err(e) => {
+                    stale.store(true, Ordering::SeqCst);
+                    Err(CommandError::Store(e))
+                }
+            },
+            Pending::Duplicate {
+                store,
+                event_id,
+                stream,
+                version,
+            } => recorded_result(store.as_ref(), event_id, &stream, version).await,
+        }
+    }
+}
+
+/// The result of an event already recorded (or about to be: its append may still be in
+/// flight, so wait for it, bounded).
+async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, version: u64) -> Outcome {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(DUPLICATE_WAIT_MS_MAX);
+    let mut head = store.watch_head();
+    loop {
+        let found = store.read_stream(stream, version, 1).await?;
+        if let Some(r) = found.into_iter().next()
+            && r.event_id == event_id
+        {
+            let event = Event::from_parts(&r.event_type, &r.data).map_err(StoreError::Corrupt)?;
+            return Ok(Accepted {
+                event_id,
+                stream: r.stream,
+                version: r.version,
+                position: r.position,
+                duplicate: true,
+                event,
+            });
+        }
+        if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
+            return Err(CommandError::Store(StoreError::Unavailable(format!(
+                "event {event_id} was decided but is not recorded yet"
+            ))));
+        }
+    }
+}
+
+/// Folds the whole log into a fresh write state.
+pub async fn replay_state(store: &dyn EventStore) -> Result<LedgerState, StoreError> {
+    let mut state = LedgerState::default();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            let ev = Event::from_parts(&r.event_type, &r.data)
+                .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+            state.evolve(r.event_id, &r.stream, r.version, &ev);
+        }
+    }
+    Ok(state)
+}
+
+impl Ledger {
+    pub async fn open(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
+        let state = replay_state(store.as_ref()).await?;
+        Ok(Arc::new(Self {
+            store,
+            clock,
+            inner: tokio::sync::Mutex::new(Inner { state }),
+            stale: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Decides a command and queues its event; await the returned [`Pending`] for the answer.
+    pub async fn submit(&self, cmd: &Command) -> Pending {
+        let mut inner = self.inner.lock().await;
+        if self.stale.load(Ordering::SeqCst) {
+            match replay_state(self.store.as_ref()).await {
+                Ok(s) => {
+                    inner.state = s;
+                    self.stale.store(false, Ordering::SeqCst);
+                }
+                Err(e) => return Pending::Ready(Err(e.into())),
+            }
+        }
+        let head = if matches!(cmd, Command::ClosePeriod { .. }) {
+            match self.store.head().await {
+                Ok(h) => Some((h.position, h.hash)),
+                Err(e) => return Pending::Ready(Err(e.into())),
+            }
+        } else {
+            None
+        };
+        // Millisecond precision: every backend stores it exactly.
+        let now = self.clock.now();
+        let now = now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now);
+        let ctx = DecideContext { now, head };
+        match inner.state.decide(cmd, &ctx) {
+            Err(r) => Pending::Ready(Err(CommandError::Rejected(r))),
+            Ok(Decision::Duplicate {
+                event_id,
+                stream,
+                version,
+            }) => Pending::Duplicate {
+                store: self.store.clone(),
+                event_id,
+                stream,
+                version,
+            },
+            Ok(Decision::Append(new)) => {
+                let ticket = self.store.append(AppendBatch {
+                    stream: new.stream.clone(),
+                    expected: ExpectedVersion::at(new.expected_version),
+                    events: vec![EventToAppend {
+                        event_id: new.event_id,
+                        event_type: new.event.event_type().to_string(),
+                        schema_version: crate::domain::events::SCHEMA_VERSION,
+                        recorded_at: new.recorded_at,
+                        data: canonical_json(&new.event.to_data()),
+                    }],
+                });
+                inner
+                    .state
+                    .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+                Pending::Append {
+                    ticket,
+                    new: Box::new(new),
+                    stale: self.stale.clone(),
+                }
+            }
+        }
+    }
+
+    /// Decides, appends and waits for one command. A version conflict (another writer moved
+    /// the stream) rebuilds the state and decides again, a bounded number of times.
+    pub async fn execute(&self, cmd: &Command) -> Outcome {
+        let mut tries = 0;
+        loop {
+            let out = self.submit(cmd).await.wait().await;
+            match out {
+                Err(CommandError::Store(StoreError::VersionConflict { .. })) if tries < CONFLICT_RETRIES_MAX => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Parses and executes one JSON command (with its `"command"` field).
+    pub async fn execute_json(&self, v: &Value) -> Outcome {
+        let cmd = Command::from_json(v).map_err(CommandError::Rejected)?;
+        self.execute(&cmd).await
+    }
+
+    /// A read of the write state (for checks that need the ledger's own view).
+    pub async fn with_state<T>(&self, f: impl FnOnce(&LedgerState) -> T) -> T {
+        f(&self.inner.lock().await.state)
+    }
+}

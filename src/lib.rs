@@ -1,0 +1,12 @@
+//! wattledger: an append-only, event-sourced ledger for the energy of AI compute campuses.
+//!
+//! Read top-down: [`domain`] (pure types and rules), [`store`] (the event log),
+//! [`ledger`] (the write path), [`projections`] (the read side), [`audit`] (replay and
+//! verify), [`app`] (what the command line does).
+
+pub mod domain;
+pub mod store;
+pub mod ledger;
+pub mod projections;
+pub mod audit;
+pub mod app;

@@ -1,0 +1,124 @@
+//! The command line: parse arguments, call the library, print, exit.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use wattledger::app::{self, AppError, DEFAULT_STORE, StatementFormat};
+
+#[derive(Parser)]
+#[command(name = "wattledger", version, about = "The energy ledger of AI compute campuses")]
+struct Cli {
+    /// Store URL: sqlite://PATH (the embedded store).
+    #[arg(long, global = true, env = "WATTLEDGER_STORE", default_value = DEFAULT_STORE)]
+    store: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Csv,
+    Html,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Apply NDJSON commands from FILE (or - for standard input); one JSON result per line.
+    Apply { file: String },
+    /// A tenant's statement for a period.
+    Statement {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        period: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+    },
+    /// The balance of an account (tenant:ID, asset:ID, storage:ID, site:ID:bus, issuance).
+    Balance {
+        #[arg(long)]
+        account: String,
+    },
+    /// Replay the whole log and verify it; exit 0 when clean, 1 with findings.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every recorded event, in log order.
+    Export {
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+    },
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, AppError> {
+    match cli.command {
+        Cmd::Apply { file } => {
+            let ledger = app::open_ledger(&cli.store).await?;
+            let out = std::io::BufWriter::new(std::io::stdout());
+            let summary = if file == "-" {
+                app::apply(ledger.clone(), tokio::io::BufReader::new(tokio::io::stdin()), out).await?
+            } else {
+                let f = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(|e| AppError::Usage(format!("cannot open {file}: {e}")))?;
+                app::apply(ledger.clone(), tokio::io::BufReader::new(f), out).await?
+            };
+            ledger.store().shutdown().await;
+            eprintln!(
+                "applied: {} accepted, {} duplicates, {} refused",
+                summary.accepted, summary.duplicates, summary.refused
+            );
+            Ok(if summary.refused == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Statement { tenant, period, format } => {
+            let format = match format {
+                Format::Json => StatementFormat::Json,
+                Format::Csv => StatementFormat::Csv,
+                Format::Html => StatementFormat::Html,
+            };
+            print!("{}", app::statement(&cli.store, &tenant, &period, format).await?);
+            if format == StatementFormat::Json {
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Balance { account } => {
+            println!("{}", app::balance(&cli.store, &account).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit { json } => {
+            let report = app::audit(&cli.store, !json && std::io::stderr().is_terminal()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(if report.clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Export { format } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            app::export(&cli.store, &format, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wattledger: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wattledger: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

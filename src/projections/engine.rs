@@ -1,0 +1,227 @@
+//! Keeps a live [`Books`] caught up with the log: load the snapshot, check it against the
+//! log, catch up, follow live appends, and snapshot again.
+
+use super::Books;
+use crate::domain::Event;
+use crate::store::{EventStore, READ_PAGE_EVENTS_MAX, StoreError, Subscription};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// The snapshot file format; a file with another format is ignored and rebuilt.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// A live follower snapshots after applying this many events.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 50_000;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    position: u64,
+    chain_hash: String,
+    /// SHA-256 of the `books` JSON text, so a damaged file is detected.
+    checksum: String,
+    books: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read the snapshot: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the snapshot is damaged: {0}")]
+    Damaged(String),
+}
+
+/// Reads and checks a snapshot file (format, checksum, parse). Does not consult the log.
+pub fn read_snapshot(path: &Path) -> Result<Books, SnapshotError> {
+    let text = std::fs::read_to_string(path)?;
+    let f: SnapshotFile = serde_json::from_str(&text).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    if f.format != SNAPSHOT_FORMAT {
+        return Err(SnapshotError::Damaged(format!("format {} is not {SNAPSHOT_FORMAT}", f.format)));
+    }
+    if hex::encode(Sha256::digest(f.books.as_bytes())) != f.checksum {
+        return Err(SnapshotError::Damaged("checksum mismatch".into()));
+    }
+    let books: Books = serde_json::from_str(&f.books).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    if books.position != f.position || books.chain_hash != f.chain_hash {
+        return Err(SnapshotError::Damaged("header and content disagree".into()));
+    }
+    Ok(books)
+}
+
+/// Writes a snapshot atomically: a temporary file, fsync, rename.
+pub fn write_snapshot(path: &Path, books: &Books) -> std::io::Result<()> {
+    let text = serde_json::to_string(books).map_err(std::io::Error::other)?;
+    let f = SnapshotFile {
+        format: SNAPSHOT_FORMAT,
+        position: books.position,
+        chain_hash: books.chain_hash.clone(),
+        checksum: hex::encode(Sha256::digest(text.as_bytes())),
+        books: text,
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(serde_json::to_string(&f).map_err(std::io::Error::other)?.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Folds recorded events into books, parsing each event once.
+pub fn fold(books: &mut Books, page: &[crate::store::RecordedEvent]) -> Result<(), StoreError> {
+    for r in page {
+        let ev = Event::from_parts(&r.event_type, &r.data)
+            .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+        books.apply(r, &ev);
+    }
+    Ok(())
+}
+
+/// Where the snapshot of a store lives: beside an SQLite file, else under `./data`.
+pub fn snapshot_path_for(url: &str) -> PathBuf {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    if url.starts_with("sqlite://") || !url.contains("://") {
+        PathBuf::from(format!("{path}.snapshot.json"))
+    } else {
+        let mut h = Sha256::new();
+        h.update(url.as_bytes());
+        PathBuf::from(format!("data/projections-{}.snapshot.json", &hex::encode(h.finalize())[..16]))
+    }
+}
+
+pub struct Projections {
+    books: RwLock<Books>,
+    store: Arc<dyn EventStore>,
+    snapshot: Option<PathBuf>,
+    applied_tx: watch::Sender<u64>,
+    /// Why the snapshot was not used on start, if it was not.
+    pub snapshot_note: Option<String>,
+}
+
+impl Projections {
+    /// Loads the snapshot if it is sound and agrees with the log, then catches up.
+    pub async fn open(store: Arc<dyn EventStore>, snapshot: Option<PathBuf>) -> Result<Arc<Self>, StoreError> {
+        let mut note = None;
+        let mut books = Books::default();
+        if let Some(path) = &snapshot
+            && path.exists()
+        {
+            match read_snapshot(path) {
+                Ok(b) => match check_against_log(store.as_ref(), &b).await? {
+                    None => books = b,
+                    Some(why) => note = Some(format!("snapshot ignored, rebuilt from the log: {why}")),
+                },
+                Err(e) => note = Some(format!("snapshot ignored, rebuilt from the log: {e}")),
+            }
+        }
+        let (applied_tx, _) = watch::channel(books.position);
+        let p = Arc::new(Self {
+            books: RwLock::new(books),
+            store,
+            snapshot,
+            applied_tx,
+            snapshot_note: note,
+        });
+        p.catch_up().await?;
+        Ok(p)
+    }
+
+    /// Applies everything recorded after the current position.
+    pub async fn catch_up(&self) -> Result<u64, StoreError> {
+        loop {
+            let after = self.position();
+            let page = self.store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
+            if page.is_empty() {
+                return Ok(after);
+            }
+            self.apply_page(&page)?;
+        }
+    }
+
+    fn apply_page(&self, page: &[crate::store::RecordedEvent]) -> Result<(), StoreError> {
+        let mut books = self.books.write().expect("books lock");
+        // Only events after the current position: a page read before a concurrent
+        // catch-up must not be folded twice.
+        let fresh: Vec<_> = page.iter().filter(|r| r.position > books.position).cloned().collect();
+        fold(&mut books, &fresh)?;
+        let pos = books.position;
+        drop(books);
+        self.applied_tx.send_replace(pos);
+        Ok(())
+    }
+
+    /// Follows the log until the store fails, snapshotting every [`SNAPSHOT_EVERY_EVENTS`].
+    pub async fn follow(self: Arc<Self>) -> Result<(), StoreError> {
+        let mut sub = Subscription::new(self.store.clone(), self.position());
+        let mut since_snapshot = 0u64;
+        loop {
+            let r = sub.next().await?;
+            if r.position <= self.position() {
+                continue;
+            }
+            self.apply_page(std::slice::from_ref(&r))?;
+            since_snapshot += 1;
+            if since_snapshot >= SNAPSHOT_EVERY_EVENTS {
+                since_snapshot = 0;
+                if let Err(e) = self.save() {
+                    tracing_warn(&format!("could not write the projection snapshot: {e}"));
+                }
+            }
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.books.read().expect("books lock").position
+    }
+
+    /// Waits until the books have applied `position`, at most `timeout`.
+    pub async fn wait_for(&self, position: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.applied_tx.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok()
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Books) -> T) -> T {
+        f(&self.books.read().expect("books lock"))
+    }
+
+    /// Writes the snapshot (if this engine has a snapshot path).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.snapshot else { return Ok(()) };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let books = self.books.read().expect("books lock").clone();
+        write_snapshot(path, &books)
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+/// Whether a snapshot agrees with the log: the log reaches its position and the event there
+/// carries its chain hash. `Some(reason)` when it does not.
+pub async fn check_against_log(store: &dyn EventStore, books: &Books) -> Result<Option<String>, StoreError> {
+    if books.position == 0 {
+        return Ok(None);
+    }
+    let at = store.read_all(books.position - 1, 1).await?;
+    Ok(match at.first() {
+        Some(r) if r.position == books.position && r.hash == books.chain_hash => None,
+        Some(r) if r.position == books.position => Some(format!(
+            "the log's hash at position {} is {}, the snapshot recorded {}",
+            books.position, r.hash, books.chain_hash
+        )),
+        _ => Some(format!(
+            "the snapshot has seen position {} but the log does not reach it",
+            books.position
+        )),
+    })
+}

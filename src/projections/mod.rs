@@ -1,0 +1,612 @@
+//! Projections: pure folds over recorded events, checkpointed by global position.
+//!
+//! [`Books`] holds every read model — account balances, tenant statements, the energy
+//! balance of each site, battery state, settlement per period — and folds one event at a
+//! time with no I/O. [`engine`] keeps a live copy caught up with the log and snapshotted.
+
+pub mod engine;
+pub mod render;
+
+use crate::domain::events::{Event, MeterKind};
+use crate::domain::postings::{Side, credit_normal, postings};
+use crate::domain::quantity::{fmt_decimal, round_wh};
+use crate::domain::tariff::{Flow, Price};
+use crate::domain::time::{Period, fmt_time};
+use crate::store::RecordedEvent;
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The energy balance is kept on a fixed grid of this many seconds; readings are spread
+/// over it pro rata by time, so meters with different interval lengths still compare.
+pub const ENERGY_BALANCE_INTERVAL_S: i64 = 900;
+/// Most intervals one energy-balance read returns.
+pub const ENERGY_BALANCE_INTERVALS_MAX: usize = 10_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountTotals {
+    pub debits_eu: Decimal,
+    pub credits_eu: Decimal,
+    pub debits_wh: Decimal,
+    pub credits_wh: Decimal,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_wh: Option<Decimal>,
+    pub amount_eu: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<String>,
+    /// For an adjustment: the closed period the energy belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// One tenant's movements booked into one period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementAcc {
+    pub charges_eu: Decimal,
+    pub credits_eu: Decimal,
+    pub transfers_in_eu: Decimal,
+    pub transfers_out_eu: Decimal,
+    pub adjustments_eu: Decimal,
+    pub consumption_wh: Decimal,
+    /// Consumption aggregated per UTC day, site and band: `"date|site|band"`.
+    pub consumption: BTreeMap<String, Line>,
+    /// Every other line, in log order.
+    pub entries: Vec<Line>,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub chain_hash: String,
+}
+
+impl StatementAcc {
+    /// The net change of the tenant's holding in this period.
+    pub fn net_eu(&self) -> Decimal {
+        -self.charges_eu + self.credits_eu + self.transfers_in_eu - self.transfers_out_eu + self.adjustments_eu
+    }
+
+    fn touch(&mut self, rec: &RecordedEvent) {
+        if self.first_position == 0 {
+            self.first_position = rec.position;
+        }
+        self.last_position = rec.position;
+        self.chain_hash = rec.hash.clone();
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTotals {
+    pub generated_wh: Decimal,
+    pub stored_wh: Decimal,
+    pub dispatched_wh: Decimal,
+    pub consumed_wh: Decimal,
+}
+
+impl FlowTotals {
+    fn add(&mut self, flow: Flow, wh: Decimal) {
+        match flow {
+            Flow::Generated => self.generated_wh += wh,
+            Flow::Stored => self.stored_wh += wh,
+            Flow::Dispatched => self.dispatched_wh += wh,
+            Flow::Consumed => self.consumed_wh += wh,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteBooks {
+    pub time_zone: String,
+    pub loss_tolerance_pct: Decimal,
+    /// Grid interval start (Unix seconds) → energy per flow.
+    pub intervals: BTreeMap<i64, FlowTotals>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatteryBooks {
+    pub meter_id: String,
+    pub site_id: String,
+    pub capacity_wh: Decimal,
+    pub initial_wh: Decimal,
+    pub round_trip_efficiency_pct: Decimal,
+    pub stored_wh: Decimal,
+    pub dispatched_wh: Decimal,
+}
+
+impl BatteryBooks {
+    pub fn level_wh(&self) -> Decimal {
+        self.initial_wh + self.stored_wh * self.round_trip_efficiency_pct / Decimal::ONE_HUNDRED - self.dispatched_wh
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedPeriod {
+    pub position: u64,
+    pub last_position: u64,
+    pub chain_hash: String,
+}
+
+/// Every read model, folded from the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Books {
+    pub position: u64,
+    pub chain_hash: String,
+    pub accounts: BTreeMap<String, AccountTotals>,
+    /// Tenant → period (`YYYY-MM`) → movements.
+    pub statements: BTreeMap<String, BTreeMap<String, StatementAcc>>,
+    pub tenants: BTreeMap<String, String>,
+    pub sites: BTreeMap<String, SiteBooks>,
+    pub batteries: BTreeMap<String, BatteryBooks>,
+    /// Period → account → (net EU, net Wh), debit-positive.
+    pub settlement: BTreeMap<String, BTreeMap<String, (Decimal, Decimal)>>,
+    pub closed: BTreeMap<String, ClosedPeriod>,
+}
+
+fn day_of(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+/// Spreads `wh` over the grid intervals `[start, end)` touches, pro rata by time.
+fn spread(intervals: &mut BTreeMap<i64, FlowTotals>, flow: Flow, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal) {
+    let (s, e) = (start.timestamp_millis(), end.timestamp_millis());
+    let total = Decimal::from(e - s);
+    let step = ENERGY_BALANCE_INTERVAL_S * 1000;
+    let mut b = s.div_euclid(step) * step;
+    while b < e {
+        let overlap = (b + step).min(e) - b.max(s);
+        let share = if overlap == e - s { wh } else { wh * Decimal::from(overlap) / total };
+        intervals.entry(b / 1000).or_default().add(flow, share);
+        b += step;
+    }
+}
+
+impl Books {
+    /// Folds one recorded event. Pure: no I/O, deterministic.
+    pub fn apply(&mut self, rec: &RecordedEvent, ev: &Event) {
+        self.position = rec.position;
+        self.chain_hash = rec.hash.clone();
+        let booked = booked_period(ev);
+        for p in postings(ev) {
+            let a = self.accounts.entry(p.account.clone()).or_default();
+            let (eu, wh) = match p.side {
+                Side::Debit => {
+                    a.debits_eu += p.amount_eu;
+                    a.debits_wh += p.energy_wh;
+                    (p.amount_eu, p.energy_wh)
+                }
+                Side::Credit => {
+                    a.credits_eu += p.amount_eu;
+                    a.credits_wh += p.energy_wh;
+                    (-p.amount_eu, -p.energy_wh)
+                }
+            };
+            if let Some(period) = booked {
+                let net = self
+                    .settlement
+                    .entry(period.to_string())
+                    .or_default()
+                    .entry(p.account)
+                    .or_default();
+                net.0 += eu;
+                net.1 += wh;
+            }
+        }
+        match ev {
+            Event::SiteRegistered(s) => {
+                let site = self.sites.entry(s.site_id.to_string()).or_default();
+                site.time_zone = s.time_zone.clone();
+                site.loss_tolerance_pct = s.loss_tolerance_pct;
+            }
+            Event::TenantRegistered(t) => {
+                self.tenants.insert(t.tenant_id.to_string(), t.name.clone());
+            }
+            Event::MeterRegistered(m) => {
+                if m.kind == MeterKind::Storage
+                    && let Some(a) = &m.asset_id
+                {
+                    self.batteries.insert(
+                        a.to_string(),
+                        BatteryBooks {
+                            meter_id: m.meter_id.to_string(),
+                            site_id: m.site_id.to_string(),
+                            capacity_wh: m.capacity_wh.map(|c| c.value()).unwrap_or_default(),
+                            initial_wh: m.initial_wh.map(|c| c.value()).unwrap_or_default(),
+                            round_trip_efficiency_pct: m.round_trip_efficiency_pct.unwrap_or(Decimal::ONE_HUNDRED),
+                            ..BatteryBooks::default()
+                        },
+                    );
+                }
+            }
+            Event::TariffPublished(_) => {}
+            Event::PeriodClosed(c) => {
+                self.closed.insert(
+                    c.period.to_string(),
+                    ClosedPeriod {
+                        position: rec.position,
+                        last_position: c.last_position,
+                        chain_hash: c.chain_hash.clone(),
+                    },
+                );
+            }
+            Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
+                let wh = r.energy_wh.value();
+                self.apply_flow(r.flow, r.site_id.as_str(), r.asset_id.as_ref().map(|a| a.as_str()), r.start, r.end, wh);
+                if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
+                    let st = self.statement_mut(t.as_str(), r.booked_period);
+                    st.touch(rec);
+                    st.consumption_wh += wh;
+                    if r.booked_period == r.period {
+                        st.charges_eu += r.price.amount_eu;
+                        add_consumption_lines(st, r.site_id.as_str(), r.start, wh, &r.price);
+                    } else {
+                        st.adjustments_eu -= r.price.amount_eu;
+                        st.entries.push(Line {
+                            kind: "adjustment".into(),
+                            date: Some(day_of(r.start)),
+                            site_id: Some(r.site_id.to_string()),
+                            band: Some(r.price.band.clone()),
+                            energy_wh: Some(wh),
+                            amount_eu: -r.price.amount_eu,
+                            memo: Some(format!("late reading for closed period {}", r.period)),
+                            original_period: Some(r.period.to_string()),
+                            position: Some(rec.position),
+                            ..Line::default()
+                        });
+                    }
+                }
+            }
+            Event::ReadingCorrected(c) => {
+                self.apply_flow(c.flow, c.site_id.as_str(), c.asset_id.as_ref().map(|a| a.as_str()), c.start, c.end, c.delta_wh);
+                if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
+                    let st = self.statement_mut(t.as_str(), c.booked_period);
+                    st.touch(rec);
+                    st.consumption_wh += c.delta_wh;
+                    let open = c.booked_period == c.period;
+                    if open {
+                        st.charges_eu += c.delta_eu;
+                    } else {
+                        st.adjustments_eu -= c.delta_eu;
+                    }
+                    st.entries.push(Line {
+                        kind: if open { "correction" } else { "adjustment" }.into(),
+                        date: Some(day_of(c.start)),
+                        site_id: Some(c.site_id.to_string()),
+                        band: Some(c.price.band.clone()),
+                        energy_wh: Some(c.delta_wh),
+                        amount_eu: if open { c.delta_eu } else { -c.delta_eu },
+                        memo: Some(format!("correction of {}: {}", c.corrected_event_id, c.reason)),
+                        original_period: (!open).then(|| c.period.to_string()),
+                        position: Some(rec.position),
+                        ..Line::default()
+                    });
+                }
+            }
+            Event::CreditsIssued(c) => {
+                let st = self.statement_mut(c.tenant_id.as_str(), c.booked_period);
+                st.touch(rec);
+                st.credits_eu += c.amount_eu.value();
+                st.entries.push(Line {
+                    kind: "credit".into(),
+                    date: Some(day_of(rec.recorded_at)),
+                    amount_eu: c.amount_eu.value(),
+                    memo: Some(c.memo.clone()),
+                    position: Some(rec.position),
+                    ..Line::default()
+                });
+            }
+            Event::CreditsTransferred(c) => {
+                let amount = c.amount_eu.value();
+                for (tenant, kind, other) in [
+                    (&c.from_tenant, "transfer_out", &c.to_tenant),
+                    (&c.to_tenant, "transfer_in", &c.from_tenant),
+                ] {
+                    let st = self.statement_mut(tenant.as_str(), c.booked_period);
+                    st.touch(rec);
+                    if kind == "transfer_out" {
+                        st.transfers_out_eu += amount;
+                    } else {
+                        st.transfers_in_eu += amount;
+                    }
+                    st.entries.push(Line {
+                        kind: kind.into(),
+                        date: Some(day_of(rec.recorded_at)),
+                        amount_eu: amount,
+                        memo: Some(c.memo.clone()),
+                        counterparty: Some(other.to_string()),
+                        position: Some(rec.position),
+                        ..Line::default()
+                    });
+                }
+            }
+        }
+    }
+
+    fn statement_mut(&mut self, tenant: &str, period: Period) -> &mut StatementAcc {
+        self.statements
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(period.to_string())
+            .or_default()
+    }
+
+    fn apply_flow(&mut self, flow: Flow, site: &str, asset: Option<&str>, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal) {
+        let site = self.sites.entry(site.to_string()).or_default();
+        spread(&mut site.intervals, flow, start, end, wh);
+        if let Some(b) = asset.and_then(|a| self.batteries.get_mut(a)) {
+            match flow {
+                Flow::Stored => b.stored_wh += wh,
+                Flow::Dispatched => b.dispatched_wh += wh,
+                _ => {}
+            }
+        }
+    }
+
+    // ----- reads -----
+
+    /// The balance of an account (CONTRACT §2), or `None` if nothing was ever posted to it.
+    pub fn balance(&self, account: &str) -> Option<Value> {
+        let a = self.accounts.get(account)?;
+        let (eu, wh) = if credit_normal(account) {
+            (a.credits_eu - a.debits_eu, a.credits_wh - a.debits_wh)
+        } else {
+            (a.debits_eu - a.credits_eu, a.debits_wh - a.credits_wh)
+        };
+        Some(json!({
+            "account": account,
+            "balance_eu": fmt_decimal(&eu),
+            "debits_eu": fmt_decimal(&a.debits_eu),
+            "credits_eu": fmt_decimal(&a.credits_eu),
+            "balance_wh": fmt_decimal(&wh),
+            "debits_wh": fmt_decimal(&a.debits_wh),
+            "credits_wh": fmt_decimal(&a.credits_wh),
+            "normal_side": if credit_normal(account) { "credit" } else { "debit" },
+            "position": self.position,
+        }))
+    }
+
+    /// A tenant's statement for a period (CONTRACT §2), or `None` for an unknown tenant.
+    pub fn statement(&self, tenant: &str, period: Period) -> Option<Statement> {
+        if !self.tenants.contains_key(tenant) {
+            return None;
+        }
+        let key = period.to_string();
+        let empty = BTreeMap::new();
+        let by_period = self.statements.get(tenant).unwrap_or(&empty);
+        let opening: Decimal = by_period.range(..key.clone()).map(|(_, s)| s.net_eu()).sum();
+        let acc = by_period.get(&key).cloned().unwrap_or_default();
+        let closing = opening + acc.net_eu();
+        let mut lines: Vec<Line> = acc.consumption.values().cloned().collect();
+        lines.extend(acc.entries.iter().cloned());
+        Some(Statement {
+            tenant_id: tenant.to_string(),
+            tenant_name: self.tenants[tenant].clone(),
+            period: key.clone(),
+            opening_balance_eu: opening,
+            charges_eu: acc.charges_eu,
+            credits_eu: acc.credits_eu,
+            transfers_in_eu: acc.transfers_in_eu,
+            transfers_out_eu: acc.transfers_out_eu,
+            adjustments_eu: acc.adjustments_eu,
+            closing_balance_eu: closing,
+            consumption_wh: acc.consumption_wh,
+            lines,
+            first_position: acc.first_position,
+            last_position: acc.last_position,
+            chain_hash: acc.chain_hash,
+            is_final: self.closed.contains_key(&key),
+        })
+    }
+
+    /// The energy balance of a site over `[from, to)`, per grid interval.
+    pub fn energy_balance(&self, site: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Value> {
+        let s = self.sites.get(site)?;
+        let (a, b) = (from.timestamp(), to.timestamp());
+        let mut out = Vec::new();
+        let mut flagged_count = 0;
+        for (start, f) in s.intervals.range(a..b).take(ENERGY_BALANCE_INTERVALS_MAX) {
+            let supply = f.generated_wh + f.dispatched_wh;
+            let losses = supply - f.stored_wh - f.consumed_wh;
+            let losses_pct = if supply.is_zero() {
+                None
+            } else {
+                Some((losses * Decimal::ONE_HUNDRED / supply).round_dp(3))
+            };
+            let reason = if losses < Decimal::ZERO {
+                Some("negative losses: more energy left the bus than entered it")
+            } else if losses_pct.is_some_and(|p| p > s.loss_tolerance_pct) {
+                Some("losses above the site's tolerance")
+            } else {
+                None
+            };
+            flagged_count += usize::from(reason.is_some());
+            let t0 = Utc.timestamp_opt(*start, 0).single().unwrap_or_default();
+            let t1 = Utc.timestamp_opt(*start + ENERGY_BALANCE_INTERVAL_S, 0).single().unwrap_or_default();
+            out.push(json!({
+                "start": fmt_time(&t0),
+                "end": fmt_time(&t1),
+                "generated_wh": fmt_decimal(&round_wh(f.generated_wh)),
+                "stored_wh": fmt_decimal(&round_wh(f.stored_wh)),
+                "dispatched_wh": fmt_decimal(&round_wh(f.dispatched_wh)),
+                "consumed_wh": fmt_decimal(&round_wh(f.consumed_wh)),
+                "losses_wh": fmt_decimal(&round_wh(losses)),
+                "losses_pct": losses_pct.map(|p| fmt_decimal(&p)),
+                "flagged": reason.is_some(),
+                "reason": reason,
+            }));
+        }
+        Some(json!({
+            "site_id": site,
+            "interval_s": ENERGY_BALANCE_INTERVAL_S,
+            "loss_tolerance_pct": fmt_decimal(&s.loss_tolerance_pct),
+            "from": fmt_time(&from),
+            "to": fmt_time(&to),
+            "flagged_count": flagged_count,
+            "intervals": out,
+            "position": self.position,
+        }))
+    }
+
+    /// Every battery's state.
+    pub fn storage(&self) -> Value {
+        let list: Vec<Value> = self
+            .batteries
+            .iter()
+            .map(|(asset, b)| {
+                json!({
+                    "asset_id": asset,
+                    "meter_id": b.meter_id,
+                    "site_id": b.site_id,
+                    "capacity_wh": fmt_decimal(&b.capacity_wh),
+                    "initial_wh": fmt_decimal(&b.initial_wh),
+                    "round_trip_efficiency_pct": fmt_decimal(&b.round_trip_efficiency_pct),
+                    "stored_wh": fmt_decimal(&b.stored_wh),
+                    "dispatched_wh": fmt_decimal(&b.dispatched_wh),
+                    "level_wh": fmt_decimal(&b.level_wh()),
+                })
+            })
+            .collect();
+        json!({"batteries": list, "position": self.position})
+    }
+
+    /// Every account's net for a period, debit-positive; the nets sum to zero.
+    pub fn settlement(&self, period: Period) -> Value {
+        let key = period.to_string();
+        let empty = BTreeMap::new();
+        let nets = self.settlement.get(&key).unwrap_or(&empty);
+        let (mut sum_eu, mut sum_wh) = (Decimal::ZERO, Decimal::ZERO);
+        let accounts: Vec<Value> = nets
+            .iter()
+            .map(|(account, (eu, wh))| {
+                sum_eu += eu;
+                sum_wh += wh;
+                json!({"account": account, "net_eu": fmt_decimal(eu), "net_wh": fmt_decimal(wh)})
+            })
+            .collect();
+        json!({
+            "period": key,
+            "accounts": accounts,
+            "sum_eu": fmt_decimal(&sum_eu),
+            "sum_wh": fmt_decimal(&sum_wh),
+            "final": self.closed.contains_key(&key),
+            "position": self.position,
+        })
+    }
+}
+
+fn booked_period(ev: &Event) -> Option<Period> {
+    match ev {
+        Event::ReadingCorrected(c) => Some(c.booked_period),
+        Event::CreditsIssued(c) => Some(c.booked_period),
+        Event::CreditsTransferred(c) => Some(c.booked_period),
+        e => e.as_reading().map(|r| r.booked_period),
+    }
+}
+
+fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>, wh: Decimal, price: &Price) {
+    let mut add = |date: String, band: &str, wh: Decimal, eu: Decimal| {
+        let line = st
+            .consumption
+            .entry(format!("{date}|{site}|{band}"))
+            .or_insert_with(|| Line {
+                kind: "consumption".into(),
+                date: Some(date),
+                site_id: Some(site.to_string()),
+                band: Some(band.to_string()),
+                energy_wh: Some(Decimal::ZERO),
+                ..Line::default()
+            });
+        *line.energy_wh.get_or_insert(Decimal::ZERO) += wh;
+        line.amount_eu += eu;
+    };
+    if price.parts.is_empty() {
+        add(day_of(start), &price.band, wh, price.amount_eu);
+    } else {
+        for p in &price.parts {
+            add(day_of(p.start), &p.band, p.energy_wh, p.amount_eu);
+        }
+    }
+}
+
+/// A tenant's statement for one period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub tenant_id: String,
+    pub tenant_name: String,
+    pub period: String,
+    pub opening_balance_eu: Decimal,
+    pub charges_eu: Decimal,
+    pub credits_eu: Decimal,
+    pub transfers_in_eu: Decimal,
+    pub transfers_out_eu: Decimal,
+    pub adjustments_eu: Decimal,
+    pub closing_balance_eu: Decimal,
+    pub consumption_wh: Decimal,
+    pub lines: Vec<Line>,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub chain_hash: String,
+    pub is_final: bool,
+}
+
+fn opt_dec(d: &Option<Decimal>) -> Value {
+    d.as_ref().map_or(Value::Null, |d| json!(fmt_decimal(d)))
+}
+
+impl Statement {
+    pub fn to_json(&self) -> Value {
+        let lines: Vec<Value> = self
+            .lines
+            .iter()
+            .map(|l| {
+                let mut v = json!({"kind": l.kind, "amount_eu": fmt_decimal(&l.amount_eu)});
+                let m = v.as_object_mut().expect("object");
+                let mut put = |k: &str, x: Value| {
+                    if !x.is_null() {
+                        m.insert(k.into(), x);
+                    }
+                };
+                put("date", json!(l.date));
+                put("site_id", json!(l.site_id));
+                put("band", json!(l.band));
+                put("energy_wh", opt_dec(&l.energy_wh));
+                put("memo", json!(l.memo));
+                put("counterparty", json!(l.counterparty));
+                put("original_period", json!(l.original_period));
+                put("position", json!(l.position));
+                v
+            })
+            .collect();
+        json!({
+            "tenant_id": self.tenant_id,
+            "tenant_name": self.tenant_name,
+            "period": self.period,
+            "opening_balance_eu": fmt_decimal(&self.opening_balance_eu),
+            "charges_eu": fmt_decimal(&self.charges_eu),
+            "credits_eu": fmt_decimal(&self.credits_eu),
+            "transfers_in_eu": fmt_decimal(&self.transfers_in_eu),
+            "transfers_out_eu": fmt_decimal(&self.transfers_out_eu),
+            "adjustments_eu": fmt_decimal(&self.adjustments_eu),
+            "closing_balance_eu": fmt_decimal(&self.closing_balance_eu),
+            "consumption_wh": fmt_decimal(&self.consumption_wh),
+            "lines": lines,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "chain_hash": self.chain_hash,
+            "final": self.is_final,
+        })
+    }
+}

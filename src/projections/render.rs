@@ -1,0 +1,125 @@
+//! Statements as CSV and as a printable HTML page.
+
+use super::Statement;
+use crate::domain::quantity::fmt_decimal;
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One row per line item, opening with the identity fields and ending with the totals.
+pub fn statement_csv(s: &Statement) -> String {
+    let mut out = String::from("tenant_id,period,kind,date,site_id,band,energy_wh,amount_eu,memo,counterparty,original_period,position\n");
+    let id = format!("{},{}", csv_field(&s.tenant_id), csv_field(&s.period));
+    let row = |kind: &str, rest: [String; 9]| {
+        let rest: Vec<String> = rest.iter().map(|x| csv_field(x)).collect();
+        format!("{id},{},{}\n", csv_field(kind), rest.join(","))
+    };
+    let total = |kind: &str, amount: &rust_decimal::Decimal, wh: Option<&rust_decimal::Decimal>| {
+        row(
+            kind,
+            [
+                String::new(),
+                String::new(),
+                String::new(),
+                wh.map(fmt_decimal).unwrap_or_default(),
+                fmt_decimal(amount),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+        )
+    };
+    out.push_str(&total("opening_balance", &s.opening_balance_eu, None));
+    for l in &s.lines {
+        out.push_str(&row(
+            &l.kind,
+            [
+                l.date.clone().unwrap_or_default(),
+                l.site_id.clone().unwrap_or_default(),
+                l.band.clone().unwrap_or_default(),
+                l.energy_wh.as_ref().map(fmt_decimal).unwrap_or_default(),
+                fmt_decimal(&l.amount_eu),
+                l.memo.clone().unwrap_or_default(),
+                l.counterparty.clone().unwrap_or_default(),
+                l.original_period.clone().unwrap_or_default(),
+                l.position.map(|p| p.to_string()).unwrap_or_default(),
+            ],
+        ));
+    }
+    out.push_str(&total("total_charges", &s.charges_eu, Some(&s.consumption_wh)));
+    out.push_str(&total("total_credits", &s.credits_eu, None));
+    out.push_str(&total("total_transfers_in", &s.transfers_in_eu, None));
+    out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
+    out.push_str(&total("total_adjustments", &s.adjustments_eu, None));
+    out.push_str(&total("closing_balance", &s.closing_balance_eu, None));
+    out
+}
+
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A self-contained printable page: period, totals, lines, and the chain hash that pins it.
+pub fn statement_html(s: &Statement) -> String {
+    let e = |x: &str| html_escape(x);
+    let mut rows = String::new();
+    for l in &s.lines {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>\n",
+            e(&l.kind),
+            e(l.date.as_deref().unwrap_or("")),
+            e(l.site_id.as_deref().unwrap_or("")),
+            e(l.band.as_deref().unwrap_or("")),
+            l.energy_wh.as_ref().map(fmt_decimal).unwrap_or_default(),
+            fmt_decimal(&l.amount_eu),
+            e(&[l.memo.as_deref(), l.counterparty.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join(" · ")),
+        ));
+    }
+    let total = |label: &str, d: &rust_decimal::Decimal| format!("<tr><th>{label}</th><td class=n>{}</td></tr>", fmt_decimal(d));
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Statement {tenant} {period}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#111}} table{{border-collapse:collapse;margin:1rem 0}}
+td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{text-align:right;font-variant-numeric:tabular-nums}}
+.meta{{color:#555;font-size:.85rem;word-break:break-all}} @media print{{body{{margin:0}}}}
+</style></head><body>
+<h1>Energy statement</h1>
+<p><strong>{name}</strong> ({tenant}) · period <strong>{period}</strong> · {status}</p>
+<table>
+{opening}{charges}{credits}{tin}{tout}{adj}{closing}
+<tr><th>Consumption (Wh)</th><td class=n>{wh}</td></tr>
+</table>
+<table><thead><tr><th>Kind</th><th>Date</th><th>Site</th><th>Band</th><th class=n>Energy (Wh)</th><th class=n>Amount (EU)</th><th>Memo</th></tr></thead>
+<tbody>
+{rows}</tbody></table>
+<p class=meta>Positions {first}–{last} · chain hash {hash}</p>
+</body></html>
+"#,
+        tenant = e(&s.tenant_id),
+        name = e(&s.tenant_name),
+        period = e(&s.period),
+        status = if s.is_final { "final (period closed)" } else { "provisional (period open)" },
+        opening = total("Opening balance (EU)", &s.opening_balance_eu),
+        charges = total("Charges (EU)", &s.charges_eu),
+        credits = total("Credits (EU)", &s.credits_eu),
+        tin = total("Transfers in (EU)", &s.transfers_in_eu),
+        tout = total("Transfers out (EU)", &s.transfers_out_eu),
+        adj = total("Adjustments (EU)", &s.adjustments_eu),
+        closing = total("Closing balance (EU)", &s.closing_balance_eu),
+        wh = fmt_decimal(&s.consumption_wh),
+        first = s.first_position,
+        last = s.last_position,
+        hash = e(&s.chain_hash),
+    )
+}

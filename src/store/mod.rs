@@ -1,0 +1,295 @@
+//! The event log: one trait, several backends, one contract suite (`tests/contract/`).
+//!
+//! Positions are global, gap-free and start at 1; stream versions start at 1 (0 means "no
+//! stream"). Every recorded event carries `hash = SHA-256(prev_hash ‖ canonical record)`.
+
+pub mod chain;
+pub mod sqlite;
+
+pub use chain::{GENESIS_HASH, canonical_json, record_hash};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+/// Most events one read returns; callers page through longer ranges.
+pub const READ_PAGE_EVENTS_MAX: usize = 10_000;
+/// Most append requests folded into one transaction (one fsync) by a writer.
+pub const GROUP_COMMIT_REQUESTS_MAX: usize = 4_096;
+/// Most append requests waiting for a writer; beyond it an append is refused as busy.
+pub const WRITER_QUEUE_DEPTH_MAX: usize = 65_536;
+/// Most events in one atomic batch.
+pub const BATCH_EVENTS_MAX: usize = 1_000;
+
+/// An event to be appended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventToAppend {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub recorded_at: DateTime<Utc>,
+    /// Canonical JSON (object keys sorted), as produced by [`canonical_json`].
+    pub data: String,
+}
+
+/// What a batch expects of its stream before it is appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "version")]
+pub enum ExpectedVersion {
+    Any,
+    NoStream,
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The expectation for a stream whose current version is `v` (0: no stream).
+    pub fn at(v: u64) -> Self {
+        if v == 0 { Self::NoStream } else { Self::Exact(v) }
+    }
+
+    pub fn admits(self, current: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => current == 0,
+            Self::Exact(v) => current == v,
+        }
+    }
+}
+
+/// Events appended to one stream atomically.
+#[derive(Clone, Debug)]
+pub struct AppendBatch {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<EventToAppend>,
+}
+
+/// Where each event of a batch was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// `(position, version)` of each event, in batch order.
+    pub recorded: Vec<(u64, u64)>,
+    /// The whole batch was already recorded (same event ids on the same stream).
+    pub duplicate: bool,
+}
+
+/// A recorded event, as read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordedEvent {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    #[serde(with = "crate::domain::time::time_str")]
+    pub recorded_at: DateTime<Utc>,
+    /// The event's data as canonical JSON text.
+    #[serde(skip)]
+    pub data: String,
+    pub hash: String,
+    pub prev_hash: String,
+}
+
+impl RecordedEvent {
+    /// The hash this record should carry, given its own `prev_hash`.
+    pub fn expected_hash(&self) -> String {
+        record_hash(
+            &self.prev_hash,
+            self.position,
+            &self.stream,
+            self.version,
+            &self.event_id,
+            &self.event_type,
+            self.schema_version,
+            &self.recorded_at,
+            &self.data,
+        )
+    }
+
+    /// The record as JSON, with its data parsed (for export and the API).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("records serialise");
+        let data: serde_json::Value =
+            serde_json::from_str(&self.data).unwrap_or(serde_json::Value::String(self.data.clone()));
+        v.as_object_mut().expect("object").insert("data".into(), data);
+        v
+    }
+}
+
+/// The log's last position and the chain hash there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub position: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream {stream:?} is at version {actual}, expected {expected:?}")]
+    VersionConflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    #[error("event id {0} is already recorded with other content or on another stream")]
+    DuplicateEventId(Uuid),
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store's content is damaged: {0}")]
+    Corrupt(String),
+    #[error("invalid store: {0}")]
+    Invalid(String),
+}
+
+/// A pending append: resolves once the batch is durable (or refused).
+pub struct AppendTicket(oneshot::Receiver<Result<Appended, StoreError>>);
+
+impl AppendTicket {
+    pub fn new(rx: oneshot::Receiver<Result<Appended, StoreError>>) -> Self {
+        Self(rx)
+    }
+
+    /// A ticket that is already answered (a refusal before anything was queued).
+    pub fn ready(r: Result<Appended, StoreError>) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(r);
+        Self(rx)
+    }
+
+    pub async fn wait(self) -> Result<Appended, StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
+    }
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Queues a batch for appending. Batches are committed in the order of the calls, so a
+    /// caller that decides under a lock and queues before releasing it keeps its order.
+    fn append(&self, batch: AppendBatch) -> AppendTicket;
+
+    /// Events of one stream from `from_version` (inclusive), at most `limit`.
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Events of the whole log after `after_position` (exclusive), at most `limit`.
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The head, once everything queued before this call is durable.
+    async fn head(&self) -> Result<Head, StoreError>;
+
+    /// Follows the last durable position.
+    fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// Finishes queued work and stops the writer.
+    async fn shutdown(&self);
+}
+
+/// Catch up from a position, then follow live appends.
+pub struct Subscription {
+    store: Arc<dyn EventStore>,
+    after: u64,
+    buf: VecDeque<RecordedEvent>,
+    head: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    pub fn new(store: Arc<dyn EventStore>, after_position: u64) -> Self {
+        let head = store.watch_head();
+        Self {
+            store,
+            after: after_position,
+            buf: VecDeque::new(),
+            head,
+        }
+    }
+
+    /// The next event after the last one returned; waits for new appends at the head.
+    pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                self.after = e.position;
+                return Ok(e);
+            }
+            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
+            if page.is_empty() {
+                // Wait for the head to move past what we have; a bounded wait also covers
+                // appends made by other processes that this one's watch does not see.
+                let after = self.after;
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    self.head.wait_for(|h| *h > after),
+                )
+                .await;
+                continue;
+            }
+            self.buf.extend(page);
+        }
+    }
+
+    /// The next event, if one is already recorded.
+    pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
+        if self.buf.is_empty() {
+            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
+            self.buf.extend(page);
+        }
+        Ok(self.buf.pop_front().inspect(|e| self.after = e.position))
+    }
+}
+
+/// Whether a store is opened to write (the ledger) or only to read (audit, reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Write,
+    Read,
+}
+
+/// Opens the store a URL names: `sqlite://path` (or a bare path) for the embedded store.
+pub async fn open(url: &str, access: Access) -> Result<Arc<dyn EventStore>, StoreError> {
+    let sqlite = |path: &str| {
+        let path = std::path::PathBuf::from(path);
+        async move {
+            let s: Arc<dyn EventStore> = match access {
+                Access::Write => sqlite::SqliteStore::open(&path).await?,
+                Access::Read => sqlite::SqliteStore::open_read_only(&path).await?,
+            };
+            Ok::<_, StoreError>(s)
+        }
+    };
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return sqlite(path).await;
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Invalid(
+            "the PostgreSQL backend is not part of this build yet".into(),
+        ));
+    }
+    if url.starts_with("esdb://") || url.starts_with("kurrentdb://") || url.contains("://") {
+        return Err(StoreError::Invalid(format!(
+            "unsupported store URL {:?}: use sqlite://PATH",
+            redact_url(url)
+        )));
+    }
+    sqlite(url).await
+}
+
+/// A URL with any password replaced, fit for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

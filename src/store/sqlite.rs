@@ -1,0 +1,538 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so an
+//! acknowledged append survives power loss.
+//!
+//! One writer thread owns the write connection. It folds every request waiting in its queue
+//! (up to [`GROUP_COMMIT_REQUESTS_MAX`]) into one transaction and one fsync, checks expected
+//! versions and event ids against its in-memory index, assigns positions and the hash chain,
+//! and answers each request only after the commit. If the commit fails, every request of
+//! the group is refused and the index is left as it was.
+
+use super::*;
+use rusqlite::{Connection, OpenFlags, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use tokio::sync::mpsc;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_events.sql"))];
+/// Read connections kept open for reuse.
+const READ_CONNECTIONS_MAX: usize = 8;
+
+#[derive(Default)]
+struct Index {
+    /// Stream → positions of its events, in version order.
+    streams: HashMap<String, Vec<u64>>,
+    /// Event id → position.
+    ids: HashMap<Uuid, u64>,
+    head: u64,
+    head_hash: String,
+}
+
+enum Msg {
+    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
+    Head(oneshot::Sender<Result<Head, StoreError>>),
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    /// Held while this process may write: a second writer on one file is refused.
+    _lock: Option<std::fs::File>,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    index: Arc<RwLock<Index>>,
+    head_rx: watch::Receiver<u64>,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    if write {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!("could not enable WAL (journal_mode={mode})")));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(unavailable)?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        .map_err(unavailable)?;
+    for (version, sql) in MIGRATIONS {
+        let done: bool = conn
+            .query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))
+            .map_err(unavailable)?;
+        if !done {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; INSERT INTO schema_migrations(version) VALUES ({version}); COMMIT;"
+            ))
+            .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let id: String = r.get(3)?;
+    let at: String = r.get(6)?;
+    let bad = |what: &str, v: &str| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?}").into())
+    };
+    Ok(RecordedEvent {
+        position: r.get::<_, i64>(0)? as u64,
+        stream: r.get(1)?,
+        version: r.get::<_, i64>(2)? as u64,
+        event_id: Uuid::parse_str(&id).map_err(|_| bad("event id", &id))?,
+        event_type: r.get(4)?,
+        schema_version: r.get::<_, i64>(5)? as u32,
+        recorded_at: crate::domain::time::parse_time(&at).map_err(|_| bad("time", &at))?,
+        data: r.get(7)?,
+        hash: r.get(8)?,
+        prev_hash: r.get(9)?,
+    })
+}
+
+const SELECT: &str = "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash FROM events";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store for writing. Only one process may write to a
+    /// file at a time; a second one is refused with a clear message.
+    pub async fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, true))
+            .await
+            .map_err(unavailable)?
+    }
+
+    /// Opens an existing store for reading only (audit, statements, export beside a server).
+    pub async fn open_read_only(path: &Path) -> Result<Arc<Self>, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, false))
+            .await
+            .map_err(unavailable)?
+    }
+
+    fn open_blocking(path: PathBuf, write: bool) -> Result<Arc<Self>, StoreError> {
+        if !write && !path.exists() {
+            return Err(StoreError::Invalid(format!("no store at {}", path.display())));
+        }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let lock = if write {
+            let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| unavailable(format!("{}: {e}", lock_path.display())))?;
+            if f.try_lock().is_err() {
+                return Err(StoreError::Unavailable(format!(
+                    "another wattledger process is writing to {}; stop it, or send commands through its API",
+                    path.display()
+                )));
+            }
+            Some(f)
+        } else {
+            None
+        };
+        let conn = open_conn(&path, write)?;
+        if write {
+            migrate(&conn)?;
+        }
+        let index = Self::load_index(&conn)?;
+        let (head_tx, head_rx) = watch::channel(index.head);
+        let index = Arc::new(RwLock::new(index));
+        let (tx, writer) = if write {
+            let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
+            let writer_index = index.clone();
+            let writer = std::thread::Builder::new()
+                .name("wattledger-sqlite-writer".into())
+                .spawn(move || writer_loop(conn, rx, writer_index, head_tx))
+                .map_err(unavailable)?;
+            (Some(tx), Some(writer))
+        } else {
+            (None, None)
+        };
+        Ok(Arc::new(Self {
+            path,
+            _lock: lock,
+            tx: Mutex::new(tx),
+            index,
+            head_rx,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+        }))
+    }
+
+    /// Rebuilds the in-memory index with one sequential scan of the narrow columns.
+    fn load_index(conn: &Connection) -> Result<Index, StoreError> {
+        let mut index = Index {
+            head_hash: GENESIS_HASH.to_string(),
+            ..Index::default()
+        };
+        let mut stmt = conn
+            .prepare("SELECT position, stream, event_id, hash FROM events ORDER BY position")
+            .map_err(unavailable)?;
+        let mut rows = stmt.query([]).map_err(unavailable)?;
+        while let Some(r) = rows.next().map_err(unavailable)? {
+            let position = r.get::<_, i64>(0).map_err(unavailable)? as u64;
+            let stream: String = r.get(1).map_err(unavailable)?;
+            let id: String = r.get(2).map_err(unavailable)?;
+            let id = Uuid::parse_str(&id)
+                .map_err(|_| StoreError::Corrupt(format!("position {position}: event id {id:?} is not a UUID")))?;
+            index.streams.entry(stream).or_default().push(position);
+            index.ids.insert(id, position);
+            index.head = position;
+            index.head_hash = r.get(3).map_err(unavailable)?;
+        }
+        Ok(index)
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.lock().expect("sender lock").clone()
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        self: &Self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.readers.lock().expect("readers lock").pop();
+        let path = self.path.clone();
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&path, false)?,
+            };
+            let out = f(&conn);
+            Ok::<_, StoreError>((conn, out))
+        })
+        .await
+        .map_err(unavailable)??;
+        let mut readers = self.readers.lock().expect("readers lock");
+        if readers.len() < READ_CONNECTIONS_MAX {
+            readers.push(conn);
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    fn append(&self, batch: AppendBatch) -> AppendTicket {
+        if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
+            return AppendTicket::ready(Err(StoreError::Invalid(format!(
+                "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
+                batch.events.len()
+            ))));
+        }
+        let Some(tx) = self.sender() else {
+            return AppendTicket::ready(Err(StoreError::Unavailable("the store is shut down".into())));
+        };
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(Msg::Append(batch, reply)) {
+            Ok(()) => AppendTicket::new(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::ready(Err(StoreError::Busy(format!(
+                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
+            )))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                AppendTicket::ready(Err(StoreError::Unavailable("the writer stopped".into())))
+            }
+        }
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX);
+        let positions: Vec<u64> = {
+            let index = self.index.read().expect("index lock");
+            match index.streams.get(stream) {
+                Some(ps) => ps
+                    .iter()
+                    .skip(from_version.saturating_sub(1) as usize)
+                    .take(limit)
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_reader(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!("{SELECT} WHERE position = ?1"))
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(positions.len());
+            for p in positions {
+                out.push(stmt.query_row([p as i64], row_to_event).map_err(unavailable)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX);
+        self.with_reader(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!("{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after_position as i64, limit as i64], row_to_event)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| match e {
+                rusqlite::Error::FromSqlConversionFailure(_, _, m) => StoreError::Corrupt(m.to_string()),
+                e => unavailable(e),
+            })
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let Some(tx) = self.sender() else {
+            // Read-only (or shut down): the head is whatever the file holds now.
+            return self
+                .with_reader(|c| {
+                    c.query_row("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1", [], |r| {
+                        Ok(Head {
+                            position: r.get::<_, i64>(0)? as u64,
+                            hash: r.get(1)?,
+                        })
+                    })
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(Head {
+                            position: 0,
+                            hash: GENESIS_HASH.to_string(),
+                        }),
+                        e => Err(unavailable(e)),
+                    })
+                })
+                .await;
+        };
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::Head(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    async fn shutdown(&self) {
+        self.tx.lock().expect("sender lock").take();
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// What one transaction changes in the index, applied only after it commits.
+#[derive(Default)]
+struct Staged {
+    streams: HashMap<String, Vec<u64>>,
+    ids: HashMap<Uuid, u64>,
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, index: Arc<RwLock<Index>>, head_tx: watch::Sender<u64>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut msgs = vec![first];
+        while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, msgs, &index, &head_tx);
+    }
+}
+
+type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>);
+
+fn commit_group(conn: &mut Connection, msgs: Vec<Msg>, index: &Arc<RwLock<Index>>, head_tx: &watch::Sender<u64>) {
+    let (mut head, mut head_hash) = {
+        let i = index.read().expect("index lock");
+        (i.head, i.head_hash.clone())
+    };
+    let mut staged = Staged::default();
+    let mut appends: Vec<Reply> = Vec::new();
+    let mut heads: Vec<(oneshot::Sender<Result<Head, StoreError>>, Head)> = Vec::new();
+    let mut wrote = false;
+
+    let result = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction().map_err(unavailable)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+                .map_err(unavailable)?;
+            let idx = index.read().expect("index lock");
+            for msg in msgs {
+                match msg {
+                    Msg::Head(reply) => heads.push((
+                        reply,
+                        Head {
+                            position: head,
+                            hash: head_hash.clone(),
+                        },
+                    )),
+                    Msg::Append(batch, reply) => {
+                        let outcome = check_batch(&tx, &idx, &staged, &batch);
+                        let outcome = match outcome {
+                            Ok(Some(dup)) => Ok(dup),
+                            Err(e) => Err(e),
+                            Ok(None) => {
+                                let mut version = current_version(&idx, &staged, &batch.stream);
+                                let mut recorded = Vec::with_capacity(batch.events.len());
+                                for e in &batch.events {
+                                    head += 1;
+                                    version += 1;
+                                    let hash = record_hash(
+                                        &head_hash,
+                                        head,
+                                        &batch.stream,
+                                        version,
+                                        &e.event_id,
+                                        &e.event_type,
+                                        e.schema_version,
+                                        &e.recorded_at,
+                                        &e.data,
+                                    );
+                                    insert
+                                        .execute(params![
+                                            head as i64,
+                                            batch.stream,
+                                            version as i64,
+                                            e.event_id.to_string(),
+                                            e.event_type,
+                                            e.schema_version as i64,
+                                            crate::domain::time::fmt_time(&e.recorded_at),
+                                            e.data,
+                                            hash,
+                                            head_hash,
+                                        ])
+                                        .map_err(unavailable)?;
+                                    head_hash = hash;
+                                    staged.streams.entry(batch.stream.clone()).or_default().push(head);
+                                    staged.ids.insert(e.event_id, head);
+                                    recorded.push((head, version));
+                                    wrote = true;
+                                }
+                                Ok(Appended {
+                                    recorded,
+                                    duplicate: false,
+                                })
+                            }
+                        };
+                        appends.push((reply, outcome));
+                    }
+                }
+            }
+        }
+        if wrote {
+            tx.commit().map_err(unavailable)?;
+        }
+        Ok(())
+    })();
+
+    match result {
+        Ok(()) => {
+            if wrote {
+                let mut idx = index.write().expect("index lock");
+                for (s, ps) in staged.streams {
+                    idx.streams.entry(s).or_default().extend(ps);
+                }
+                idx.ids.extend(staged.ids);
+                idx.head = head;
+                idx.head_hash = head_hash;
+                drop(idx);
+                head_tx.send_replace(head);
+            }
+            for (reply, outcome) in appends {
+                let _ = reply.send(outcome);
+            }
+            for (reply, h) in heads {
+                let _ = reply.send(Ok(h));
+            }
+        }
+        Err(e) => {
+            // Nothing of this group is durable: refuse every request in it.
+            for (reply, _) in appends {
+                let _ = reply.send(Err(e.clone()));
+            }
+            for (reply, _) in heads {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn current_version(idx: &Index, staged: &Staged, stream: &str) -> u64 {
+    let n = idx.streams.get(stream).map_or(0, Vec::len) + staged.streams.get(stream).map_or(0, Vec::len);
+    n as u64
+}
+
+/// `Ok(Some(_))`: the whole batch is already recorded (a retry). `Ok(None)`: append it.
+fn check_batch(tx: &rusqlite::Transaction<'_>, idx: &Index, staged: &Staged, batch: &AppendBatch) -> Result<Option<Appended>, StoreError> {
+    let known: Vec<Option<u64>> = batch
+        .events
+        .iter()
+        .map(|e| idx.ids.get(&e.event_id).or_else(|| staged.ids.get(&e.event_id)).copied())
+        .collect();
+    if known.iter().any(Option::is_some) {
+        let mut recorded = Vec::with_capacity(known.len());
+        for (e, pos) in batch.events.iter().zip(&known) {
+            let Some(pos) = pos else {
+                return Err(StoreError::DuplicateEventId(e.event_id));
+            };
+            let found = tx
+                .query_row(
+                    "SELECT stream, version, event_type, data FROM events WHERE position = ?1",
+                    [*pos as i64],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+                )
+                .map_err(unavailable)?;
+            if found.0 != batch.stream || found.2 != e.event_type || found.3 != e.data {
+                return Err(StoreError::DuplicateEventId(e.event_id));
+            }
+            recorded.push((*pos, found.1));
+        }
+        return Ok(Some(Appended {
+            recorded,
+            duplicate: true,
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in &batch.events {
+        if !seen.insert(e.event_id) {
+            return Err(StoreError::DuplicateEventId(e.event_id));
+        }
+    }
+    let actual = current_version(idx, staged, &batch.stream);
+    if !batch.expected.admits(actual) {
+        return Err(StoreError::VersionConflict {
+            stream: batch.stream.clone(),
+            expected: batch.expected,
+            actual,
+        });
+    }
+    Ok(None)
+}
