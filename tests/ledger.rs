@@ -1,0 +1,376 @@
+//! The write path through a real (SQLite) store: every refusal, each in its own test, with
+//! its code and field, and proof that it changed nothing; duplicates answer the first result.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use wattledger::domain::Code;
+use wattledger::ledger::{CommandError, FixedClock, Ledger, Outcome};
+use wattledger::store::sqlite::SqliteStore;
+
+const NOW: &str = "2026-11-28T12:00:00Z";
+
+struct World {
+    ledger: Arc<Ledger>,
+    _dir: tempfile::TempDir,
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    wattledger::domain::time::parse_time(s).unwrap()
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
+        let ledger = Ledger::open(store, Arc::new(FixedClock::new(t(NOW)))).await.unwrap();
+        let w = Self { ledger, _dir: dir };
+        for c in setup() {
+            w.ok(c).await;
+        }
+        w
+    }
+
+    async fn run(&self, c: Value) -> Outcome {
+        self.ledger.execute_json(&c).await
+    }
+
+    async fn ok(&self, c: Value) -> Value {
+        match self.run(c.clone()).await {
+            Ok(a) => a.to_json(),
+            Err(e) => panic!("{c} was refused: {e}"),
+        }
+    }
+
+    async fn head(&self) -> u64 {
+        self.ledger.store().head().await.unwrap().position
+    }
+
+    /// Runs a command that must be refused with `code` on `field`; checks nothing changed.
+    async fn refused(&self, c: Value, code: Code, field: &str) -> String {
+        let before = self.head().await;
+        let r = match self.run(c.clone()).await {
+            Err(CommandError::Rejected(r)) => r,
+            other => panic!("{c} should be refused, got {other:?}"),
+        };
+        assert_eq!(r.code, code, "{c}: {}", r.message);
+        assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
+        assert!(r.message.contains(field), "the message names the field: {}", r.message);
+        assert_eq!(self.head().await, before, "a refused command appends nothing");
+        r.message
+    }
+}
+
+fn setup() -> Vec<Value> {
+    vec![
+        json!({"command":"register_site","site_id":"memphis-1","time_zone":"America/Chicago"}),
+        json!({"command":"register_tenant","tenant_id":"acme-ai","name":"Acme AI"}),
+        json!({"command":"register_tenant","tenant_id":"beta-labs","name":"Beta Labs"}),
+        json!({"command":"register_meter","meter_id":"gt-01","site_id":"memphis-1","kind":"generation","asset_id":"turbine-01","source":"gas_turbine","rated_power_w":"35000000"}),
+        json!({"command":"register_meter","meter_id":"bess-01","site_id":"memphis-1","kind":"storage","asset_id":"megapack-01","rated_power_w":"1900000","capacity_wh":"3900000","initial_wh":"100000"}),
+        json!({"command":"register_meter","meter_id":"rack-a1","site_id":"memphis-1","kind":"load","tenant_id":"acme-ai","rated_power_w":"2000000","active_from":"2026-06-01T00:00:00Z"}),
+        tariff("2026-01-01T00:00:00Z"),
+        json!({"command":"issue_credits","tenant_id":"acme-ai","amount_eu":"1000","memo":"seed"}),
+    ]
+}
+
+fn tariff(from: &str) -> Value {
+    json!({"command":"publish_tariff","site_id":"memphis-1","effective_from":from,
+        "rates_eu_per_wh":{"generated":"1","stored":"1","dispatched":"1","consumed":"1.1"},
+        "bands":[{"name":"peak","days":["mon","tue","wed","thu","fri"],"start":"14:00","end":"20:00","multiplier":"1.5"},
+                 {"name":"night","days":["mon","tue","wed","thu","fri","sat","sun"],"start":"00:00","end":"06:00","multiplier":"0.6"}],
+        "default_band":{"name":"standard","multiplier":"1"},
+        "source_multipliers":{"gas_turbine":"1.2","solar":"0.9","grid":"1"}})
+}
+
+fn reading(meter: &str, flow: &str, start: &str, end: &str, wh: &str) -> Value {
+    json!({"command":"post_reading","meter_id":meter,"flow":flow,"start":start,"end":end,"wh":wh})
+}
+
+#[tokio::test]
+async fn unknown_site_is_refused() {
+    let w = World::new().await;
+    w.refused(
+        json!({"command":"register_meter","meter_id":"m2","site_id":"nowhere","kind":"generation","asset_id":"a","source":"solar","rated_power_w":"1"}),
+        Code::NotFound,
+        "site_id",
+    )
+    .await;
+    w.refused(json!({"command":"publish_tariff","site_id":"nowhere","effective_from":"2026-01-01T00:00:00Z",
+        "rates_eu_per_wh":{"generated":"1","stored":"1","dispatched":"1","consumed":"1"},"default_band":{"name":"s","multiplier":"1"}}),
+        Code::NotFound, "site_id").await;
+}
+
+#[tokio::test]
+async fn unknown_meter_is_refused() {
+    let w = World::new().await;
+    w.refused(reading("ghost", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::NotFound, "meter_id").await;
+}
+
+#[tokio::test]
+async fn unknown_tenant_is_refused() {
+    let w = World::new().await;
+    w.refused(json!({"command":"issue_credits","tenant_id":"nobody","amount_eu":"1"}), Code::NotFound, "tenant_id").await;
+    w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"nobody","amount_eu":"1"}), Code::NotFound, "to_tenant").await;
+    w.refused(json!({"command":"transfer_credits","from_tenant":"nobody","to_tenant":"acme-ai","amount_eu":"1"}), Code::NotFound, "from_tenant").await;
+    w.refused(
+        json!({"command":"register_meter","meter_id":"rack-z","site_id":"memphis-1","kind":"load","tenant_id":"nobody","rated_power_w":"1"}),
+        Code::NotFound,
+        "tenant_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_flow_the_meter_kind_cannot_post_is_refused() {
+    let w = World::new().await;
+    w.refused(reading("rack-a1", "generated", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
+    w.refused(reading("gt-01", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
+    w.refused(reading("bess-01", "generated", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
+}
+
+#[tokio::test]
+async fn energy_above_rated_power_times_duration_is_refused() {
+    let w = World::new().await;
+    // 2 MW × 0.25 h = 500,000 Wh; + 5 % = 525,000 Wh is the most a reading may carry.
+    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "525000")).await;
+    let m = w
+        .refused(reading("rack-a1", "consumed", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "525000.001"), Code::Validation, "wh")
+        .await;
+    assert!(m.contains("525000"), "{m}");
+}
+
+#[tokio::test]
+async fn an_interval_ending_in_the_future_is_refused() {
+    let w = World::new().await;
+    // Now is 12:00; an end up to 12:05 is tolerated (meter clocks drift), 12:05:01 is not.
+    w.ok(reading("rack-a1", "consumed", "2026-11-28T11:50:00Z", "2026-11-28T12:05:00Z", "1")).await;
+    w.refused(reading("rack-a1", "consumed", "2026-11-28T12:05:00Z", "2026-11-28T12:05:01Z", "1"), Code::Validation, "end").await;
+}
+
+#[tokio::test]
+async fn a_reading_before_the_meter_is_active_is_refused() {
+    let w = World::new().await;
+    w.refused(reading("rack-a1", "consumed", "2026-05-31T23:45:00Z", "2026-06-01T00:00:00Z", "1"), Code::Validation, "start").await;
+    w.ok(reading("rack-a1", "consumed", "2026-06-01T00:00:00Z", "2026-06-01T00:15:00Z", "1")).await;
+}
+
+#[tokio::test]
+async fn the_same_reading_with_another_value_is_a_conflict_naming_the_original() {
+    let w = World::new().await;
+    let first = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450000")).await;
+    let r = match w.run(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450001")).await {
+        Err(CommandError::Rejected(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.code, Code::Conflict);
+    assert_eq!(r.existing_event_id.unwrap().to_string(), first["event_id"].as_str().unwrap());
+    assert!(r.message.contains(first["event_id"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn an_overlapping_interval_is_a_conflict() {
+    let w = World::new().await;
+    let first = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1")).await;
+    for (s, e) in [
+        ("2026-11-02T20:10:00Z", "2026-11-02T20:20:00Z"),
+        ("2026-11-02T19:50:00Z", "2026-11-02T20:01:00Z"),
+        ("2026-11-02T19:00:00Z", "2026-11-02T21:00:00Z"),
+        ("2026-11-02T20:05:00Z", "2026-11-02T20:10:00Z"),
+    ] {
+        w.refused(reading("rack-a1", "consumed", s, e, "1"), Code::Conflict, "start").await;
+    }
+    // Adjacent intervals do not overlap: [20:15, 20:30) follows [20:00, 20:15).
+    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "1")).await;
+    w.ok(reading("rack-a1", "consumed", "2026-11-02T19:45:00Z", "2026-11-02T20:00:00Z", "1")).await;
+    assert!(first["ok"].as_bool().unwrap());
+}
+
+#[tokio::test]
+async fn a_dispatch_below_empty_is_refused() {
+    let w = World::new().await;
+    // The battery starts with 100,000 Wh.
+    w.ok(reading("bess-01", "dispatched", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "60000")).await;
+    w.refused(reading("bess-01", "dispatched", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "40000.001"), Code::StorageUnderflow, "wh").await;
+    w.ok(reading("bess-01", "dispatched", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "40000")).await;
+}
+
+#[tokio::test]
+async fn a_charge_above_capacity_is_refused() {
+    let w = World::new().await;
+    // 100,000 initial + 8 × 475,000 = 3,900,000 = capacity exactly (1.9 MW × 0.25 h = 475,000 Wh).
+    for i in 0..8 {
+        let s = t("2026-11-03T08:00:00Z") + chrono::Duration::minutes(15 * i);
+        let e = s + chrono::Duration::minutes(15);
+        w.ok(reading("bess-01", "stored", &s.to_rfc3339(), &e.to_rfc3339(), "475000")).await;
+    }
+    w.refused(reading("bess-01", "stored", "2026-11-03T10:00:00Z", "2026-11-03T10:15:00Z", "0.001"), Code::StorageOverflow, "wh").await;
+}
+
+#[tokio::test]
+async fn a_transfer_that_overdraws_is_refused() {
+    let w = World::new().await;
+    let m = w
+        .refused(
+            json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"1000.000001"}),
+            Code::InsufficientCredits,
+            "amount_eu",
+        )
+        .await;
+    assert!(m.contains("1000"), "{m}");
+    w.ok(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"1000"})).await;
+    // Consumption lowers what can be transferred.
+    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "10")).await;
+    w.refused(json!({"command":"transfer_credits","from_tenant":"beta-labs","to_tenant":"acme-ai","amount_eu":"1000.000001"}), Code::InsufficientCredits, "amount_eu").await;
+}
+
+#[tokio::test]
+async fn a_transfer_to_oneself_is_refused() {
+    let w = World::new().await;
+    w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"acme-ai","amount_eu":"1"}), Code::Validation, "to_tenant").await;
+}
+
+#[tokio::test]
+async fn a_transfer_that_is_not_positive_is_refused() {
+    let w = World::new().await;
+    for amount in ["0", "-5", "0.0000000"] {
+        w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":amount}), Code::Validation, "amount_eu").await;
+    }
+}
+
+#[tokio::test]
+async fn a_tariff_with_overlapping_bands_is_refused() {
+    let w = World::new().await;
+    let mut t = tariff("2026-12-01T00:00:00Z");
+    t["bands"][1]["end"] = json!("14:30");
+    t["bands"][1]["start"] = json!("13:00");
+    w.refused(t, Code::Validation, "bands[1]").await;
+}
+
+#[tokio::test]
+async fn an_unknown_time_zone_is_refused() {
+    let w = World::new().await;
+    w.refused(json!({"command":"register_site","site_id":"mars-1","time_zone":"Mars/Olympus_Mons"}), Code::Validation, "time_zone").await;
+}
+
+#[tokio::test]
+async fn re_registering_with_other_attributes_is_a_conflict() {
+    let w = World::new().await;
+    w.refused(json!({"command":"register_site","site_id":"memphis-1","time_zone":"America/New_York"}), Code::Conflict, "site_id").await;
+    w.refused(json!({"command":"register_tenant","tenant_id":"acme-ai","name":"Acme"}), Code::Conflict, "tenant_id").await;
+    w.refused(
+        json!({"command":"register_meter","meter_id":"gt-01","site_id":"memphis-1","kind":"generation","asset_id":"turbine-01","source":"solar","rated_power_w":"35000000"}),
+        Code::Conflict,
+        "meter_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tariff_cannot_be_rewritten_or_back_dated() {
+    let w = World::new().await;
+    let mut same_day = tariff("2026-01-01T00:00:00Z");
+    same_day["default_band"]["multiplier"] = json!("2");
+    w.refused(same_day, Code::Conflict, "effective_from").await;
+    w.refused(tariff("2025-06-01T00:00:00Z"), Code::Validation, "effective_from").await;
+    let v2 = w.ok(tariff("2026-11-01T00:00:00Z")).await;
+    assert_eq!(v2["tariff_version"], 2);
+}
+
+#[tokio::test]
+async fn a_reading_without_a_tariff_in_force_is_refused() {
+    let w = World::new().await;
+    w.refused(reading("gt-01", "generated", "2025-12-31T23:45:00Z", "2026-01-01T00:00:00Z", "1"), Code::Validation, "start").await;
+}
+
+#[tokio::test]
+async fn closing_a_period_that_has_not_ended_is_refused() {
+    let w = World::new().await;
+    w.refused(json!({"command":"close_period","period":"2026-11"}), Code::Validation, "period").await;
+}
+
+#[tokio::test]
+async fn correcting_an_unknown_reading_is_refused() {
+    let w = World::new().await;
+    w.refused(
+        json!({"command":"correct_reading","event_id":"00000000-0000-0000-0000-000000000001","wh":"1","reason":"x"}),
+        Code::NotFound,
+        "event_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_commands_name_every_bad_field() {
+    let w = World::new().await;
+    let r = match w.run(json!({"command":"post_reading","meter_id":"rack-a1","flow":"consumed","start":"2026-11-02T20:00:00Z","end":"2026-11-02T20:15:00Z","wh":"1e400"})).await {
+        Err(CommandError::Rejected(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((r.code, r.field.as_deref()), (Code::Validation, Some("wh")));
+    let r = match w.run(json!({"command":"post_reading","meter_id":"rack-a1","flow":"consumed","start":"2026-11-02T20:00:00Z","end":"2026-11-03T20:15:00Z","wh":"1"})).await {
+        Err(CommandError::Rejected(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(r.message.contains("24 hours"), "{}", r.message);
+}
+
+/// The same command twice is recognised and answers with the first result.
+#[tokio::test]
+async fn every_command_repeated_is_a_duplicate_with_the_first_result() {
+    let w = World::new().await;
+    let r = w.ok(reading("rack-a1", "consumed", "2026-10-02T20:00:00Z", "2026-10-02T20:15:00Z", "100")).await;
+    let rid = r["event_id"].as_str().unwrap().to_string();
+    let mut commands = setup();
+    commands.extend([
+        reading("rack-a1", "consumed", "2026-10-02T20:00:00Z", "2026-10-02T20:15:00Z", "100"),
+        json!({"command":"correct_reading","event_id":rid,"wh":"90","reason":"meter recalibrated"}),
+        json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"2.5","memo":"spot"}),
+        json!({"command":"close_period","period":"2026-10"}),
+    ]);
+    for c in commands {
+        let first = match w.run(c.clone()).await {
+            Ok(a) => a,
+            Err(e) => panic!("{c}: {e}"),
+        };
+        let head = w.head().await;
+        let again = w.run(c.clone()).await.unwrap();
+        assert!(again.duplicate, "{c} again is a duplicate");
+        assert_eq!(
+            (again.event_id, again.position, again.version, &again.stream),
+            (first.event_id, first.position, first.version, &first.stream),
+            "{c}"
+        );
+        assert_eq!(again.to_json()["price"], first.to_json()["price"]);
+        assert_eq!(w.head().await, head, "{c}: a duplicate appends nothing");
+    }
+}
+
+/// The contract's example: a peak-hour consumption of 450,000 Wh costs 742,500 EU.
+#[tokio::test]
+async fn the_contract_example_prices_as_documented() {
+    let w = World::new().await;
+    let r = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450000")).await;
+    assert_eq!(
+        r["price"],
+        json!({"tariff_version":1,"band":"peak","multiplier":"1.5","rate_eu_per_wh":"1.1","source_multiplier":"1","eu_per_wh":"1.65","amount_eu":"742500"})
+    );
+    assert_eq!((r["stream"].as_str(), r["version"].as_u64(), r["duplicate"].as_bool()), (Some("meter-rack-a1"), Some(2), Some(false)));
+}
+
+/// A correction records the difference and is booked into the first open period when its
+/// reading's period is closed.
+#[tokio::test]
+async fn a_correction_into_a_closed_period_is_a_prior_period_adjustment() {
+    let w = World::new().await;
+    let r = w.ok(reading("rack-a1", "consumed", "2026-10-02T20:00:00Z", "2026-10-02T20:15:00Z", "1000")).await;
+    w.ok(json!({"command":"close_period","period":"2026-10"})).await;
+    let c = w
+        .ok(json!({"command":"correct_reading","event_id":r["event_id"],"wh":"800","reason":"meter recalibrated"}))
+        .await;
+    // 1000 Wh × 1.65 = 1650 EU; 800 Wh × 1.65 = 1320 EU; the difference is −330 EU.
+    assert_eq!(c["delta_eu"], "-330");
+    let data = w.ledger.store().read_all(c["position"].as_u64().unwrap() - 1, 1).await.unwrap();
+    let ev: Value = serde_json::from_str(&data[0].data).unwrap();
+    assert_eq!((ev["period"].as_str(), ev["booked_period"].as_str()), (Some("2026-10"), Some("2026-11")));
+}

@@ -1,0 +1,68 @@
+//! The store contract on the embedded SQLite backend, plus what only a file can show.
+
+mod contract;
+
+use std::sync::Arc;
+use wattledger::store::sqlite::SqliteStore;
+use wattledger::store::{EventStore, ExpectedVersion};
+
+/// A fresh store in its own temporary directory (kept alive for the test's duration).
+async fn fresh() -> Option<Arc<dyn EventStore>> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Some(SqliteStore::open(&dir.join("w.db")).await.unwrap())
+}
+
+contract_suite!(fresh);
+
+#[tokio::test]
+async fn a_reopened_store_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.append(contract::batch("r", ExpectedVersion::NoStream, vec![contract::ev("{}"), contract::ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
+    let head = s.head().await.unwrap();
+    s.shutdown().await;
+    drop(s);
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.head().await.unwrap(), head);
+    let r = s
+        .append(contract::batch("r", ExpectedVersion::Exact(2), vec![contract::ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(r.recorded, vec![(3, 3)]);
+    let all = s.read_all(0, 10).await.unwrap();
+    contract::assert_sound_chain(&all);
+}
+
+#[tokio::test]
+async fn a_second_writer_on_one_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let _first = SqliteStore::open(&path).await.unwrap();
+    let second = SqliteStore::open(&path).await;
+    let msg = second.err().expect("refused").to_string();
+    assert!(msg.contains("another wattledger process"), "{msg}");
+    // Reading beside the writer is fine.
+    let reader = SqliteStore::open_read_only(&path).await.unwrap();
+    assert_eq!(reader.head().await.unwrap().position, 0);
+}
+
+#[tokio::test]
+async fn the_file_is_in_wal_mode_with_full_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.append(contract::batch("w", ExpectedVersion::Any, vec![contract::ev("{}")])).wait().await.unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    // The table has no index besides its integer key: the hot path is a pure append.
+    let indexes: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(indexes, 0);
+}
