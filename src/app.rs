@@ -169,7 +169,7 @@ pub async fn audit(url: &str, progress: bool) -> Result<AuditReport, AppError> {
         b
     });
     let snapshot = snapshot_path_for(url);
-    let report = crate::audit::audit(store.as_ref(), Some(&snapshot), |pos, head| {
+    let report = crate::audit::audit(store.as_ref(), crate::audit::Live::from_file(&snapshot), |pos, head| {
         if let Some(b) = &bar {
             b.set_length(head);
             b.set_position(pos);
@@ -207,4 +207,92 @@ pub async fn export(url: &str, format: &str, out: &mut impl Write) -> Result<u64
         }
         other => Err(AppError::Usage(format!("--format {other:?} is not supported; use ndjson"))),
     }
+}
+
+/// The folder that holds a store's companions (the JWT secret, snapshots): the SQLite
+/// file's folder, else `./data`.
+pub fn data_dir(url: &str) -> std::path::PathBuf {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    if url.starts_with("sqlite://") || !url.contains("://") {
+        match std::path::Path::new(path).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        }
+    } else {
+        std::path::PathBuf::from("data")
+    }
+}
+
+/// Runs the HTTP API until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn serve(url: &str, listen: &str) -> Result<(), AppError> {
+    let auth = crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
+    let ledger = open_ledger(url).await?;
+    let projections = Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
+    if let Some(note) = &projections.snapshot_note {
+        tracing::warn!("{note}");
+    }
+    let source = auth.source.clone();
+    let server = crate::api::start(listen, ledger, projections, auth).await?;
+    tracing::info!(
+        "wattledger listening on http://{} (store {}); tokens are verified with the {}; mint one with: wattledger token --role operator --store {}",
+        server.addr,
+        store::redact_url(url),
+        source,
+        store::redact_url(url)
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Mints a token signed with the key the server uses.
+pub fn token(
+    url: &str,
+    role: &str,
+    tenant: Option<String>,
+    sites: Option<String>,
+    meters: Option<String>,
+    ttl: &str,
+    sub: Option<String>,
+) -> Result<String, AppError> {
+    use crate::api::auth::{AuthConfig, Claims, Role, parse_ttl};
+    let role = Role::parse(role).map_err(AppError::Usage)?;
+    if role == Role::Tenant && tenant.is_none() {
+        return Err(AppError::Usage("a tenant token needs --tenant".into()));
+    }
+    if role == Role::Meter && sites.is_none() && meters.is_none() {
+        return Err(AppError::Usage("a meter token needs --sites or --meters".into()));
+    }
+    let list = |s: Option<String>| s.map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
+    let ttl = parse_ttl(ttl).map_err(AppError::Usage)?;
+    let auth = AuthConfig::from_env(&data_dir(url), false).map_err(AppError::Usage)?;
+    let now = chrono::Utc::now().timestamp() as u64;
+    let claims = Claims {
+        sub: sub.unwrap_or_else(|| format!("{role:?}").to_lowercase()),
+        role,
+        exp: now + ttl,
+        iat: Some(now),
+        tenant_id: tenant,
+        sites: list(sites),
+        meters: list(meters),
+        iss: None,
+        aud: None,
+    };
+    auth.mint(claims).map_err(AppError::Usage)
 }

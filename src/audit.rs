@@ -203,13 +203,30 @@ fn short(h: &str) -> &str {
     &h[..h.len().min(16)]
 }
 
-/// Audits the whole log. `snapshot` is the live projection snapshot to compare, if any;
-/// `progress(position, head)` is called after each page.
-pub async fn audit(
-    store: &dyn EventStore,
-    snapshot: Option<&Path>,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<AuditReport, StoreError> {
+/// The live projections to hold against the replay.
+pub enum Live {
+    None,
+    Books(Box<Books>),
+    /// A snapshot file that could not be read: itself a finding.
+    Unreadable(String),
+}
+
+impl Live {
+    /// The snapshot file at `path`, if there is one.
+    pub fn from_file(path: &Path) -> Self {
+        if !path.exists() {
+            return Live::None;
+        }
+        match read_snapshot(path) {
+            Ok(b) => Live::Books(Box::new(b)),
+            Err(e) => Live::Unreadable(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// Audits the whole log against the live projections, if any; `progress(position, head)`
+/// is called after each page.
+pub async fn audit(store: &dyn EventStore, live: Live, mut progress: impl FnMut(u64, u64)) -> Result<AuditReport, StoreError> {
     let head = store.head().await?;
     let mut w = Walk {
         report: AuditReport::default(),
@@ -221,15 +238,14 @@ pub async fn audit(
         running_hash: GENESIS_HASH.to_string(),
         closes: Vec::new(),
     };
-    let mut live = None;
-    if let Some(path) = snapshot
-        && path.exists()
-    {
-        match read_snapshot(path) {
-            Ok(b) => live = Some(b),
-            Err(e) => w.report.add(None, "snapshot", format!("{}: {e}", path.display())),
+    let live = match live {
+        Live::None => None,
+        Live::Books(b) => Some(*b),
+        Live::Unreadable(why) => {
+            w.report.add(None, "snapshot", why);
+            None
         }
-    }
+    };
     let mut compared = false;
     let compare = |w: &mut Walk, live: &Books, compared: &mut bool| {
         *compared = true;

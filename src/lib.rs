@@ -10,3 +10,5 @@ pub mod ledger;
 pub mod projections;
 pub mod audit;
 pub mod app;
+pub mod metrics;
+pub mod api;

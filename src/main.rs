@@ -24,6 +24,33 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the HTTP API (and the web page) on the store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "WATTLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Print a signed token (JWT) for the server's key.
+    Token {
+        /// operator, meter, tenant or auditor.
+        #[arg(long)]
+        role: String,
+        /// The tenant a tenant token is scoped to.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Sites a meter token may post for (comma-separated).
+        #[arg(long)]
+        sites: Option<String>,
+        /// Meters a meter token may post for (comma-separated).
+        #[arg(long)]
+        meters: Option<String>,
+        /// Lifetime: 30s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The token's subject (who it is for).
+        #[arg(long)]
+        sub: Option<String>,
+    },
     /// Apply NDJSON commands from FILE (or - for standard input); one JSON result per line.
     Apply { file: String },
     /// A tenant's statement for a period.
@@ -54,6 +81,21 @@ enum Cmd {
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
     match cli.command {
+        Cmd::Serve { listen } => {
+            app::serve(&cli.store, &listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token {
+            role,
+            tenant,
+            sites,
+            meters,
+            ttl,
+            sub,
+        } => {
+            println!("{}", app::token(&cli.store, &role, tenant, sites, meters, &ttl, sub)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Apply { file } => {
             let ledger = app::open_ledger(&cli.store).await?;
             let out = std::io::BufWriter::new(std::io::stdout());
@@ -107,6 +149,13 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

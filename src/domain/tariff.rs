@@ -453,30 +453,34 @@ pub fn price(
     let amount_eu = round_eu(exact);
     let multiplier = round_eu(weighted_ms / total_ms);
 
-    // Each part's share is rounded; the last part takes the remainder so that the parts
-    // always sum exactly to the recorded total.
+    // Parts are rounded cumulatively: part i is round(share up to i) − round(share up to
+    // i − 1). The running shares only grow, so no part is negative, and the last cumulative
+    // share is the whole, so the parts always sum exactly to the recorded total.
     let mut parts = Vec::with_capacity(segments.len());
-    let (mut wh_left, mut eu_left) = (energy_wh, amount_eu);
+    let (mut cum_ms, mut cum_weighted) = (Decimal::ZERO, Decimal::ZERO);
+    let (mut wh_before, mut eu_before) = (Decimal::ZERO, Decimal::ZERO);
     for (i, (a, b, band)) in segments.iter().enumerate() {
         let ms = Decimal::from((*b - *a).num_milliseconds());
         let m = terms.band_multiplier(*band);
-        let (wh, eu) = if i + 1 == segments.len() {
-            (wh_left, eu_left)
+        cum_ms += ms;
+        cum_weighted += ms * m;
+        let (wh_upto, eu_upto) = if i + 1 == segments.len() {
+            (energy_wh, amount_eu)
         } else {
-            let wh = round_wh(energy_wh * ms / total_ms);
-            let eu = round_eu(base.checked_mul(ms * m).ok_or_else(too_large)? / total_ms);
+            let wh = round_wh(energy_wh * cum_ms / total_ms);
+            let eu = round_eu(base.checked_mul(cum_weighted).ok_or_else(too_large)? / total_ms);
             (wh, eu)
         };
-        wh_left -= wh;
-        eu_left -= eu;
         parts.push(PricePart {
             band: terms.band_name(*band).to_string(),
             multiplier: m.normalize(),
             start: *a,
             end: *b,
-            energy_wh: wh.normalize(),
-            amount_eu: eu.normalize(),
+            energy_wh: (wh_upto - wh_before).normalize(),
+            amount_eu: (eu_upto - eu_before).normalize(),
         });
+        wh_before = wh_upto;
+        eu_before = eu_upto;
     }
     Ok(Price {
         tariff_version: terms.tariff_version,
@@ -661,6 +665,29 @@ mod tests {
         assert_eq!(p.parts[1].energy_wh, d("1700"));
         // 1.1 × (700 × 0.6 + 1700 × 1) = 1.1 × 2120 = 2332.
         assert_eq!(p.amount_eu, d("2332"));
+    }
+
+    /// Tiny readings split over many bands: every part is non-negative and the parts sum
+    /// exactly to the total (a remainder-takes-all split could go negative here).
+    #[test]
+    fn parts_are_never_negative_and_sum_exactly() {
+        let mut t = contract_terms();
+        t.bands = serde_json::from_str(
+            r#"[{"name":"a","days":["mon","tue","wed","thu","fri","sat","sun"],"start":"00:00","end":"07:00","multiplier":"1"},
+                {"name":"b","days":["mon","tue","wed","thu","fri","sat","sun"],"start":"07:00","end":"14:00","multiplier":"3"},
+                {"name":"c","days":["mon","tue","wed","thu","fri","sat","sun"],"start":"14:00","end":"21:00","multiplier":"7"}]"#,
+        )
+        .unwrap();
+        for wh in ["0.001", "0.002", "0.005", "1", "7.777"] {
+            let day = iv("2026-11-03T06:00:00Z", "2026-11-04T06:00:00Z");
+            let p = price(&t, &CHICAGO, Flow::Stored, None, &day, d(wh)).unwrap();
+            assert_eq!(p.parts.len(), 4, "{wh}");
+            for part in &p.parts {
+                assert!(part.energy_wh >= Decimal::ZERO && part.amount_eu >= Decimal::ZERO, "{wh}: {part:?}");
+            }
+            assert_eq!(p.parts.iter().map(|x| x.energy_wh).sum::<Decimal>(), d(wh));
+            assert_eq!(p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(), p.amount_eu);
+        }
     }
 
     #[test]

@@ -8,10 +8,15 @@ use std::fmt;
 pub const INTERVAL_S_MAX: i64 = 24 * 3600;
 
 /// Parses an RFC 3339 timestamp and returns it in UTC.
+/// Times between the years 1970 and 9999 only: every period must be writable as `YYYY-MM`.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}"))
+        .map_err(|_| format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}"))?;
+    if !(1970..=9999).contains(&t.year()) {
+        return Err(format!("must be between the years 1970 and 9999, got {s:?}"));
+    }
+    Ok(t)
 }
 
 /// Renders a time as RFC 3339 in UTC with a `Z`.
@@ -165,6 +170,12 @@ mod tests {
         assert!(Interval::new(t("2026-01-01T00:15:00Z"), t("2026-01-01T00:00:00Z")).is_err());
         assert!(Interval::new(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z")).is_ok());
         assert!(Interval::new(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:01Z")).is_err());
+    }
+
+    #[test]
+    fn times_outside_the_writable_years_are_refused() {
+        assert!(parse_time("1969-12-31T23:59:59Z").is_err());
+        assert!(parse_time("1970-01-01T00:00:00Z").is_ok());
     }
 
     #[test]

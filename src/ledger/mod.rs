@@ -132,6 +132,7 @@ struct Inner {
 
 pub struct Ledger {
     store: Arc<dyn EventStore>,
+    metrics: Arc<crate::metrics::Metrics>,
     clock: Arc<dyn Clock>,
     inner: tokio::sync::Mutex<Inner>,
     /// Set when an append the state already counted was not recorded: the state must be
@@ -146,6 +147,8 @@ pub enum Pending {
         ticket: AppendTicket,
         new: Box<NewEvent>,
         stale: Arc<AtomicBool>,
+        metrics: Arc<crate::metrics::Metrics>,
+        started: std::time::Instant,
     },
     Duplicate {
         store: Arc<dyn EventStore>,
@@ -159,8 +162,16 @@ impl Pending {
     pub async fn wait(self) -> Outcome {
         match self {
             Pending::Ready(o) => o,
-            Pending::Append { ticket, new, stale } => match ticket.wait().await {
+            Pending::Append {
+                ticket,
+                new,
+                stale,
+                metrics,
+                started,
+            } => match ticket.wait().await {
                 Ok(a) => {
+                    metrics.append_latency_s.observe(started.elapsed().as_secs_f64());
+                    metrics.appends_total.fetch_add(1, Ordering::Relaxed);
                     let (position, version) = a.recorded[0];
                     Ok(Accepted {
                         event_id: new.event_id,
@@ -172,6 +183,7 @@ impl Pending {
                     })
                 }
                 Err(e) => {
+                    metrics.append_errors_total.fetch_add(1, Ordering::Relaxed);
                     stale.store(true, Ordering::SeqCst);
                     Err(CommandError::Store(e))
                 }
@@ -236,6 +248,7 @@ impl Ledger {
         let state = replay_state(store.as_ref()).await?;
         Ok(Arc::new(Self {
             store,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             clock,
             inner: tokio::sync::Mutex::new(Inner { state }),
             stale: Arc::new(AtomicBool::new(false)),
@@ -244,6 +257,10 @@ impl Ledger {
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Decides a command and queues its event; await the returned [`Pending`] for the answer.
@@ -301,6 +318,8 @@ impl Ledger {
                     ticket,
                     new: Box::new(new),
                     stale: self.stale.clone(),
+                    metrics: self.metrics.clone(),
+                    started: std::time::Instant::now(),
                 }
             }
         }

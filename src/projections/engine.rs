@@ -167,7 +167,7 @@ impl Projections {
             if since_snapshot >= SNAPSHOT_EVERY_EVENTS {
                 since_snapshot = 0;
                 if let Err(e) = self.save() {
-                    tracing_warn(&format!("could not write the projection snapshot: {e}"));
+                    tracing::warn!(error = %e, "could not write the projection snapshot");
                 }
             }
         }
@@ -202,9 +202,6 @@ impl Projections {
     }
 }
 
-fn tracing_warn(msg: &str) {
-    eprintln!("warning: {msg}");
-}
 
 /// Whether a snapshot agrees with the log: the log reaches its position and the event there
 /// carries its chain hash. `Some(reason)` when it does not.

@@ -190,6 +190,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Finishes queued work and stops the writer.
     async fn shutdown(&self);
+
+    /// Sizes of the groups of requests committed together (one transaction each).
+    fn group_commit_sizes(&self) -> Option<&crate::metrics::Histogram> {
+        None
+    }
 }
 
 /// Catch up from a position, then follow live appends.

@@ -42,6 +42,7 @@ pub struct SqliteStore {
     head_rx: watch::Receiver<u64>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    group_sizes: Arc<crate::metrics::Histogram>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -159,12 +160,14 @@ impl SqliteStore {
         let index = Self::load_index(&conn)?;
         let (head_tx, head_rx) = watch::channel(index.head);
         let index = Arc::new(RwLock::new(index));
+        let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
         let (tx, writer) = if write {
             let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
             let writer_index = index.clone();
+            let sizes = group_sizes.clone();
             let writer = std::thread::Builder::new()
                 .name("wattledger-sqlite-writer".into())
-                .spawn(move || writer_loop(conn, rx, writer_index, head_tx))
+                .spawn(move || writer_loop(conn, rx, writer_index, head_tx, sizes))
                 .map_err(unavailable)?;
             (Some(tx), Some(writer))
         } else {
@@ -178,6 +181,7 @@ impl SqliteStore {
             head_rx,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
+            group_sizes,
         }))
     }
 
@@ -337,6 +341,10 @@ impl EventStore for SqliteStore {
         self.head_rx.clone()
     }
 
+    fn group_commit_sizes(&self) -> Option<&crate::metrics::Histogram> {
+        Some(&self.group_sizes)
+    }
+
     async fn shutdown(&self) {
         self.tx.lock().expect("sender lock").take();
         let handle = self.writer.lock().expect("writer lock").take();
@@ -353,7 +361,13 @@ struct Staged {
     ids: HashMap<Uuid, u64>,
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, index: Arc<RwLock<Index>>, head_tx: watch::Sender<u64>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    index: Arc<RwLock<Index>>,
+    head_tx: watch::Sender<u64>,
+    group_sizes: Arc<crate::metrics::Histogram>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut msgs = vec![first];
         while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
@@ -362,6 +376,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, index: Arc<RwL
                 Err(_) => break,
             }
         }
+        group_sizes.observe(msgs.len() as f64);
         commit_group(&mut conn, msgs, &index, &head_tx);
     }
 }

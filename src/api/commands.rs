@@ -1,0 +1,253 @@
+//! The write routes: each takes the body of a CONTRACT §1 command and answers 201 with the
+//! result for a new event, 200 for a recognised duplicate.
+
+use super::AppState;
+use super::auth::{Auth, Role};
+use super::body::{self, Kind, NDJSON_BODY_BYTES_MAX, NDJSON_LINES_MAX};
+use super::error::ApiError;
+use crate::domain::Command;
+use crate::ledger::{Outcome, Pending};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// The answer to one command: 201 new, 200 duplicate, problem+json otherwise.
+fn answer(out: Outcome) -> Result<Response, ApiError> {
+    let a = out?;
+    let status = if a.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(a.to_json())).into_response())
+}
+
+/// Puts a path parameter into the body; a body that names another value is refused.
+fn with_path_field(mut obj: Map<String, Value>, field: &str, value: &str) -> Result<Map<String, Value>, ApiError> {
+    match obj.get(field) {
+        Some(Value::String(s)) if s != value => {
+            return Err(ApiError::invalid(field, format!("the body says {s:?} but the path says {value:?}")));
+        }
+        _ => {}
+    }
+    obj.insert(field.into(), Value::String(value.into()));
+    Ok(obj)
+}
+
+async fn run(state: &AppState, name: &str, obj: &Map<String, Value>) -> Result<Response, ApiError> {
+    let cmd = Command::parse(name, obj)?;
+    answer(state.ledger.execute(&cmd).await)
+}
+
+pub async fn register_site(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    run(&s, "register_site", &body::json_object(&headers, body).await?).await
+}
+
+pub async fn register_tenant(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    run(&s, "register_tenant", &body::json_object(&headers, body).await?).await
+}
+
+pub async fn register_meter(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    run(&s, "register_meter", &body::json_object(&headers, body).await?).await
+}
+
+pub async fn publish_tariff(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(site_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "site_id", &site_id)?;
+    run(&s, "publish_tariff", &obj).await
+}
+
+pub async fn issue_credits(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    run(&s, "issue_credits", &obj).await
+}
+
+pub async fn transfer_credits(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Tenant])?;
+    let obj = body::json_object(&headers, body).await?;
+    if c.role == Role::Tenant {
+        let from = obj.get("from_tenant").and_then(Value::as_str).unwrap_or("");
+        c.require_tenant_scope(from)?;
+    }
+    run(&s, "transfer_credits", &obj).await
+}
+
+pub async fn close_period(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(period): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    // The body is optional; when given it must be JSON.
+    let obj = if headers.contains_key(header::CONTENT_TYPE) {
+        let bytes = body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            body::kind(&headers, false)?;
+            body::parse_object(&bytes)?
+        }
+    } else {
+        Map::new()
+    };
+    let obj = with_path_field(obj, "period", &period)?;
+    run(&s, "close_period", &obj).await
+}
+
+/// Whether a meter token may post for this meter (its meter, or a meter of its sites).
+async fn meter_allowed(s: &AppState, c: &super::auth::Claims, meter: &str) -> bool {
+    if c.role != Role::Meter {
+        return true;
+    }
+    let site = s
+        .ledger
+        .with_state(|st| {
+            crate::domain::ids::MeterId::parse(meter)
+                .ok()
+                .and_then(|m| st.meters.get(&m).map(|m| m.reg.site_id.to_string()))
+        })
+        .await;
+    c.meter_in_scope(meter, site.as_deref())
+}
+
+fn forbidden_meter(meter: &str) -> ApiError {
+    ApiError::forbidden(format!("this token may not post readings for meter {meter:?}"))
+}
+
+/// Decides one reading line; a refusal is answered on its own.
+async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Pending, ApiError> {
+    if let Some(cmd) = obj.get("command")
+        && cmd != "post_reading"
+    {
+        return Err(ApiError::invalid("command", "only post_reading is accepted here"));
+    }
+    let cmd = Command::parse("post_reading", obj)?;
+    if let Command::PostReading { meter_id, .. } = &cmd
+        && !meter_allowed(s, c, meter_id.as_str()).await
+    {
+        tracing::warn!(sub = %c.sub, meter = %meter_id, "refused: meter out of scope");
+        return Err(forbidden_meter(meter_id.as_str()));
+    }
+    Ok(s.ledger.submit(&cmd).await)
+}
+
+/// One reading (JSON) or many (NDJSON: one result line per input line, in order).
+pub async fn post_readings(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Meter])?;
+    match body::kind(&headers, true)? {
+        Kind::Json => {
+            let obj = body::parse_object(&body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?)?;
+            let pending = submit_reading(&s, &c, &obj).await?;
+            answer(pending.wait().await)
+        }
+        Kind::Ndjson => bulk(s, c, headers, body).await,
+    }
+}
+
+fn line_answer(line: usize, r: Result<crate::ledger::Accepted, ApiError>) -> Value {
+    match r {
+        Ok(a) => {
+            let mut v = a.to_json();
+            v["line"] = json!(line);
+            v["status"] = json!(if a.duplicate { 200 } else { 201 });
+            v
+        }
+        Err(e) => {
+            let mut err = json!({"code": e.code, "message": e.detail});
+            if let Some(f) = e.errors.first() {
+                err["field"] = json!(f.field);
+                err["errors"] = serde_json::to_value(&e.errors).expect("errors");
+            }
+            if let Some(id) = e.existing_event_id {
+                err["existing_event_id"] = json!(id);
+            }
+            json!({"ok": false, "line": line, "status": e.status.as_u16(), "error": err})
+        }
+    }
+}
+
+async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    if lines.len() > NDJSON_LINES_MAX {
+        return Err(ApiError::too_large(format!(
+            "{} lines; a bulk request carries at most {NDJSON_LINES_MAX}",
+            lines.len()
+        )));
+    }
+    // Decide every line in order (each queued to the writer as it is decided), then answer
+    // each as it becomes durable, in order.
+    let mut pending: Vec<(usize, Result<Pending, ApiError>)> = Vec::with_capacity(lines.len());
+    for (n, line) in lines {
+        let p = match body::parse_object(line.as_bytes()) {
+            Ok(obj) => submit_reading(&s, &c, &obj).await,
+            Err(e) => Err(e),
+        };
+        pending.push((n, p));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1024);
+    tokio::spawn(async move {
+        for (n, p) in pending {
+            let r = match p {
+                Ok(p) => p.wait().await.map_err(ApiError::from),
+                Err(e) => Err(e),
+            };
+            let line = format!("{}\n", line_answer(n, r));
+            // A client that went away stops reading; the appends complete in the writer anyway.
+            let _ = tx.send(Ok(line)).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let mut res = Response::new(Body::from_stream(stream));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(res)
+}
+
+pub async fn correct_reading(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Meter])?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "event_id", &event_id)?;
+    let cmd = Command::parse("correct_reading", &obj)?;
+    if c.role == Role::Meter
+        && let Command::CorrectReading { corrected_event_id, .. } = &cmd
+    {
+        let meter = s
+            .ledger
+            .with_state(|st| st.readings.get(corrected_event_id).map(|r| r.meter_id.to_string()))
+            .await;
+        match meter {
+            Some(m) if meter_allowed(&s, &c, &m).await => {}
+            Some(m) => return Err(forbidden_meter(&m)),
+            None => {}
+        }
+    }
+    answer(s.ledger.execute(&cmd).await)
+}

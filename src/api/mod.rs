@@ -1,0 +1,183 @@
+//! The HTTP API (axum): routes of CONTRACT §3, JWT roles, problem+json errors, NDJSON bulk
+//! ingest, server-sent events, health, readiness and metrics.
+//!
+//! Every route is declared once, in [`routes!`], which builds the router and the list of
+//! routes that a test holds against `api.yaml`.
+
+pub mod auth;
+pub mod body;
+pub mod commands;
+pub mod error;
+pub mod ops;
+pub mod reads;
+pub mod stream;
+
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::projections::engine::Projections;
+use auth::AuthConfig;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use error::ApiError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Arc<Ledger>,
+    pub projections: Arc<Projections>,
+    pub auth: Arc<AuthConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every route the router serves, as `(METHOD, path)`; `api.yaml` must list the same.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        fn route_table() -> Router<AppState> {
+            let mut r = Router::new();
+            $( r = r.route($path, axum::routing::$method($handler)); )*
+            r
+        }
+    };
+}
+
+routes! {
+    post "/v1/sites" => commands::register_site,
+    post "/v1/tenants" => commands::register_tenant,
+    post "/v1/meters" => commands::register_meter,
+    post "/v1/sites/{site_id}/tariffs" => commands::publish_tariff,
+    post "/v1/readings" => commands::post_readings,
+    post "/v1/readings/{event_id}/corrections" => commands::correct_reading,
+    post "/v1/tenants/{tenant_id}/credits" => commands::issue_credits,
+    post "/v1/transfers" => commands::transfer_credits,
+    post "/v1/periods/{period}/close" => commands::close_period,
+    get "/v1/accounts/{account}" => reads::account,
+    get "/v1/tenants/{tenant_id}/statements/{period}" => reads::statement,
+    get "/v1/sites/{site_id}/energy-balance" => reads::energy_balance,
+    get "/v1/settlements/{period}" => reads::settlement,
+    get "/v1/storage" => reads::storage,
+    get "/v1/streams/{stream}" => stream::read_stream,
+    get "/v1/events" => stream::read_events,
+    get "/v1/events/live" => stream::live,
+    get "/v1/audit" => stream::audit,
+    get "/healthz" => ops::healthz,
+    get "/readyz" => ops::readyz,
+    get "/metrics" => ops::metrics,
+    get "/openapi.yaml" => ops::openapi,
+}
+
+/// The router with its middleware: request ids, one span per request, metrics.
+pub fn router(state: AppState) -> Router {
+    route_table()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+/// Longest request id echoed back; longer or odd ones are replaced.
+const REQUEST_ID_CHARS_MAX: usize = 128;
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_CHARS_MAX && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let status = res.status().as_u16();
+    span.in_scope(|| tracing::info!(status, latency_ms = started.elapsed().as_millis() as u64, "answered"));
+    state.metrics.count_request(&method, &route, status);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// A running server: its address, and how to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<std::io::Result<()>>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes in-flight requests, flushes the writer, saves the snapshot.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let served = self.join.await.map_err(std::io::Error::other)?;
+        self.state.ledger.store().shutdown().await;
+        self.follower.abort();
+        let _ = self.state.projections.catch_up().await;
+        if let Err(e) = self.state.projections.save() {
+            tracing::warn!(error = %e, "could not save the projection snapshot");
+        }
+        served
+    }
+}
+
+/// Binds `listen` and serves the API until [`RunningServer::stop`].
+pub async fn start(listen: &str, ledger: Arc<Ledger>, projections: Arc<Projections>, auth: AuthConfig) -> std::io::Result<RunningServer> {
+    let ledger_metrics = ledger.metrics().clone();
+    let state = AppState {
+        ledger,
+        projections: projections.clone(),
+        auth: Arc::new(auth),
+        metrics: ledger_metrics,
+    };
+    let follower = tokio::spawn(async move {
+        loop {
+            if let Err(e) = projections.clone().follow().await {
+                tracing::error!(error = %e, "projections stopped following the log; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let join = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown: Some(tx),
+        join,
+        follower,
+    })
+}
