@@ -106,7 +106,9 @@ pub async fn apply(
         }
     }
     drop(tx);
-    Ok(printer.await.map_err(|e| AppError::Usage(e.to_string()))??)
+    Ok(printer
+        .await
+        .map_err(|e| AppError::Usage(e.to_string()))??)
 }
 
 /// Opens the ledger over a store for writing.
@@ -135,7 +137,12 @@ pub enum StatementFormat {
     Html,
 }
 
-pub async fn statement(url: &str, tenant: &str, period: &str, format: StatementFormat) -> Result<String, AppError> {
+pub async fn statement(
+    url: &str,
+    tenant: &str,
+    period: &str,
+    format: StatementFormat,
+) -> Result<String, AppError> {
     let period = Period::parse(period).map_err(|m| AppError::Usage(format!("--period {m}")))?;
     let p = open_projections(url).await?;
     let s = p
@@ -151,9 +158,9 @@ pub async fn statement(url: &str, tenant: &str, period: &str, format: StatementF
 pub async fn balance(url: &str, account: &str) -> Result<String, AppError> {
     parse_account(account).map_err(|m| AppError::Usage(format!("--account {m}")))?;
     let p = open_projections(url).await?;
-    let b = p
-        .read(|b| b.balance(account))
-        .ok_or_else(|| AppError::Usage(format!("nothing has been posted to account {account:?}")))?;
+    let b = p.read(|b| b.balance(account)).ok_or_else(|| {
+        AppError::Usage(format!("nothing has been posted to account {account:?}"))
+    })?;
     Ok(serde_json::to_string_pretty(&b).expect("json"))
 }
 
@@ -163,18 +170,24 @@ pub async fn audit(url: &str, progress: bool) -> Result<AuditReport, AppError> {
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("auditing {bar:40} {pos}/{len} events ({per_sec}, {eta})")
-                .expect("template"),
+            indicatif::ProgressStyle::with_template(
+                "auditing {bar:40} {pos}/{len} events ({per_sec}, {eta})",
+            )
+            .expect("template"),
         );
         b
     });
     let snapshot = snapshot_path_for(url);
-    let report = crate::audit::audit(store.as_ref(), crate::audit::Live::from_file(&snapshot), |pos, head| {
-        if let Some(b) = &bar {
-            b.set_length(head);
-            b.set_position(pos);
-        }
-    })
+    let report = crate::audit::audit(
+        store.as_ref(),
+        crate::audit::Live::from_file(&snapshot),
+        |pos, head| {
+            if let Some(b) = &bar {
+                b.set_length(head);
+                b.set_position(pos);
+            }
+        },
+    )
     .await?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -205,7 +218,9 @@ pub async fn export(url: &str, format: &str, out: &mut impl Write) -> Result<u64
             let store = store::open(url, Access::Read).await?;
             export_ndjson(store.as_ref(), out).await
         }
-        other => Err(AppError::Usage(format!("--format {other:?} is not supported; use ndjson"))),
+        other => Err(AppError::Usage(format!(
+            "--format {other:?} is not supported; use ndjson"
+        ))),
     }
 }
 
@@ -225,9 +240,11 @@ pub fn data_dir(url: &str) -> std::path::PathBuf {
 
 /// Runs the HTTP API until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(url: &str, listen: &str) -> Result<(), AppError> {
-    let auth = crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
+    let auth =
+        crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
     let ledger = open_ledger(url).await?;
-    let projections = Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
+    let projections =
+        Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
     if let Some(note) = &projections.snapshot_note {
         tracing::warn!("{note}");
     }
@@ -277,9 +294,18 @@ pub fn token(
         return Err(AppError::Usage("a tenant token needs --tenant".into()));
     }
     if role == Role::Meter && sites.is_none() && meters.is_none() {
-        return Err(AppError::Usage("a meter token needs --sites or --meters".into()));
+        return Err(AppError::Usage(
+            "a meter token needs --sites or --meters".into(),
+        ));
     }
-    let list = |s: Option<String>| s.map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
+    let list = |s: Option<String>| {
+        s.map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+    };
     let ttl = parse_ttl(ttl).map_err(AppError::Usage)?;
     let auth = AuthConfig::from_env(&data_dir(url), false).map_err(AppError::Usage)?;
     let now = chrono::Utc::now().timestamp() as u64;

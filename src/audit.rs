@@ -4,11 +4,11 @@
 //! in force, each event's postings, the chain hashes pinned by closed periods, and that the
 //! live projection snapshot equals the replayed projections.
 
+use crate::domain::LedgerState;
 use crate::domain::events::Event;
 use crate::domain::postings::{balanced, postings};
 use crate::domain::quantity::round_eu;
 use crate::domain::tariff::price;
-use crate::domain::LedgerState;
 use crate::projections::Books;
 use crate::projections::engine::read_snapshot;
 use crate::store::{EventStore, GENESIS_HASH, READ_PAGE_EVENTS_MAX, RecordedEvent, StoreError};
@@ -46,7 +46,11 @@ impl AuditReport {
             self.first_failing_position = Some(self.first_failing_position.map_or(p, |f| f.min(p)));
         }
         if self.findings.len() < FINDINGS_MAX {
-            self.findings.push(Finding { position, kind, message });
+            self.findings.push(Finding {
+                position,
+                kind,
+                message,
+            });
         } else {
             self.findings_omitted += 1;
         }
@@ -58,7 +62,11 @@ impl AuditReport {
             "audited {} events, head position {}, chain hash {}\n",
             self.events,
             self.head_position,
-            if self.chain_hash.is_empty() { "-" } else { &self.chain_hash }
+            if self.chain_hash.is_empty() {
+                "-"
+            } else {
+                &self.chain_hash
+            }
         );
         if let Some(snap) = &self.snapshot {
             s.push_str(&format!("snapshot: {snap}\n"));
@@ -69,7 +77,8 @@ impl AuditReport {
             s.push_str(&format!(
                 "FINDINGS: {} (first failing position: {})\n",
                 self.findings.len() as u64 + self.findings_omitted,
-                self.first_failing_position.map_or("-".to_string(), |p| p.to_string())
+                self.first_failing_position
+                    .map_or("-".to_string(), |p| p.to_string())
             ));
             for f in &self.findings {
                 let at = f.position.map_or("-".to_string(), |p| p.to_string());
@@ -101,7 +110,10 @@ impl Walk {
             self.report.add(
                 p,
                 "position",
-                format!("expected position {}, found {} (a gap, an insertion or a reordering)", self.expected_position, r.position),
+                format!(
+                    "expected position {}, found {} (a gap, an insertion or a reordering)",
+                    self.expected_position, r.position
+                ),
             );
         }
         self.expected_position = r.position + 1;
@@ -109,11 +121,20 @@ impl Walk {
             self.report.add(
                 p,
                 "chain",
-                format!("prev_hash {} does not continue the chain (expected {})", short(&r.prev_hash), short(&self.running_hash)),
+                format!(
+                    "prev_hash {} does not continue the chain (expected {})",
+                    short(&r.prev_hash),
+                    short(&self.running_hash)
+                ),
             );
         }
         if r.expected_hash() != r.hash {
-            self.report.add(p, "hash", "the record's content does not match its hash (altered after it was written)".into());
+            self.report.add(
+                p,
+                "hash",
+                "the record's content does not match its hash (altered after it was written)"
+                    .into(),
+            );
         }
         self.running_hash = r.hash.clone();
         let v = self.versions.entry(r.stream.clone()).or_insert(0);
@@ -121,12 +142,19 @@ impl Walk {
             self.report.add(
                 p,
                 "version",
-                format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version),
+                format!(
+                    "stream {:?} jumps from version {} to {}",
+                    r.stream, v, r.version
+                ),
             );
         }
         *v = r.version;
         if !self.ids.insert(r.event_id) {
-            self.report.add(p, "event_id", format!("event id {} is recorded twice", r.event_id));
+            self.report.add(
+                p,
+                "event_id",
+                format!("event id {} is recorded twice", r.event_id),
+            );
         }
         let ev = match Event::from_parts(&r.event_type, &r.data) {
             Ok(ev) => ev,
@@ -136,11 +164,16 @@ impl Walk {
             }
         };
         if !balanced(&postings(&ev)) {
-            self.report.add(p, "postings", "the event's debits and credits differ".into());
+            self.report.add(
+                p,
+                "postings",
+                "the event's debits and credits differ".into(),
+            );
         }
         self.check_price(r.position, &ev);
         if let Event::PeriodClosed(c) = &ev {
-            self.closes.push((r.position, c.last_position, c.chain_hash.clone()));
+            self.closes
+                .push((r.position, c.last_position, c.chain_hash.clone()));
         }
         self.state.evolve(r.event_id, &r.stream, r.version, &ev);
         self.books.apply(r, &ev);
@@ -152,11 +185,16 @@ impl Walk {
         let p = Some(position);
         if let Some(r) = ev.as_reading() {
             let Some(site) = self.state.sites.get(&r.site_id) else {
-                self.report.add(p, "price", format!("site {} was not registered before the reading", r.site_id));
+                self.report.add(
+                    p,
+                    "price",
+                    format!("site {} was not registered before the reading", r.site_id),
+                );
                 return;
             };
             let Some(tariff) = site.tariff_at(r.start) else {
-                self.report.add(p, "price", "no tariff was in force for the reading".into());
+                self.report
+                    .add(p, "price", "no tariff was in force for the reading".into());
                 return;
             };
             match price(tariff, &site.tz, r.flow, r.source, &r.interval(), r.energy_wh.value()) {
@@ -173,25 +211,58 @@ impl Walk {
             }
         } else if let Event::ReadingCorrected(c) = ev {
             let Some(orig) = self.state.readings.get(&c.corrected_event_id) else {
-                self.report.add(p, "price", format!("corrected event {} is not an earlier reading", c.corrected_event_id));
+                self.report.add(
+                    p,
+                    "price",
+                    format!(
+                        "corrected event {} is not an earlier reading",
+                        c.corrected_event_id
+                    ),
+                );
                 return;
             };
-            let Some(site) = self.state.sites.get(&c.site_id) else { return };
-            let Some(tariff) = site.tariffs.iter().find(|t| t.tariff_version == orig.tariff_version) else {
-                self.report.add(p, "price", "the corrected reading's tariff is not recorded".into());
+            let Some(site) = self.state.sites.get(&c.site_id) else {
                 return;
             };
-            match price(tariff, &site.tz, c.flow, c.source, &c.interval(), c.energy_wh.value()) {
+            let Some(tariff) = site
+                .tariffs
+                .iter()
+                .find(|t| t.tariff_version == orig.tariff_version)
+            else {
+                self.report.add(
+                    p,
+                    "price",
+                    "the corrected reading's tariff is not recorded".into(),
+                );
+                return;
+            };
+            match price(
+                tariff,
+                &site.tz,
+                c.flow,
+                c.source,
+                &c.interval(),
+                c.energy_wh.value(),
+            ) {
                 Ok(expected) if expected == c.price => {
                     let delta = round_eu(expected.amount_eu - orig.current_eu);
-                    if delta != c.delta_eu || c.delta_wh != c.energy_wh.value() - orig.current_wh.value() {
-                        self.report.add(p, "price", "the correction's delta does not match the value it corrects".into());
+                    if delta != c.delta_eu
+                        || c.delta_wh != c.energy_wh.value() - orig.current_wh.value()
+                    {
+                        self.report.add(
+                            p,
+                            "price",
+                            "the correction's delta does not match the value it corrects".into(),
+                        );
                     }
                 }
                 Ok(expected) => self.report.add(
                     p,
                     "price",
-                    format!("recorded {} EU, re-derived {} EU", c.price.amount_eu, expected.amount_eu),
+                    format!(
+                        "recorded {} EU, re-derived {} EU",
+                        c.price.amount_eu, expected.amount_eu
+                    ),
                 ),
                 Err(m) => self.report.add(p, "price", m),
             }
@@ -226,7 +297,11 @@ impl Live {
 
 /// Audits the whole log against the live projections, if any; `progress(position, head)`
 /// is called after each page.
-pub async fn audit(store: &dyn EventStore, live: Live, mut progress: impl FnMut(u64, u64)) -> Result<AuditReport, StoreError> {
+pub async fn audit(
+    store: &dyn EventStore,
+    live: Live,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<AuditReport, StoreError> {
     let head = store.head().await?;
     let mut w = Walk {
         report: AuditReport::default(),
@@ -253,7 +328,10 @@ pub async fn audit(store: &dyn EventStore, live: Live, mut progress: impl FnMut(
             w.report.add(
                 Some(live.position.max(1)),
                 "projection",
-                format!("the live projections at position {} differ from a replay of the log", live.position),
+                format!(
+                    "the live projections at position {} differ from a replay of the log",
+                    live.position
+                ),
             );
         }
     };
@@ -283,7 +361,10 @@ pub async fn audit(store: &dyn EventStore, live: Live, mut progress: impl FnMut(
     w.report.chain_hash = w.running_hash.clone();
     if let Some(l) = &live {
         if compared {
-            w.report.snapshot = Some(format!("compared with the replay at position {}", l.position));
+            w.report.snapshot = Some(format!(
+                "compared with the replay at position {}",
+                l.position
+            ));
         } else {
             w.report.add(
                 Some(after + 1),

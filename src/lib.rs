@@ -4,11 +4,11 @@
 //! [`ledger`] (the write path), [`projections`] (the read side), [`audit`] (replay and
 //! verify), [`app`] (what the command line does).
 
-pub mod domain;
-pub mod store;
-pub mod ledger;
-pub mod projections;
-pub mod audit;
-pub mod app;
-pub mod metrics;
 pub mod api;
+pub mod app;
+pub mod audit;
+pub mod domain;
+pub mod ledger;
+pub mod metrics;
+pub mod projections;
+pub mod store;

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use wattledger::app::{self, AppError, DEFAULT_STORE, StatementFormat};
 
 #[derive(Parser)]
-#[command(name = "wattledger", version, about = "The energy ledger of AI compute campuses")]
+#[command(
+    name = "wattledger",
+    version,
+    about = "The energy ledger of AI compute campuses"
+)]
 struct Cli {
     /// Store URL: sqlite://PATH (the embedded store).
     #[arg(long, global = true, env = "WATTLEDGER_STORE", default_value = DEFAULT_STORE)]
@@ -93,14 +97,22 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             ttl,
             sub,
         } => {
-            println!("{}", app::token(&cli.store, &role, tenant, sites, meters, &ttl, sub)?);
+            println!(
+                "{}",
+                app::token(&cli.store, &role, tenant, sites, meters, &ttl, sub)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { file } => {
             let ledger = app::open_ledger(&cli.store).await?;
             let out = std::io::BufWriter::new(std::io::stdout());
             let summary = if file == "-" {
-                app::apply(ledger.clone(), tokio::io::BufReader::new(tokio::io::stdin()), out).await?
+                app::apply(
+                    ledger.clone(),
+                    tokio::io::BufReader::new(tokio::io::stdin()),
+                    out,
+                )
+                .await?
             } else {
                 let f = tokio::fs::File::open(&file)
                     .await
@@ -112,15 +124,26 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 "applied: {} accepted, {} duplicates, {} refused",
                 summary.accepted, summary.duplicates, summary.refused
             );
-            Ok(if summary.refused == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if summary.refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Cmd::Statement { tenant, period, format } => {
+        Cmd::Statement {
+            tenant,
+            period,
+            format,
+        } => {
             let format = match format {
                 Format::Json => StatementFormat::Json,
                 Format::Csv => StatementFormat::Csv,
                 Format::Html => StatementFormat::Html,
             };
-            print!("{}", app::statement(&cli.store, &tenant, &period, format).await?);
+            print!(
+                "{}",
+                app::statement(&cli.store, &tenant, &period, format).await?
+            );
             if format == StatementFormat::Json {
                 println!();
             }
@@ -137,7 +160,11 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             } else {
                 print!("{}", report.human());
             }
-            Ok(if report.clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Export { format } => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -151,12 +178,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wattledger: cannot start the runtime: {e}");

@@ -16,15 +16,26 @@ use serde_json::{Map, Value, json};
 /// The answer to one command: 201 new, 200 duplicate, problem+json otherwise.
 fn answer(out: Outcome) -> Result<Response, ApiError> {
     let a = out?;
-    let status = if a.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if a.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, axum::Json(a.to_json())).into_response())
 }
 
 /// Puts a path parameter into the body; a body that names another value is refused.
-fn with_path_field(mut obj: Map<String, Value>, field: &str, value: &str) -> Result<Map<String, Value>, ApiError> {
+fn with_path_field(
+    mut obj: Map<String, Value>,
+    field: &str,
+    value: &str,
+) -> Result<Map<String, Value>, ApiError> {
     match obj.get(field) {
         Some(Value::String(s)) if s != value => {
-            return Err(ApiError::invalid(field, format!("the body says {s:?} but the path says {value:?}")));
+            return Err(ApiError::invalid(
+                field,
+                format!("the body says {s:?} but the path says {value:?}"),
+            ));
         }
         _ => {}
     }
@@ -37,19 +48,49 @@ async fn run(state: &AppState, name: &str, obj: &Map<String, Value>) -> Result<R
     answer(state.ledger.execute(&cmd).await)
 }
 
-pub async fn register_site(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn register_site(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(&s, "register_site", &body::json_object(&headers, body).await?).await
+    run(
+        &s,
+        "register_site",
+        &body::json_object(&headers, body).await?,
+    )
+    .await
 }
 
-pub async fn register_tenant(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn register_tenant(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(&s, "register_tenant", &body::json_object(&headers, body).await?).await
+    run(
+        &s,
+        "register_tenant",
+        &body::json_object(&headers, body).await?,
+    )
+    .await
 }
 
-pub async fn register_meter(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn register_meter(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(&s, "register_meter", &body::json_object(&headers, body).await?).await
+    run(
+        &s,
+        "register_meter",
+        &body::json_object(&headers, body).await?,
+    )
+    .await
 }
 
 pub async fn publish_tariff(
@@ -60,7 +101,11 @@ pub async fn publish_tariff(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    let obj = with_path_field(body::json_object(&headers, body).await?, "site_id", &site_id)?;
+    let obj = with_path_field(
+        body::json_object(&headers, body).await?,
+        "site_id",
+        &site_id,
+    )?;
     run(&s, "publish_tariff", &obj).await
 }
 
@@ -72,11 +117,20 @@ pub async fn issue_credits(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    let obj = with_path_field(
+        body::json_object(&headers, body).await?,
+        "tenant_id",
+        &tenant_id,
+    )?;
     run(&s, "issue_credits", &obj).await
 }
 
-pub async fn transfer_credits(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn transfer_credits(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Tenant])?;
     let obj = body::json_object(&headers, body).await?;
     if c.role == Role::Tenant {
@@ -127,15 +181,24 @@ async fn meter_allowed(s: &AppState, c: &super::auth::Claims, meter: &str) -> bo
 }
 
 fn forbidden_meter(meter: &str) -> ApiError {
-    ApiError::forbidden(format!("this token may not post readings for meter {meter:?}"))
+    ApiError::forbidden(format!(
+        "this token may not post readings for meter {meter:?}"
+    ))
 }
 
 /// Decides one reading line; a refusal is answered on its own.
-async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Pending, ApiError> {
+async fn submit_reading(
+    s: &AppState,
+    c: &super::auth::Claims,
+    obj: &Map<String, Value>,
+) -> Result<Pending, ApiError> {
     if let Some(cmd) = obj.get("command")
         && cmd != "post_reading"
     {
-        return Err(ApiError::invalid("command", "only post_reading is accepted here"));
+        return Err(ApiError::invalid(
+            "command",
+            "only post_reading is accepted here",
+        ));
     }
     let cmd = Command::parse("post_reading", obj)?;
     if let Command::PostReading { meter_id, .. } = &cmd
@@ -148,11 +211,18 @@ async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String,
 }
 
 /// One reading (JSON) or many (NDJSON: one result line per input line, in order).
-pub async fn post_readings(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn post_readings(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Meter])?;
     match body::kind(&headers, true)? {
         Kind::Json => {
-            let obj = body::parse_object(&body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?)?;
+            let obj = body::parse_object(
+                &body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?,
+            )?;
             let pending = submit_reading(&s, &c, &obj).await?;
             answer(pending.wait().await)
         }
@@ -182,9 +252,15 @@ fn line_answer(line: usize, r: Result<crate::ledger::Accepted, ApiError>) -> Val
     }
 }
 
-async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn bulk(
+    s: AppState,
+    c: super::auth::Claims,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
@@ -219,10 +295,13 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
             let _ = tx.send(Ok(line)).await;
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     let mut res = Response::new(Body::from_stream(stream));
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(res)
 }
 
@@ -234,14 +313,24 @@ pub async fn correct_reading(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Meter])?;
-    let obj = with_path_field(body::json_object(&headers, body).await?, "event_id", &event_id)?;
+    let obj = with_path_field(
+        body::json_object(&headers, body).await?,
+        "event_id",
+        &event_id,
+    )?;
     let cmd = Command::parse("correct_reading", &obj)?;
     if c.role == Role::Meter
-        && let Command::CorrectReading { corrected_event_id, .. } = &cmd
+        && let Command::CorrectReading {
+            corrected_event_id, ..
+        } = &cmd
     {
         let meter = s
             .ledger
-            .with_state(|st| st.readings.get(corrected_event_id).map(|r| r.meter_id.to_string()))
+            .with_state(|st| {
+                st.readings
+                    .get(corrected_event_id)
+                    .map(|r| r.meter_id.to_string())
+            })
             .await;
         match meter {
             Some(m) if meter_allowed(&s, &c, &m).await => {}

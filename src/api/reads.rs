@@ -28,7 +28,10 @@ pub struct ReadQuery {
 
 pub async fn wait_min_position(s: &AppState, min: Option<u64>) -> Result<(), ApiError> {
     if let Some(p) = min
-        && !s.projections.wait_for(p, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX)).await
+        && !s
+            .projections
+            .wait_for(p, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX))
+            .await
     {
         return Err(ApiError::unavailable(format!(
             "the projections have applied position {}, not yet {p}; retry shortly",
@@ -54,14 +57,18 @@ pub async fn account(
         let own = format!("tenant:{}", c.tenant_id.as_deref().unwrap_or(""));
         if account != own {
             tracing::warn!(sub = %c.sub, account, "refused: account out of scope");
-            return Err(ApiError::forbidden(format!("a tenant token reads only its own account ({own})")));
+            return Err(ApiError::forbidden(format!(
+                "a tenant token reads only its own account ({own})"
+            )));
         }
     }
     wait_min_position(&s, q.min_position).await?;
     s.projections
         .read(|b| b.balance(&account))
         .map(json)
-        .ok_or_else(|| ApiError::not_found(format!("nothing has been posted to account {account:?}")))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("nothing has been posted to account {account:?}"))
+        })
 }
 
 pub async fn statement(
@@ -77,7 +84,10 @@ pub async fn statement(
     let format = match q.format.as_deref() {
         Some(f) => f.to_string(),
         None => {
-            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if accept.contains("text/csv") {
                 "csv".into()
             } else if accept.contains("text/html") {
@@ -101,7 +111,8 @@ pub async fn statement(
         _ => return Ok(json(st.to_json())),
     };
     let mut res = body.into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     Ok(res)
 }
 
@@ -142,7 +153,11 @@ pub async fn settlement(
     Ok(json(s.projections.read(|b| b.settlement(period))))
 }
 
-pub async fn storage(State(s): State<AppState>, Auth(c): Auth, Query(q): Query<ReadQuery>) -> Result<Response, ApiError> {
+pub async fn storage(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Auditor])?;
     wait_min_position(&s, q.min_position).await?;
     Ok(json(s.projections.read(|b| b.storage())))

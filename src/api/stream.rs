@@ -28,7 +28,10 @@ fn limit(q: &PageQuery) -> Result<usize, ApiError> {
     match q.limit {
         None => Ok(API_PAGE_EVENTS_DEFAULT),
         Some(0) => Err(ApiError::invalid("limit", "must be at least 1")),
-        Some(n) if n > API_PAGE_EVENTS_MAX => Err(ApiError::invalid("limit", format!("must be at most {API_PAGE_EVENTS_MAX}"))),
+        Some(n) if n > API_PAGE_EVENTS_MAX => Err(ApiError::invalid(
+            "limit",
+            format!("must be at most {API_PAGE_EVENTS_MAX}"),
+        )),
         Some(n) => Ok(n),
     }
 }
@@ -55,28 +58,46 @@ pub async fn read_stream(
     if events.is_empty() && from == 1 {
         return Err(ApiError::not_found(format!("no stream {stream:?}")));
     }
-    let next = (events.len() == n).then(|| ("next_version", events.last().map_or(from, |e| e.version + 1)));
+    let next = (events.len() == n).then(|| {
+        (
+            "next_version",
+            events.last().map_or(from, |e| e.version + 1),
+        )
+    });
     Ok(page(events, next))
 }
 
-pub async fn read_events(State(s): State<AppState>, Auth(c): Auth, Query(q): Query<PageQuery>) -> Result<Response, ApiError> {
+pub async fn read_events(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Auditor])?;
     let n = limit(&q)?;
     let from = q.from_position.unwrap_or(1).max(1);
     let events = s.ledger.store().read_all(from - 1, n).await?;
-    let next = (events.len() == n).then(|| ("next_position", events.last().map_or(from, |e| e.position + 1)));
+    let next = (events.len() == n).then(|| {
+        (
+            "next_position",
+            events.last().map_or(from, |e| e.position + 1),
+        )
+    });
     Ok(page(events, next))
 }
 
 /// Server-sent events from `Last-Event-ID` (exclusive; or `?from_position=`, inclusive):
 /// catch up from the store, then follow live appends. Each event's `id:` is its position.
-pub async fn live(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, Query(q): Query<PageQuery>) -> Result<Response, ApiError> {
+pub async fn live(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Auditor])?;
     let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a position (a whole number)"))?,
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            ApiError::invalid("Last-Event-ID", "must be a position (a whole number)")
+        })?,
         None => q.from_position.map_or(0, |p| p.saturating_sub(1)),
     };
     let sub = Subscription::new(s.ledger.store().clone(), after);
@@ -95,12 +116,19 @@ pub async fn live(State(s): State<AppState>, Auth(c): Auth, headers: HeaderMap, 
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 pub async fn audit(State(s): State<AppState>, Auth(c): Auth) -> Result<Response, ApiError> {
     c.require(&[Role::Auditor])?;
     let live = s.projections.read(|b| b.clone());
-    let report = run_audit(s.ledger.store().as_ref(), Live::Books(Box::new(live)), |_, _| {}).await?;
+    let report = run_audit(
+        s.ledger.store().as_ref(),
+        Live::Books(Box::new(live)),
+        |_, _| {},
+    )
+    .await?;
     Ok(axum::Json(report).into_response())
 }

@@ -5,7 +5,9 @@ use super::error::{FieldError, Rejection};
 use super::events::{MeterKind, MeterRegistered, Quality};
 use super::ids::{AssetId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, decimal_from_json, json_kind};
-use super::tariff::{Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day};
+use super::tariff::{
+    Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day,
+};
 use super::time::{Interval, Period, parse_time};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -110,7 +112,11 @@ impl<'a> Fields<'a> {
     }
 
     /// A field that must be present.
-    pub fn req<T>(&mut self, field: &'static str, parse: impl FnOnce(&'a Value) -> Result<T, String>) -> Option<T> {
+    pub fn req<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(&'a Value) -> Result<T, String>,
+    ) -> Option<T> {
         self.known.push(field);
         match self.obj.get(field) {
             None | Some(Value::Null) => {
@@ -122,7 +128,11 @@ impl<'a> Fields<'a> {
     }
 
     /// A field that may be absent (or null).
-    pub fn opt<T>(&mut self, field: &'static str, parse: impl FnOnce(&'a Value) -> Result<T, String>) -> Option<T> {
+    pub fn opt<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(&'a Value) -> Result<T, String>,
+    ) -> Option<T> {
         self.known.push(field);
         match self.obj.get(field) {
             None | Some(Value::Null) => None,
@@ -268,7 +278,9 @@ fn band_name(v: &Value) -> Result<String, String> {
         return Err("must be at most 64 characters".into());
     }
     if s == MIXED_BAND {
-        return Err(format!("{MIXED_BAND:?} is reserved for intervals split across bands"));
+        return Err(format!(
+            "{MIXED_BAND:?} is reserved for intervals split across bands"
+        ));
     }
     Ok(s)
 }
@@ -277,7 +289,10 @@ impl Command {
     /// Parses a command object whose kind is given by its `"command"` field.
     pub fn from_json(v: &Value) -> Result<Command, Rejection> {
         let obj = v.as_object().ok_or_else(|| {
-            Rejection::validation("command", format!("a command must be a JSON object, got {}", json_kind(v)))
+            Rejection::validation(
+                "command",
+                format!("a command must be a JSON object, got {}", json_kind(v)),
+            )
         })?;
         let name = match obj.get("command") {
             Some(Value::String(s)) => s.as_str(),
@@ -301,7 +316,9 @@ impl Command {
             "register_tenant" => {
                 let tenant_id = f.req("tenant_id", tenant_id);
                 let name = f.req("name", nonempty_text);
-                tenant_id.zip(name).map(|(tenant_id, name)| Command::RegisterTenant { tenant_id, name })
+                tenant_id
+                    .zip(name)
+                    .map(|(tenant_id, name)| Command::RegisterTenant { tenant_id, name })
             }
             "register_meter" => parse_register_meter(&mut f),
             "publish_tariff" => parse_tariff(&mut f),
@@ -330,14 +347,16 @@ impl Command {
                     _ => None,
                 };
                 match (meter_id, flow, interval, energy_wh) {
-                    (Some(meter_id), Some(flow), Some(interval), Some(energy_wh)) => Some(Command::PostReading {
-                        event_id,
-                        meter_id,
-                        flow,
-                        interval,
-                        energy_wh,
-                        quality,
-                    }),
+                    (Some(meter_id), Some(flow), Some(interval), Some(energy_wh)) => {
+                        Some(Command::PostReading {
+                            event_id,
+                            meter_id,
+                            flow,
+                            interval,
+                            energy_wh,
+                            quality,
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -347,12 +366,14 @@ impl Command {
                 let energy_wh = f.req("wh", energy);
                 let reason = f.req("reason", nonempty_text);
                 match (corrected, energy_wh, reason) {
-                    (Some(corrected_event_id), Some(energy_wh), Some(reason)) => Some(Command::CorrectReading {
-                        corrected_event_id,
-                        correction_id,
-                        energy_wh,
-                        reason,
-                    }),
+                    (Some(corrected_event_id), Some(energy_wh), Some(reason)) => {
+                        Some(Command::CorrectReading {
+                            corrected_event_id,
+                            correction_id,
+                            energy_wh,
+                            reason,
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -361,12 +382,14 @@ impl Command {
                 let tenant_id = f.req("tenant_id", tenant_id);
                 let amount_eu = f.req("amount_eu", positive_amount);
                 let memo = f.opt("memo", text).unwrap_or_default();
-                tenant_id.zip(amount_eu).map(|(tenant_id, amount_eu)| Command::IssueCredits {
-                    event_id,
-                    tenant_id,
-                    amount_eu,
-                    memo,
-                })
+                tenant_id
+                    .zip(amount_eu)
+                    .map(|(tenant_id, amount_eu)| Command::IssueCredits {
+                        event_id,
+                        tenant_id,
+                        amount_eu,
+                        memo,
+                    })
             }
             "transfer_credits" => {
                 let event_id = f.opt("event_id", uuid);
@@ -377,25 +400,35 @@ impl Command {
                 if let (Some(a), Some(b)) = (&from, &to)
                     && a == b
                 {
-                    f.error("to_tenant", "must differ from from_tenant: a tenant cannot transfer to itself");
+                    f.error(
+                        "to_tenant",
+                        "must differ from from_tenant: a tenant cannot transfer to itself",
+                    );
                 }
                 match (from, to, amount_eu) {
-                    (Some(from_tenant), Some(to_tenant), Some(amount_eu)) => Some(Command::TransferCredits {
-                        event_id,
-                        from_tenant,
-                        to_tenant,
-                        amount_eu,
-                        memo,
-                    }),
+                    (Some(from_tenant), Some(to_tenant), Some(amount_eu)) => {
+                        Some(Command::TransferCredits {
+                            event_id,
+                            from_tenant,
+                            to_tenant,
+                            amount_eu,
+                            memo,
+                        })
+                    }
                     _ => None,
                 }
             }
-            "close_period" => f.req("period", period).map(|period| Command::ClosePeriod { period }),
+            "close_period" => f
+                .req("period", period)
+                .map(|period| Command::ClosePeriod { period }),
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(Rejection::validation(
                     "command",
-                    format!("unknown command {shown:?}; expected one of {}", COMMAND_NAMES.join(", ")),
+                    format!(
+                        "unknown command {shown:?}; expected one of {}",
+                        COMMAND_NAMES.join(", ")
+                    ),
                 ));
             }
         };
@@ -428,12 +461,16 @@ fn parse_register_site(f: &mut Fields<'_>) -> Option<Command> {
         s.parse::<Tz>()
             .map_err(|_| format!("unknown IANA time zone {s:?} (for example \"America/Chicago\")"))
     });
-    let loss_tolerance_pct = f.opt("loss_tolerance_pct", percent).unwrap_or(Decimal::from(5));
-    site_id.zip(time_zone).map(|(site_id, time_zone)| Command::RegisterSite {
-        site_id,
-        time_zone,
-        loss_tolerance_pct,
-    })
+    let loss_tolerance_pct = f
+        .opt("loss_tolerance_pct", percent)
+        .unwrap_or(Decimal::from(5));
+    site_id
+        .zip(time_zone)
+        .map(|(site_id, time_zone)| Command::RegisterSite {
+            site_id,
+            time_zone,
+            loss_tolerance_pct,
+        })
 }
 
 fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
@@ -448,7 +485,12 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
         Some(MeterKind::Generation) => {
             asset_id = f.req("asset_id", asset_id_of);
             source = f.req("source", |v| Source::parse(string(v)?));
-            for x in ["tenant_id", "capacity_wh", "initial_wh", "round_trip_efficiency_pct"] {
+            for x in [
+                "tenant_id",
+                "capacity_wh",
+                "initial_wh",
+                "round_trip_efficiency_pct",
+            ] {
                 f.forbid(x, "for a generation meter");
             }
         }
@@ -472,7 +514,10 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
             if let (Some(c), Some(i)) = (capacity_wh, initial_wh)
                 && i > c
             {
-                f.error("initial_wh", format!("must not exceed capacity_wh ({c} Wh), got {i}"));
+                f.error(
+                    "initial_wh",
+                    format!("must not exceed capacity_wh ({c} Wh), got {i}"),
+                );
             }
             for x in ["tenant_id", "source"] {
                 f.forbid(x, "for a storage meter");
@@ -480,12 +525,25 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
         }
         Some(MeterKind::Load) => {
             tenant_id = f.req("tenant_id", self::tenant_id);
-            for x in ["asset_id", "source", "capacity_wh", "initial_wh", "round_trip_efficiency_pct"] {
+            for x in [
+                "asset_id",
+                "source",
+                "capacity_wh",
+                "initial_wh",
+                "round_trip_efficiency_pct",
+            ] {
                 f.forbid(x, "for a load meter");
             }
         }
         None => {
-            for x in ["asset_id", "tenant_id", "source", "capacity_wh", "initial_wh", "round_trip_efficiency_pct"] {
+            for x in [
+                "asset_id",
+                "tenant_id",
+                "source",
+                "capacity_wh",
+                "initial_wh",
+                "round_trip_efficiency_pct",
+            ] {
                 f.ignore(x);
             }
         }
@@ -523,7 +581,9 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
         (r, g.finish())
     });
     let rates = match rates {
-        Some(((Some(generated), Some(stored), Some(dispatched), Some(consumed)), errs)) if errs.is_empty() => {
+        Some(((Some(generated), Some(stored), Some(dispatched), Some(consumed)), errs))
+            if errs.is_empty() =>
+        {
             Some(Rates {
                 generated,
                 stored,
@@ -537,7 +597,11 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
         }
         None => None,
     };
-    let bands = f.opt("bands", |v| v.as_array().cloned().ok_or_else(|| format!("must be an array, got {}", json_kind(v))));
+    let bands = f.opt("bands", |v| {
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| format!("must be an array, got {}", json_kind(v)))
+    });
     let bands = bands.unwrap_or_default();
     if bands.len() > TARIFF_BANDS_MAX {
         f.error("bands", format!("at most {TARIFF_BANDS_MAX} bands"));
@@ -555,7 +619,9 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
         let mut g = Fields::new(m, &prefix);
         let name = g.req("name", band_name);
         let days = g.req("days", |v| {
-            let arr = v.as_array().ok_or_else(|| format!("must be an array, got {}", json_kind(v)))?;
+            let arr = v
+                .as_array()
+                .ok_or_else(|| format!("must be an array, got {}", json_kind(v)))?;
             if arr.is_empty() {
                 return Err("must list at least one day".into());
             }
@@ -577,7 +643,9 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
             f.errors.extend(errs);
             continue;
         }
-        if let (Some(name), Some(days), Some(start), Some(end), Some(multiplier)) = (name, days, start, end, multiplier) {
+        if let (Some(name), Some(days), Some(start), Some(end), Some(multiplier)) =
+            (name, days, start, end, multiplier)
+        {
             parsed_bands.push(Band {
                 name,
                 days,

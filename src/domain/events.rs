@@ -35,7 +35,9 @@ impl MeterKind {
             "generation" => Ok(Self::Generation),
             "storage" => Ok(Self::Storage),
             "load" => Ok(Self::Load),
-            _ => Err(format!("must be one of generation, storage, load; got {s:?}")),
+            _ => Err(format!(
+                "must be one of generation, storage, load; got {s:?}"
+            )),
         }
     }
 
@@ -96,10 +98,13 @@ pub struct MeterRegistered {
         with = "opt_decimal_str"
     )]
     pub round_trip_efficiency_pct: Option<Decimal>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time_str")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_time_str"
+    )]
     pub active_from: Option<DateTime<Utc>>,
 }
-
 
 /// A metered reading and the price it was given when it was recorded. The same shape is
 /// recorded for each of the four flows (`EnergyGenerated`, `EnergyStored`, …).

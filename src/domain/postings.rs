@@ -43,8 +43,7 @@ pub fn parse_account(s: &str) -> Result<(), String> {
         || ["tenant:", "asset:", "storage:"]
             .iter()
             .any(|p| s.strip_prefix(p).is_some_and(id_ok))
-        || s
-            .strip_prefix("site:")
+        || s.strip_prefix("site:")
             .and_then(|r| r.strip_suffix(":bus"))
             .is_some_and(id_ok);
     if ok {
@@ -80,7 +79,12 @@ fn pair(debit: String, credit: String, eu: Decimal, wh: Decimal) -> Vec<Posting>
     ]
 }
 
-fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&str>) -> (String, String) {
+fn flow_accounts(
+    flow: Flow,
+    site: &str,
+    asset: Option<&str>,
+    tenant: Option<&str>,
+) -> (String, String) {
     let bus = bus_account(site);
     let asset = asset.unwrap_or("unknown");
     match flow {
@@ -94,7 +98,10 @@ fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&st
 /// The postings an event makes. Registrations, tariffs and period closes post nothing.
 pub fn postings(event: &Event) -> Vec<Posting> {
     match event {
-        Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
+        Event::EnergyGenerated(r)
+        | Event::EnergyStored(r)
+        | Event::EnergyDispatched(r)
+        | Event::EnergyConsumed(r) => {
             let (d, c) = flow_accounts(
                 r.flow,
                 r.site_id.as_str(),

@@ -21,9 +21,14 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
     if t.is_empty() {
         return Err("must be a decimal number, got an empty string".into());
     }
-    if t.len() > 40 || !t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+    if t.len() > 40
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
     {
-        return Err(format!("must be a plain decimal number such as \"12.5\", got {s:?}"));
+        return Err(format!(
+            "must be a plain decimal number such as \"12.5\", got {s:?}"
+        ));
     }
     let d = Decimal::from_str_exact(t)
         .map_err(|_| format!("must be a plain decimal number such as \"12.5\", got {s:?}"))?;
@@ -78,7 +83,9 @@ pub mod opt_decimal_str {
         if v.is_null() {
             return Ok(None);
         }
-        decimal_from_json(&v).map(Some).map_err(serde::de::Error::custom)
+        decimal_from_json(&v)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -193,11 +200,17 @@ mod tests {
 
     #[test]
     fn energy_parses_strings_and_numbers_exactly() {
-        assert_eq!(EnergyWh::parse("12500.125").unwrap().to_string(), "12500.125");
+        assert_eq!(
+            EnergyWh::parse("12500.125").unwrap().to_string(),
+            "12500.125"
+        );
         let v: serde_json::Value = serde_json::from_str("0.1").unwrap();
         assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "0.1");
         let v: serde_json::Value = serde_json::from_str("123456789012345.125").unwrap();
-        assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "123456789012345.125");
+        assert_eq!(
+            EnergyWh::from_json(&v).unwrap().to_string(),
+            "123456789012345.125"
+        );
     }
 
     #[test]
@@ -222,13 +235,25 @@ mod tests {
 
     #[test]
     fn rounding_is_half_to_even_at_six_places() {
-        assert_eq!(round_eu(Decimal::from_str("0.0000005").unwrap()).to_string(), "0.000000");
-        assert_eq!(round_eu(Decimal::from_str("0.0000015").unwrap()).to_string(), "0.000002");
-        assert_eq!(round_eu(Decimal::from_str("2.0000025").unwrap()).to_string(), "2.000002");
+        assert_eq!(
+            round_eu(Decimal::from_str("0.0000005").unwrap()).to_string(),
+            "0.000000"
+        );
+        assert_eq!(
+            round_eu(Decimal::from_str("0.0000015").unwrap()).to_string(),
+            "0.000002"
+        );
+        assert_eq!(
+            round_eu(Decimal::from_str("2.0000025").unwrap()).to_string(),
+            "2.000002"
+        );
     }
 
     #[test]
     fn quantity_max_is_ten_to_the_eighteen() {
-        assert_eq!(QUANTITY_MAX, Decimal::from_str("1000000000000000000").unwrap());
+        assert_eq!(
+            QUANTITY_MAX,
+            Decimal::from_str("1000000000000000000").unwrap()
+        );
     }
 }

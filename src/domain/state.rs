@@ -46,7 +46,7 @@ pub struct NewEvent {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    Append(NewEvent),
+    Append(Box<NewEvent>),
     /// The command was already carried out: this is the event that recorded it.
     Duplicate {
         event_id: Uuid,
@@ -103,6 +103,9 @@ pub struct ReadingState {
     pub version: u64,
 }
 
+/// Interval start → (end, reading event id), for one meter and flow.
+pub type IntervalIndex = BTreeMap<DateTime<Utc>, (DateTime<Utc>, Uuid)>;
+
 #[derive(Clone, Debug, Default)]
 pub struct LedgerState {
     pub sites: HashMap<SiteId, SiteState>,
@@ -113,7 +116,7 @@ pub struct LedgerState {
     pub assets: HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
     pub readings: HashMap<Uuid, ReadingState>,
     /// Per meter and flow: interval start → (end, reading event id).
-    pub intervals: HashMap<(MeterId, Flow), BTreeMap<DateTime<Utc>, (DateTime<Utc>, Uuid)>>,
+    pub intervals: HashMap<(MeterId, Flow), IntervalIndex>,
     /// Events other than readings, by id: (stream, version).
     pub events: HashMap<Uuid, (String, u64)>,
     pub stream_versions: HashMap<String, u64>,
@@ -159,14 +162,20 @@ impl LedgerState {
         })
     }
 
-    fn new_event(&self, event_id: Uuid, stream: String, ctx: &DecideContext, event: Event) -> Decision {
-        Decision::Append(NewEvent {
+    fn new_event(
+        &self,
+        event_id: Uuid,
+        stream: String,
+        ctx: &DecideContext,
+        event: Event,
+    ) -> Decision {
+        Decision::Append(Box::new(NewEvent {
             event_id,
             expected_version: self.version_of(&stream),
             stream,
             recorded_at: ctx.now,
             event,
-        })
+        }))
     }
 
     fn site(&self, id: &SiteId) -> Result<&SiteState, Rejection> {
@@ -197,9 +206,20 @@ impl LedgerState {
                 };
                 let stream = site_stream(site_id);
                 if let Some(s) = self.sites.get(site_id) {
-                    return self.same_registration(s.reg == reg, &stream, "site_id", "site", site_id.as_str());
+                    return self.same_registration(
+                        s.reg == reg,
+                        &stream,
+                        "site_id",
+                        "site",
+                        site_id.as_str(),
+                    );
                 }
-                Ok(self.new_event(v5(&format!("site/{site_id}")), stream, ctx, Event::SiteRegistered(reg)))
+                Ok(self.new_event(
+                    v5(&format!("site/{site_id}")),
+                    stream,
+                    ctx,
+                    Event::SiteRegistered(reg),
+                ))
             }
             Command::RegisterTenant { tenant_id, name } => {
                 let reg = TenantRegistered {
@@ -208,9 +228,20 @@ impl LedgerState {
                 };
                 let stream = tenant_stream(tenant_id);
                 if let Some(t) = self.tenants.get(tenant_id) {
-                    return self.same_registration(t.reg == reg, &stream, "tenant_id", "tenant", tenant_id.as_str());
+                    return self.same_registration(
+                        t.reg == reg,
+                        &stream,
+                        "tenant_id",
+                        "tenant",
+                        tenant_id.as_str(),
+                    );
                 }
-                Ok(self.new_event(v5(&format!("tenant/{tenant_id}")), stream, ctx, Event::TenantRegistered(reg)))
+                Ok(self.new_event(
+                    v5(&format!("tenant/{tenant_id}")),
+                    stream,
+                    ctx,
+                    Event::TenantRegistered(reg),
+                ))
             }
             Command::RegisterMeter(reg) => self.decide_register_meter(reg, ctx),
             Command::PublishTariff(t) => self.decide_tariff(t, ctx),
@@ -221,20 +252,25 @@ impl LedgerState {
                 interval,
                 energy_wh,
                 quality,
-            } => self.decide_reading(*event_id, meter_id, *flow, interval, *energy_wh, *quality, ctx),
+            } => self.decide_reading(
+                *event_id, meter_id, *flow, interval, *energy_wh, *quality, ctx,
+            ),
             Command::CorrectReading {
                 corrected_event_id,
                 correction_id,
                 energy_wh,
                 reason,
-            } => self.decide_correction(*corrected_event_id, *correction_id, *energy_wh, reason, ctx),
+            } => {
+                self.decide_correction(*corrected_event_id, *correction_id, *energy_wh, reason, ctx)
+            }
             Command::IssueCredits {
                 event_id,
                 tenant_id,
                 amount_eu,
                 memo,
             } => {
-                let id = event_id.unwrap_or_else(|| v5(&format!("credits/{tenant_id}/{amount_eu}/{memo}")));
+                let id = event_id
+                    .unwrap_or_else(|| v5(&format!("credits/{tenant_id}/{amount_eu}/{memo}")));
                 if let Some(d) = self.duplicate_of(id) {
                     return Ok(d);
                 }
@@ -255,7 +291,9 @@ impl LedgerState {
                 memo,
             } => {
                 let id = event_id.unwrap_or_else(|| {
-                    v5(&format!("transfer/{from_tenant}/{to_tenant}/{amount_eu}/{memo}"))
+                    v5(&format!(
+                        "transfer/{from_tenant}/{to_tenant}/{amount_eu}/{memo}"
+                    ))
                 });
                 if let Some(d) = self.duplicate_of(id) {
                     return Ok(d);
@@ -267,7 +305,10 @@ impl LedgerState {
                     ));
                 }
                 if amount_eu.value() <= Decimal::ZERO {
-                    return Err(Rejection::validation("amount_eu", format!("must be positive, got {amount_eu}")));
+                    return Err(Rejection::validation(
+                        "amount_eu",
+                        format!("must be positive, got {amount_eu}"),
+                    ));
                 }
                 let from = self.tenant("from_tenant", from_tenant)?;
                 self.tenant("to_tenant", to_tenant)?;
@@ -303,7 +344,10 @@ impl LedgerState {
                 if period.end() > ctx.now {
                     return Err(Rejection::validation(
                         "period",
-                        format!("period {period} has not ended yet (it ends {})", fmt_time(&period.end())),
+                        format!(
+                            "period {period} has not ended yet (it ends {})",
+                            fmt_time(&period.end())
+                        ),
                     ));
                 }
                 let (last_position, chain_hash) = ctx.head.clone().unwrap_or((0, String::new()));
@@ -317,7 +361,14 @@ impl LedgerState {
         }
     }
 
-    fn same_registration(&self, same: bool, stream: &str, field: &str, what: &str, id: &str) -> Result<Decision, Rejection> {
+    fn same_registration(
+        &self,
+        same: bool,
+        stream: &str,
+        field: &str,
+        what: &str,
+        id: &str,
+    ) -> Result<Decision, Rejection> {
         if same {
             Ok(Decision::Duplicate {
                 event_id: v5(&format!("{what}/{id}")),
@@ -333,10 +384,20 @@ impl LedgerState {
         }
     }
 
-    fn decide_register_meter(&self, reg: &MeterRegistered, ctx: &DecideContext) -> Result<Decision, Rejection> {
+    fn decide_register_meter(
+        &self,
+        reg: &MeterRegistered,
+        ctx: &DecideContext,
+    ) -> Result<Decision, Rejection> {
         let stream = meter_stream(&reg.meter_id);
         if let Some(m) = self.meters.get(&reg.meter_id) {
-            return self.same_registration(m.reg == *reg, &stream, "meter_id", "meter", reg.meter_id.as_str());
+            return self.same_registration(
+                m.reg == *reg,
+                &stream,
+                "meter_id",
+                "meter",
+                reg.meter_id.as_str(),
+            );
         }
         self.site(&reg.site_id)?;
         if let Some(t) = &reg.tenant_id {
@@ -348,7 +409,10 @@ impl LedgerState {
             if *kind != reg.kind || *site != reg.site_id {
                 return Err(Rejection::conflict(
                     "asset_id",
-                    format!("asset {a:?} is a {} asset of site {site:?} (meter {meter:?})", kind.as_str()),
+                    format!(
+                        "asset {a:?} is a {} asset of site {site:?} (meter {meter:?})",
+                        kind.as_str()
+                    ),
                     None,
                 ));
             }
@@ -376,7 +440,10 @@ impl LedgerState {
         if let Some(last) = site.tariffs.last()
             && t.effective_from <= last.effective_from
         {
-            let same = site.tariffs.iter().find(|x| x.effective_from == t.effective_from);
+            let same = site
+                .tariffs
+                .iter()
+                .find(|x| x.effective_from == t.effective_from);
             if let Some(x) = same {
                 let mut candidate = t.clone();
                 candidate.tariff_version = x.tariff_version;
@@ -414,9 +481,15 @@ impl LedgerState {
         Ok(self.new_event(id, site_stream(&t.site_id), ctx, Event::TariffPublished(t)))
     }
 
-    fn check_rated_power(&self, meter: &MeterRegistered, interval: &Interval, wh: EnergyWh) -> Result<(), Rejection> {
+    fn check_rated_power(
+        &self,
+        meter: &MeterRegistered,
+        interval: &Interval,
+        wh: EnergyWh,
+    ) -> Result<(), Rejection> {
         // Wh_max = W × ms / 3,600,000 × (1 + 5 %)
-        let max_wh = meter.rated_power_w * Decimal::from(interval.duration_ms()) / Decimal::from(3_600_000)
+        let max_wh = meter.rated_power_w * Decimal::from(interval.duration_ms())
+            / Decimal::from(3_600_000)
             * Decimal::from(100 + RATED_POWER_TOLERANCE_PCT)
             / Decimal::ONE_HUNDRED;
         if wh.value() > max_wh {
@@ -435,9 +508,18 @@ impl LedgerState {
     }
 
     /// Checks a change of a battery's level: `delta_in_wh` charged (stored), `delta_out_wh` dispatched.
-    fn check_battery(&self, meter: &MeterRegistered, flow: Flow, delta_wh: Decimal) -> Result<(), Rejection> {
-        let Some(asset) = &meter.asset_id else { return Ok(()) };
-        let Some(b) = self.batteries.get(asset) else { return Ok(()) };
+    fn check_battery(
+        &self,
+        meter: &MeterRegistered,
+        flow: Flow,
+        delta_wh: Decimal,
+    ) -> Result<(), Rejection> {
+        let Some(asset) = &meter.asset_id else {
+            return Ok(());
+        };
+        let Some(b) = self.batteries.get(asset) else {
+            return Ok(());
+        };
         let change = match flow {
             Flow::Stored => delta_wh * b.efficiency,
             Flow::Dispatched => -delta_wh,
@@ -484,7 +566,9 @@ impl LedgerState {
         let meter = &self
             .meters
             .get(meter_id)
-            .ok_or_else(|| Rejection::not_found("meter_id", format!("no meter {meter_id:?} is registered")))?
+            .ok_or_else(|| {
+                Rejection::not_found("meter_id", format!("no meter {meter_id:?} is registered"))
+            })?
             .reg;
         if !meter.kind.allows(flow) {
             return Err(Rejection::validation(
@@ -538,7 +622,10 @@ impl LedgerState {
         {
             return Err(Rejection::validation(
                 "start",
-                format!("meter {meter_id:?} is active from {}; the reading starts before", fmt_time(&from)),
+                format!(
+                    "meter {meter_id:?} is active from {}; the reading starts before",
+                    fmt_time(&from)
+                ),
             ));
         }
         let latest = ctx.now + Duration::seconds(FUTURE_TOLERANCE_S);
@@ -599,7 +686,10 @@ impl LedgerState {
             return Ok(d);
         }
         let r = self.readings.get(&corrected).ok_or_else(|| {
-            Rejection::not_found("event_id", format!("no reading event {corrected} is recorded"))
+            Rejection::not_found(
+                "event_id",
+                format!("no reading event {corrected} is recorded"),
+            )
         })?;
         if r.current_wh == wh {
             return Err(Rejection::validation(
@@ -617,10 +707,23 @@ impl LedgerState {
             .iter()
             .find(|x| x.tariff_version == r.tariff_version)
             .ok_or_else(|| {
-                Rejection::not_found("event_id", format!("tariff version {} of the reading is not recorded", r.tariff_version))
+                Rejection::not_found(
+                    "event_id",
+                    format!(
+                        "tariff version {} of the reading is not recorded",
+                        r.tariff_version
+                    ),
+                )
             })?;
-        let new_price: Price = price(tariff, &site.tz, r.flow, meter.source, &r.interval, wh.value())
-            .map_err(|m| Rejection::validation("wh", m))?;
+        let new_price: Price = price(
+            tariff,
+            &site.tz,
+            r.flow,
+            meter.source,
+            &r.interval,
+            wh.value(),
+        )
+        .map_err(|m| Rejection::validation("wh", m))?;
         let period = Period::of(r.interval.start);
         let ev = Event::ReadingCorrected(ReadingCorrected {
             corrected_event_id: corrected,
@@ -680,18 +783,30 @@ impl LedgerState {
                             a.clone(),
                             BatteryState {
                                 capacity_wh: m.capacity_wh.map(|c| c.value()).unwrap_or_default(),
-                                efficiency: m.round_trip_efficiency_pct.unwrap_or(Decimal::ONE_HUNDRED)
+                                efficiency: m
+                                    .round_trip_efficiency_pct
+                                    .unwrap_or(Decimal::ONE_HUNDRED)
                                     / Decimal::ONE_HUNDRED,
                                 level_wh: m.initial_wh.map(|c| c.value()).unwrap_or_default(),
                             },
                         );
                     }
                 }
-                self.meters.insert(m.meter_id.clone(), MeterState { reg: m.clone() });
+                self.meters
+                    .insert(m.meter_id.clone(), MeterState { reg: m.clone() });
             }
-            Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
+            Event::EnergyGenerated(r)
+            | Event::EnergyStored(r)
+            | Event::EnergyDispatched(r)
+            | Event::EnergyConsumed(r) => {
                 remember = false;
-                self.apply_energy(r.flow, r.asset_id.as_ref(), r.tenant_id.as_ref(), r.energy_wh.value(), r.price.amount_eu);
+                self.apply_energy(
+                    r.flow,
+                    r.asset_id.as_ref(),
+                    r.tenant_id.as_ref(),
+                    r.energy_wh.value(),
+                    r.price.amount_eu,
+                );
                 self.intervals
                     .entry((r.meter_id.clone(), r.flow))
                     .or_default()
@@ -712,7 +827,13 @@ impl LedgerState {
                 );
             }
             Event::ReadingCorrected(c) => {
-                self.apply_energy(c.flow, c.asset_id.as_ref(), c.tenant_id.as_ref(), c.delta_wh, c.delta_eu);
+                self.apply_energy(
+                    c.flow,
+                    c.asset_id.as_ref(),
+                    c.tenant_id.as_ref(),
+                    c.delta_wh,
+                    c.delta_eu,
+                );
                 if let Some(r) = self.readings.get_mut(&c.corrected_event_id) {
                     r.current_wh = c.energy_wh;
                     r.current_eu = c.price.amount_eu;
@@ -746,7 +867,14 @@ impl LedgerState {
         }
     }
 
-    fn apply_energy(&mut self, flow: Flow, asset: Option<&AssetId>, tenant: Option<&TenantId>, wh: Decimal, eu: Decimal) {
+    fn apply_energy(
+        &mut self,
+        flow: Flow,
+        asset: Option<&AssetId>,
+        tenant: Option<&TenantId>,
+        wh: Decimal,
+        eu: Decimal,
+    ) {
         match flow {
             Flow::Stored | Flow::Dispatched => {
                 if let Some(b) = asset.and_then(|a| self.batteries.get_mut(a)) {

@@ -5,8 +5,8 @@
 //! is found by converting each local boundary time of each local day to UTC, so a band never
 //! stretches or shrinks by an hour on those days.
 
-use super::quantity::{fmt_decimal, round_eu, round_wh};
 use super::ids::SiteId;
+use super::quantity::{fmt_decimal, round_eu, round_wh};
 use super::time::{Interval, time_str};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
@@ -26,7 +26,12 @@ pub enum Flow {
 }
 
 impl Flow {
-    pub const ALL: [Flow; 4] = [Flow::Generated, Flow::Stored, Flow::Dispatched, Flow::Consumed];
+    pub const ALL: [Flow; 4] = [
+        Flow::Generated,
+        Flow::Stored,
+        Flow::Dispatched,
+        Flow::Consumed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,7 +155,10 @@ pub fn parse_day(s: &str) -> Result<Weekday, String> {
 mod days_str {
     use super::*;
     pub fn serialize<S: Serializer>(days: &[Weekday], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(days.iter().map(|d| DAY_NAMES[d.num_days_from_monday() as usize]))
+        s.collect_seq(
+            days.iter()
+                .map(|d| DAY_NAMES[d.num_days_from_monday() as usize]),
+        )
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Weekday>, D::Error> {
         let v = Vec::<String>::deserialize(d)?;
@@ -227,10 +235,15 @@ pub struct Tariff {
 
 mod source_map {
     use super::*;
-    pub fn serialize<S: Serializer>(m: &BTreeMap<Source, Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Source, Decimal>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_map(m.iter().map(|(k, v)| (k.as_str(), fmt_decimal(v))))
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Source, Decimal>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Source, Decimal>, D::Error> {
         let m = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
         m.iter()
             .map(|(k, v)| {
@@ -444,7 +457,9 @@ pub fn price(
 
     let weighted_ms: Decimal = segments
         .iter()
-        .map(|(a, b, band)| Decimal::from((*b - *a).num_milliseconds()) * terms.band_multiplier(*band))
+        .map(|(a, b, band)| {
+            Decimal::from((*b - *a).num_milliseconds()) * terms.band_multiplier(*band)
+        })
         .sum();
     let exact = base
         .checked_mul(weighted_ms)
@@ -583,8 +598,22 @@ mod tests {
         assert_eq!(p.amount_eu, d("1375"));
         assert_eq!(p.multiplier, d("1.25"));
         assert_eq!(p.parts.len(), 2);
-        assert_eq!((p.parts[0].band.as_str(), p.parts[0].energy_wh, p.parts[0].amount_eu), ("standard", d("500"), d("550")));
-        assert_eq!((p.parts[1].band.as_str(), p.parts[1].energy_wh, p.parts[1].amount_eu), ("peak", d("500"), d("825")));
+        assert_eq!(
+            (
+                p.parts[0].band.as_str(),
+                p.parts[0].energy_wh,
+                p.parts[0].amount_eu
+            ),
+            ("standard", d("500"), d("550"))
+        );
+        assert_eq!(
+            (
+                p.parts[1].band.as_str(),
+                p.parts[1].energy_wh,
+                p.parts[1].amount_eu
+            ),
+            ("peak", d("500"), d("825"))
+        );
     }
 
     #[test]
@@ -592,9 +621,25 @@ mod tests {
         // 0.0000005 EU exactly: rounds to 0 (even), not 0.000001.
         let mut t = contract_terms();
         t.rates_eu_per_wh.stored = d("0.0000005");
-        let p = price(&t, &CHICAGO, Flow::Stored, None, &iv("2026-11-07T18:00:00Z", "2026-11-07T18:15:00Z"), d("1")).unwrap();
+        let p = price(
+            &t,
+            &CHICAGO,
+            Flow::Stored,
+            None,
+            &iv("2026-11-07T18:00:00Z", "2026-11-07T18:15:00Z"),
+            d("1"),
+        )
+        .unwrap();
         assert_eq!(p.amount_eu, d("0"));
-        let p = price(&t, &CHICAGO, Flow::Stored, None, &iv("2026-11-07T18:00:00Z", "2026-11-07T18:15:00Z"), d("3")).unwrap();
+        let p = price(
+            &t,
+            &CHICAGO,
+            Flow::Stored,
+            None,
+            &iv("2026-11-07T18:00:00Z", "2026-11-07T18:15:00Z"),
+            d("3"),
+        )
+        .unwrap();
         assert_eq!(p.amount_eu, d("0.000002"));
     }
 
@@ -613,7 +658,15 @@ mod tests {
         assert_eq!(segs[1].1, parse_time("2026-03-09T05:00:00Z").unwrap());
         // 2300 Wh over 23 h at consumed 1.1: 500 Wh night × 0.6 + 1800 Wh standard × 1.
         // = 1.1 × (300 + 1800) = 2310.
-        let p = price(&contract_terms(), &CHICAGO, Flow::Consumed, None, &day, d("2300")).unwrap();
+        let p = price(
+            &contract_terms(),
+            &CHICAGO,
+            Flow::Consumed,
+            None,
+            &day,
+            d("2300"),
+        )
+        .unwrap();
         assert_eq!(p.parts[0].energy_wh, d("500"));
         assert_eq!(p.parts[1].energy_wh, d("1800"));
         assert_eq!(p.amount_eu, d("2310"));
@@ -683,10 +736,16 @@ mod tests {
             let p = price(&t, &CHICAGO, Flow::Stored, None, &day, d(wh)).unwrap();
             assert_eq!(p.parts.len(), 4, "{wh}");
             for part in &p.parts {
-                assert!(part.energy_wh >= Decimal::ZERO && part.amount_eu >= Decimal::ZERO, "{wh}: {part:?}");
+                assert!(
+                    part.energy_wh >= Decimal::ZERO && part.amount_eu >= Decimal::ZERO,
+                    "{wh}: {part:?}"
+                );
             }
             assert_eq!(p.parts.iter().map(|x| x.energy_wh).sum::<Decimal>(), d(wh));
-            assert_eq!(p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(), p.amount_eu);
+            assert_eq!(
+                p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(),
+                p.amount_eu
+            );
         }
     }
 

@@ -5,8 +5,8 @@
 
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
-    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
-    canonical_json,
+    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX,
+    StoreError, canonical_json,
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -76,15 +76,24 @@ impl Accepted {
         let m = v.as_object_mut().expect("object");
         match &self.event {
             Event::ReadingCorrected(c) => {
-                m.insert("price".into(), serde_json::to_value(&c.price).expect("price"));
-                m.insert("delta_eu".into(), json!(crate::domain::quantity::fmt_decimal(&c.delta_eu)));
+                m.insert(
+                    "price".into(),
+                    serde_json::to_value(&c.price).expect("price"),
+                );
+                m.insert(
+                    "delta_eu".into(),
+                    json!(crate::domain::quantity::fmt_decimal(&c.delta_eu)),
+                );
             }
             Event::TariffPublished(t) => {
                 m.insert("tariff_version".into(), json!(t.tariff_version));
             }
             e => {
                 if let Some(r) = e.as_reading() {
-                    m.insert("price".into(), serde_json::to_value(&r.price).expect("price"));
+                    m.insert(
+                        "price".into(),
+                        serde_json::to_value(&r.price).expect("price"),
+                    );
                 }
             }
         }
@@ -116,10 +125,14 @@ impl CommandError {
         match self {
             CommandError::Rejected(r) => {
                 let mut e = serde_json::to_value(r).expect("rejection");
-                e.as_object_mut().expect("object").insert("code".into(), json!(r.code.as_str()));
+                e.as_object_mut()
+                    .expect("object")
+                    .insert("code".into(), json!(r.code.as_str()));
                 json!({"ok": false, "error": e})
             }
-            CommandError::Store(s) => json!({"ok": false, "error": {"code": self.code(), "message": s.to_string()}}),
+            CommandError::Store(s) => {
+                json!({"ok": false, "error": {"code": self.code(), "message": s.to_string()}})
+            }
         }
     }
 }
@@ -142,7 +155,7 @@ pub struct Ledger {
 
 /// A decided command waiting for its answer.
 pub enum Pending {
-    Ready(Outcome),
+    Ready(Box<Outcome>),
     Append {
         ticket: AppendTicket,
         new: Box<NewEvent>,
@@ -161,7 +174,7 @@ pub enum Pending {
 impl Pending {
     pub async fn wait(self) -> Outcome {
         match self {
-            Pending::Ready(o) => o,
+            Pending::Ready(o) => *o,
             Pending::Append {
                 ticket,
                 new,
@@ -170,7 +183,9 @@ impl Pending {
                 started,
             } => match ticket.wait().await {
                 Ok(a) => {
-                    metrics.append_latency_s.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .append_latency_s
+                        .observe(started.elapsed().as_secs_f64());
                     metrics.appends_total.fetch_add(1, Ordering::Relaxed);
                     let (position, version) = a.recorded[0];
                     Ok(Accepted {
@@ -200,8 +215,14 @@ impl Pending {
 
 /// The result of an event already recorded (or about to be: its append may still be in
 /// flight, so wait for it, bounded).
-async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, version: u64) -> Outcome {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(DUPLICATE_WAIT_MS_MAX);
+async fn recorded_result(
+    store: &dyn EventStore,
+    event_id: Uuid,
+    stream: &str,
+    version: u64,
+) -> Outcome {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(DUPLICATE_WAIT_MS_MAX);
     let mut head = store.watch_head();
     loop {
         let found = store.read_stream(stream, version, 1).await?;
@@ -218,7 +239,10 @@ async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, v
                 event,
             });
         }
-        if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, head.changed())
+            .await
+            .is_err()
+        {
             return Err(CommandError::Store(StoreError::Unavailable(format!(
                 "event {event_id} was decided but is not recorded yet"
             ))));
@@ -244,7 +268,10 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<LedgerState, StoreEr
 }
 
 impl Ledger {
-    pub async fn open(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, StoreError> {
         let state = replay_state(store.as_ref()).await?;
         Ok(Arc::new(Self {
             store,
@@ -272,23 +299,25 @@ impl Ledger {
                     inner.state = s;
                     self.stale.store(false, Ordering::SeqCst);
                 }
-                Err(e) => return Pending::Ready(Err(e.into())),
+                Err(e) => return Pending::Ready(Box::new(Err(e.into()))),
             }
         }
         let head = if matches!(cmd, Command::ClosePeriod { .. }) {
             match self.store.head().await {
                 Ok(h) => Some((h.position, h.hash)),
-                Err(e) => return Pending::Ready(Err(e.into())),
+                Err(e) => return Pending::Ready(Box::new(Err(e.into()))),
             }
         } else {
             None
         };
         // Millisecond precision: every backend stores it exactly.
         let now = self.clock.now();
-        let now = now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now);
+        let now = now
+            .duration_trunc(TimeDelta::milliseconds(1))
+            .unwrap_or(now);
         let ctx = DecideContext { now, head };
         match inner.state.decide(cmd, &ctx) {
-            Err(r) => Pending::Ready(Err(CommandError::Rejected(r))),
+            Err(r) => Pending::Ready(Box::new(Err(CommandError::Rejected(r)))),
             Ok(Decision::Duplicate {
                 event_id,
                 stream,
@@ -311,12 +340,15 @@ impl Ledger {
                         data: canonical_json(&new.event.to_data()),
                     }],
                 });
-                inner
-                    .state
-                    .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+                inner.state.evolve(
+                    new.event_id,
+                    &new.stream,
+                    new.expected_version + 1,
+                    &new.event,
+                );
                 Pending::Append {
                     ticket,
-                    new: Box::new(new),
+                    new,
                     stale: self.stale.clone(),
                     metrics: self.metrics.clone(),
                     started: std::time::Instant::now(),
@@ -332,7 +364,9 @@ impl Ledger {
         loop {
             let out = self.submit(cmd).await.wait().await;
             match out {
-                Err(CommandError::Store(StoreError::VersionConflict { .. })) if tries < CONFLICT_RETRIES_MAX => {
+                Err(CommandError::Store(StoreError::VersionConflict { .. }))
+                    if tries < CONFLICT_RETRIES_MAX =>
+                {
                     tries += 1;
                 }
                 other => return other,

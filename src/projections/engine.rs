@@ -36,14 +36,19 @@ pub enum SnapshotError {
 /// Reads and checks a snapshot file (format, checksum, parse). Does not consult the log.
 pub fn read_snapshot(path: &Path) -> Result<Books, SnapshotError> {
     let text = std::fs::read_to_string(path)?;
-    let f: SnapshotFile = serde_json::from_str(&text).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    let f: SnapshotFile =
+        serde_json::from_str(&text).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
     if f.format != SNAPSHOT_FORMAT {
-        return Err(SnapshotError::Damaged(format!("format {} is not {SNAPSHOT_FORMAT}", f.format)));
+        return Err(SnapshotError::Damaged(format!(
+            "format {} is not {SNAPSHOT_FORMAT}",
+            f.format
+        )));
     }
     if hex::encode(Sha256::digest(f.books.as_bytes())) != f.checksum {
         return Err(SnapshotError::Damaged("checksum mismatch".into()));
     }
-    let books: Books = serde_json::from_str(&f.books).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    let books: Books =
+        serde_json::from_str(&f.books).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
     if books.position != f.position || books.chain_hash != f.chain_hash {
         return Err(SnapshotError::Damaged("header and content disagree".into()));
     }
@@ -64,7 +69,11 @@ pub fn write_snapshot(path: &Path, books: &Books) -> std::io::Result<()> {
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(serde_json::to_string(&f).map_err(std::io::Error::other)?.as_bytes())?;
+        file.write_all(
+            serde_json::to_string(&f)
+                .map_err(std::io::Error::other)?
+                .as_bytes(),
+        )?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)
@@ -88,7 +97,10 @@ pub fn snapshot_path_for(url: &str) -> PathBuf {
     } else {
         let mut h = Sha256::new();
         h.update(url.as_bytes());
-        PathBuf::from(format!("data/projections-{}.snapshot.json", &hex::encode(h.finalize())[..16]))
+        PathBuf::from(format!(
+            "data/projections-{}.snapshot.json",
+            &hex::encode(h.finalize())[..16]
+        ))
     }
 }
 
@@ -103,7 +115,10 @@ pub struct Projections {
 
 impl Projections {
     /// Loads the snapshot if it is sound and agrees with the log, then catches up.
-    pub async fn open(store: Arc<dyn EventStore>, snapshot: Option<PathBuf>) -> Result<Arc<Self>, StoreError> {
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        snapshot: Option<PathBuf>,
+    ) -> Result<Arc<Self>, StoreError> {
         let mut note = None;
         let mut books = Books::default();
         if let Some(path) = &snapshot
@@ -112,7 +127,9 @@ impl Projections {
             match read_snapshot(path) {
                 Ok(b) => match check_against_log(store.as_ref(), &b).await? {
                     None => books = b,
-                    Some(why) => note = Some(format!("snapshot ignored, rebuilt from the log: {why}")),
+                    Some(why) => {
+                        note = Some(format!("snapshot ignored, rebuilt from the log: {why}"))
+                    }
                 },
                 Err(e) => note = Some(format!("snapshot ignored, rebuilt from the log: {e}")),
             }
@@ -145,7 +162,11 @@ impl Projections {
         let mut books = self.books.write().expect("books lock");
         // Only events after the current position: a page read before a concurrent
         // catch-up must not be folded twice.
-        let fresh: Vec<_> = page.iter().filter(|r| r.position > books.position).cloned().collect();
+        let fresh: Vec<_> = page
+            .iter()
+            .filter(|r| r.position > books.position)
+            .cloned()
+            .collect();
         fold(&mut books, &fresh)?;
         let pos = books.position;
         drop(books);
@@ -191,7 +212,9 @@ impl Projections {
 
     /// Writes the snapshot (if this engine has a snapshot path).
     pub fn save(&self) -> std::io::Result<()> {
-        let Some(path) = &self.snapshot else { return Ok(()) };
+        let Some(path) = &self.snapshot else {
+            return Ok(());
+        };
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -202,10 +225,12 @@ impl Projections {
     }
 }
 
-
 /// Whether a snapshot agrees with the log: the log reaches its position and the event there
 /// carries its chain hash. `Some(reason)` when it does not.
-pub async fn check_against_log(store: &dyn EventStore, books: &Books) -> Result<Option<String>, StoreError> {
+pub async fn check_against_log(
+    store: &dyn EventStore,
+    books: &Books,
+) -> Result<Option<String>, StoreError> {
     if books.position == 0 {
         return Ok(None);
     }

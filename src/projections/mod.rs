@@ -77,7 +77,8 @@ pub struct StatementAcc {
 impl StatementAcc {
     /// The net change of the tenant's holding in this period.
     pub fn net_eu(&self) -> Decimal {
-        -self.charges_eu + self.credits_eu + self.transfers_in_eu - self.transfers_out_eu + self.adjustments_eu
+        -self.charges_eu + self.credits_eu + self.transfers_in_eu - self.transfers_out_eu
+            + self.adjustments_eu
     }
 
     fn touch(&mut self, rec: &RecordedEvent) {
@@ -129,7 +130,8 @@ pub struct BatteryBooks {
 
 impl BatteryBooks {
     pub fn level_wh(&self) -> Decimal {
-        self.initial_wh + self.stored_wh * self.round_trip_efficiency_pct / Decimal::ONE_HUNDRED - self.dispatched_wh
+        self.initial_wh + self.stored_wh * self.round_trip_efficiency_pct / Decimal::ONE_HUNDRED
+            - self.dispatched_wh
     }
 }
 
@@ -161,14 +163,24 @@ fn day_of(t: DateTime<Utc>) -> String {
 }
 
 /// Spreads `wh` over the grid intervals `[start, end)` touches, pro rata by time.
-fn spread(intervals: &mut BTreeMap<i64, FlowTotals>, flow: Flow, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal) {
+fn spread(
+    intervals: &mut BTreeMap<i64, FlowTotals>,
+    flow: Flow,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    wh: Decimal,
+) {
     let (s, e) = (start.timestamp_millis(), end.timestamp_millis());
     let total = Decimal::from(e - s);
     let step = ENERGY_BALANCE_INTERVAL_S * 1000;
     let mut b = s.div_euclid(step) * step;
     while b < e {
         let overlap = (b + step).min(e) - b.max(s);
-        let share = if overlap == e - s { wh } else { wh * Decimal::from(overlap) / total };
+        let share = if overlap == e - s {
+            wh
+        } else {
+            wh * Decimal::from(overlap) / total
+        };
         intervals.entry(b / 1000).or_default().add(flow, share);
         b += step;
     }
@@ -225,7 +237,9 @@ impl Books {
                             site_id: m.site_id.to_string(),
                             capacity_wh: m.capacity_wh.map(|c| c.value()).unwrap_or_default(),
                             initial_wh: m.initial_wh.map(|c| c.value()).unwrap_or_default(),
-                            round_trip_efficiency_pct: m.round_trip_efficiency_pct.unwrap_or(Decimal::ONE_HUNDRED),
+                            round_trip_efficiency_pct: m
+                                .round_trip_efficiency_pct
+                                .unwrap_or(Decimal::ONE_HUNDRED),
                             ..BatteryBooks::default()
                         },
                     );
@@ -242,9 +256,19 @@ impl Books {
                     },
                 );
             }
-            Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
+            Event::EnergyGenerated(r)
+            | Event::EnergyStored(r)
+            | Event::EnergyDispatched(r)
+            | Event::EnergyConsumed(r) => {
                 let wh = r.energy_wh.value();
-                self.apply_flow(r.flow, r.site_id.as_str(), r.asset_id.as_ref().map(|a| a.as_str()), r.start, r.end, wh);
+                self.apply_flow(
+                    r.flow,
+                    r.site_id.as_str(),
+                    r.asset_id.as_ref().map(|a| a.as_str()),
+                    r.start,
+                    r.end,
+                    wh,
+                );
                 if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
                     let st = self.statement_mut(t.as_str(), r.booked_period);
                     st.touch(rec);
@@ -270,7 +294,14 @@ impl Books {
                 }
             }
             Event::ReadingCorrected(c) => {
-                self.apply_flow(c.flow, c.site_id.as_str(), c.asset_id.as_ref().map(|a| a.as_str()), c.start, c.end, c.delta_wh);
+                self.apply_flow(
+                    c.flow,
+                    c.site_id.as_str(),
+                    c.asset_id.as_ref().map(|a| a.as_str()),
+                    c.start,
+                    c.end,
+                    c.delta_wh,
+                );
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     let st = self.statement_mut(t.as_str(), c.booked_period);
                     st.touch(rec);
@@ -288,7 +319,10 @@ impl Books {
                         band: Some(c.price.band.clone()),
                         energy_wh: Some(c.delta_wh),
                         amount_eu: if open { c.delta_eu } else { -c.delta_eu },
-                        memo: Some(format!("correction of {}: {}", c.corrected_event_id, c.reason)),
+                        memo: Some(format!(
+                            "correction of {}: {}",
+                            c.corrected_event_id, c.reason
+                        )),
                         original_period: (!open).then(|| c.period.to_string()),
                         position: Some(rec.position),
                         ..Line::default()
@@ -343,7 +377,15 @@ impl Books {
             .or_default()
     }
 
-    fn apply_flow(&mut self, flow: Flow, site: &str, asset: Option<&str>, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal) {
+    fn apply_flow(
+        &mut self,
+        flow: Flow,
+        site: &str,
+        asset: Option<&str>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        wh: Decimal,
+    ) {
         let site = self.sites.entry(site.to_string()).or_default();
         spread(&mut site.intervals, flow, start, end, wh);
         if let Some(b) = asset.and_then(|a| self.batteries.get_mut(a)) {
@@ -386,7 +428,10 @@ impl Books {
         let key = period.to_string();
         let empty = BTreeMap::new();
         let by_period = self.statements.get(tenant).unwrap_or(&empty);
-        let opening: Decimal = by_period.range(..key.clone()).map(|(_, s)| s.net_eu()).sum();
+        let opening: Decimal = by_period
+            .range(..key.clone())
+            .map(|(_, s)| s.net_eu())
+            .sum();
         let acc = by_period.get(&key).cloned().unwrap_or_default();
         let closing = opening + acc.net_eu();
         let mut lines: Vec<Line> = acc.consumption.values().cloned().collect();
@@ -412,7 +457,12 @@ impl Books {
     }
 
     /// The energy balance of a site over `[from, to)`, per grid interval.
-    pub fn energy_balance(&self, site: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Value> {
+    pub fn energy_balance(
+        &self,
+        site: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Option<Value> {
         let s = self.sites.get(site)?;
         let (a, b) = (from.timestamp(), to.timestamp());
         let mut out = Vec::new();
@@ -434,7 +484,10 @@ impl Books {
             };
             flagged_count += usize::from(reason.is_some());
             let t0 = Utc.timestamp_opt(*start, 0).single().unwrap_or_default();
-            let t1 = Utc.timestamp_opt(*start + ENERGY_BALANCE_INTERVAL_S, 0).single().unwrap_or_default();
+            let t1 = Utc
+                .timestamp_opt(*start + ENERGY_BALANCE_INTERVAL_S, 0)
+                .single()
+                .unwrap_or_default();
             out.push(json!({
                 "start": fmt_time(&t0),
                 "end": fmt_time(&t1),
@@ -516,7 +569,13 @@ fn booked_period(ev: &Event) -> Option<Period> {
     }
 }
 
-fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>, wh: Decimal, price: &Price) {
+fn add_consumption_lines(
+    st: &mut StatementAcc,
+    site: &str,
+    start: DateTime<Utc>,
+    wh: Decimal,
+    price: &Price,
+) {
     let mut add = |date: String, band: &str, wh: Decimal, eu: Decimal| {
         let line = st
             .consumption

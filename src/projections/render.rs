@@ -13,7 +13,9 @@ fn csv_field(s: &str) -> String {
 
 /// One row per line item, opening with the identity fields and ending with the totals.
 pub fn statement_csv(s: &Statement) -> String {
-    let mut out = String::from("tenant_id,period,kind,date,site_id,band,energy_wh,amount_eu,memo,counterparty,original_period,position\n");
+    let mut out = String::from(
+        "tenant_id,period,kind,date,site_id,band,energy_wh,amount_eu,memo,counterparty,original_period,position\n",
+    );
     let id = format!("{},{}", csv_field(&s.tenant_id), csv_field(&s.period));
     let row = |kind: &str, rest: [String; 9]| {
         let rest: Vec<String> = rest.iter().map(|x| csv_field(x)).collect();
@@ -52,7 +54,11 @@ pub fn statement_csv(s: &Statement) -> String {
             ],
         ));
     }
-    out.push_str(&total("total_charges", &s.charges_eu, Some(&s.consumption_wh)));
+    out.push_str(&total(
+        "total_charges",
+        &s.charges_eu,
+        Some(&s.consumption_wh),
+    ));
     out.push_str(&total("total_credits", &s.credits_eu, None));
     out.push_str(&total("total_transfers_in", &s.transfers_in_eu, None));
     out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
@@ -85,7 +91,12 @@ pub fn statement_html(s: &Statement) -> String {
             e(&[l.memo.as_deref(), l.counterparty.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join(" · ")),
         ));
     }
-    let total = |label: &str, d: &rust_decimal::Decimal| format!("<tr><th>{label}</th><td class=n>{}</td></tr>", fmt_decimal(d));
+    let total = |label: &str, d: &rust_decimal::Decimal| {
+        format!(
+            "<tr><th>{label}</th><td class=n>{}</td></tr>",
+            fmt_decimal(d)
+        )
+    };
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Statement {tenant} {period}</title>
@@ -109,7 +120,11 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
         tenant = e(&s.tenant_id),
         name = e(&s.tenant_name),
         period = e(&s.period),
-        status = if s.is_final { "final (period closed)" } else { "provisional (period open)" },
+        status = if s.is_final {
+            "final (period closed)"
+        } else {
+            "provisional (period open)"
+        },
         opening = total("Opening balance (EU)", &s.opening_balance_eu),
         charges = total("Charges (EU)", &s.charges_eu),
         credits = total("Credits (EU)", &s.credits_eu),

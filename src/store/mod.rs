@@ -48,7 +48,11 @@ pub enum ExpectedVersion {
 impl ExpectedVersion {
     /// The expectation for a stream whose current version is `v` (0: no stream).
     pub fn at(v: u64) -> Self {
-        if v == 0 { Self::NoStream } else { Self::Exact(v) }
+        if v == 0 {
+            Self::NoStream
+        } else {
+            Self::Exact(v)
+        }
     }
 
     pub fn admits(self, current: u64) -> bool {
@@ -114,9 +118,11 @@ impl RecordedEvent {
     /// The record as JSON, with its data parsed (for export and the API).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("records serialise");
-        let data: serde_json::Value =
-            serde_json::from_str(&self.data).unwrap_or(serde_json::Value::String(self.data.clone()));
-        v.as_object_mut().expect("object").insert("data".into(), data);
+        let data: serde_json::Value = serde_json::from_str(&self.data)
+            .unwrap_or(serde_json::Value::String(self.data.clone()));
+        v.as_object_mut()
+            .expect("object")
+            .insert("data".into(), data);
         v
     }
 }
@@ -177,10 +183,19 @@ pub trait EventStore: Send + Sync + 'static {
     fn append(&self, batch: AppendBatch) -> AppendTicket;
 
     /// Events of one stream from `from_version` (inclusive), at most `limit`.
-    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events of the whole log after `after_position` (exclusive), at most `limit`.
-    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The head, once everything queued before this call is durable.
     async fn head(&self) -> Result<Head, StoreError>;
@@ -223,7 +238,10 @@ impl Subscription {
                 self.after = e.position;
                 return Ok(e);
             }
-            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
+            let page = self
+                .store
+                .read_all(self.after, READ_PAGE_EVENTS_MAX)
+                .await?;
             if page.is_empty() {
                 // Wait for the head to move past what we have; a bounded wait also covers
                 // appends made by other processes that this one's watch does not see.
@@ -242,7 +260,10 @@ impl Subscription {
     /// The next event, if one is already recorded.
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
         if self.buf.is_empty() {
-            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
+            let page = self
+                .store
+                .read_all(self.after, READ_PAGE_EVENTS_MAX)
+                .await?;
             self.buf.extend(page);
         }
         Ok(self.buf.pop_front().inspect(|e| self.after = e.position))

@@ -51,30 +51,42 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
     let flags = if write {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(unavailable)?;
     if write {
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(unavailable)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!("could not enable WAL (journal_mode={mode})")));
+            return Err(StoreError::Unavailable(format!(
+                "could not enable WAL (journal_mode={mode})"
+            )));
         }
-        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(unavailable)?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(unavailable)?;
     }
     Ok(conn)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-        .map_err(unavailable)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )
+    .map_err(unavailable)?;
     for (version, sql) in MIGRATIONS {
         let done: bool = conn
-            .query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [version],
+                |r| r.get(0),
+            )
             .map_err(unavailable)?;
         if !done {
             conn.execute_batch(&format!(
@@ -90,7 +102,11 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
     let id: String = r.get(3)?;
     let at: String = r.get(6)?;
     let bad = |what: &str, v: &str| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad {what} {v:?}").into(),
+        )
     };
     Ok(RecordedEvent {
         position: r.get::<_, i64>(0)? as u64,
@@ -128,12 +144,16 @@ impl SqliteStore {
 
     fn open_blocking(path: PathBuf, write: bool) -> Result<Arc<Self>, StoreError> {
         if !write && !path.exists() {
-            return Err(StoreError::Invalid(format!("no store at {}", path.display())));
+            return Err(StoreError::Invalid(format!(
+                "no store at {}",
+                path.display()
+            )));
         }
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
         let lock = if write {
             let lock_path = PathBuf::from(format!("{}.lock", path.display()));
@@ -160,7 +180,9 @@ impl SqliteStore {
         let index = Self::load_index(&conn)?;
         let (head_tx, head_rx) = watch::channel(index.head);
         let index = Arc::new(RwLock::new(index));
-        let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
+        let group_sizes = Arc::new(crate::metrics::Histogram::new(
+            crate::metrics::GROUP_SIZE_BOUNDS,
+        ));
         let (tx, writer) = if write {
             let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
             let writer_index = index.clone();
@@ -199,8 +221,11 @@ impl SqliteStore {
             let position = r.get::<_, i64>(0).map_err(unavailable)? as u64;
             let stream: String = r.get(1).map_err(unavailable)?;
             let id: String = r.get(2).map_err(unavailable)?;
-            let id = Uuid::parse_str(&id)
-                .map_err(|_| StoreError::Corrupt(format!("position {position}: event id {id:?} is not a UUID")))?;
+            let id = Uuid::parse_str(&id).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "position {position}: event id {id:?} is not a UUID"
+                ))
+            })?;
             index.streams.entry(stream).or_default().push(position);
             index.ids.insert(id, position);
             index.head = position;
@@ -214,7 +239,7 @@ impl SqliteStore {
     }
 
     async fn with_reader<T: Send + 'static>(
-        self: &Self,
+        &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.readers.lock().expect("readers lock").pop();
@@ -247,21 +272,28 @@ impl EventStore for SqliteStore {
             ))));
         }
         let Some(tx) = self.sender() else {
-            return AppendTicket::ready(Err(StoreError::Unavailable("the store is shut down".into())));
+            return AppendTicket::ready(Err(StoreError::Unavailable(
+                "the store is shut down".into(),
+            )));
         };
         let (reply, rx) = oneshot::channel();
         match tx.try_send(Msg::Append(batch, reply)) {
             Ok(()) => AppendTicket::new(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::ready(Err(StoreError::Busy(format!(
-                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
-            )))),
+            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::ready(Err(StoreError::Busy(
+                format!("{WRITER_QUEUE_DEPTH_MAX} appends are already queued"),
+            ))),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 AppendTicket::ready(Err(StoreError::Unavailable("the writer stopped".into())))
             }
         }
     }
 
-    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX);
         let positions: Vec<u64> = {
             let index = self.index.read().expect("index lock");
@@ -284,24 +316,35 @@ impl EventStore for SqliteStore {
                 .map_err(unavailable)?;
             let mut out = Vec::with_capacity(positions.len());
             for p in positions {
-                out.push(stmt.query_row([p as i64], row_to_event).map_err(unavailable)?);
+                out.push(
+                    stmt.query_row([p as i64], row_to_event)
+                        .map_err(unavailable)?,
+                );
             }
             Ok(out)
         })
         .await
     }
 
-    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX);
         self.with_reader(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!("{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"))
+                .prepare_cached(&format!(
+                    "{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(params![after_position as i64, limit as i64], row_to_event)
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(|e| match e {
-                rusqlite::Error::FromSqlConversionFailure(_, _, m) => StoreError::Corrupt(m.to_string()),
+                rusqlite::Error::FromSqlConversionFailure(_, _, m) => {
+                    StoreError::Corrupt(m.to_string())
+                }
                 e => unavailable(e),
             })
         })
@@ -313,12 +356,16 @@ impl EventStore for SqliteStore {
             // Read-only (or shut down): the head is whatever the file holds now.
             return self
                 .with_reader(|c| {
-                    c.query_row("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1", [], |r| {
-                        Ok(Head {
-                            position: r.get::<_, i64>(0)? as u64,
-                            hash: r.get(1)?,
-                        })
-                    })
+                    c.query_row(
+                        "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1",
+                        [],
+                        |r| {
+                            Ok(Head {
+                                position: r.get::<_, i64>(0)? as u64,
+                                hash: r.get(1)?,
+                            })
+                        },
+                    )
                     .or_else(|e| match e {
                         rusqlite::Error::QueryReturnedNoRows => Ok(Head {
                             position: 0,
@@ -381,9 +428,17 @@ fn writer_loop(
     }
 }
 
-type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>);
+type Reply = (
+    oneshot::Sender<Result<Appended, StoreError>>,
+    Result<Appended, StoreError>,
+);
 
-fn commit_group(conn: &mut Connection, msgs: Vec<Msg>, index: &Arc<RwLock<Index>>, head_tx: &watch::Sender<u64>) {
+fn commit_group(
+    conn: &mut Connection,
+    msgs: Vec<Msg>,
+    index: &Arc<RwLock<Index>>,
+    head_tx: &watch::Sender<u64>,
+) {
     let (mut head, mut head_hash) = {
         let i = index.read().expect("index lock");
         (i.head, i.head_hash.clone())
@@ -446,7 +501,11 @@ fn commit_group(conn: &mut Connection, msgs: Vec<Msg>, index: &Arc<RwLock<Index>
                                         ])
                                         .map_err(unavailable)?;
                                     head_hash = hash;
-                                    staged.streams.entry(batch.stream.clone()).or_default().push(head);
+                                    staged
+                                        .streams
+                                        .entry(batch.stream.clone())
+                                        .or_default()
+                                        .push(head);
                                     staged.ids.insert(e.event_id, head);
                                     recorded.push((head, version));
                                     wrote = true;
@@ -501,16 +560,27 @@ fn commit_group(conn: &mut Connection, msgs: Vec<Msg>, index: &Arc<RwLock<Index>
 }
 
 fn current_version(idx: &Index, staged: &Staged, stream: &str) -> u64 {
-    let n = idx.streams.get(stream).map_or(0, Vec::len) + staged.streams.get(stream).map_or(0, Vec::len);
+    let n = idx.streams.get(stream).map_or(0, Vec::len)
+        + staged.streams.get(stream).map_or(0, Vec::len);
     n as u64
 }
 
 /// `Ok(Some(_))`: the whole batch is already recorded (a retry). `Ok(None)`: append it.
-fn check_batch(tx: &rusqlite::Transaction<'_>, idx: &Index, staged: &Staged, batch: &AppendBatch) -> Result<Option<Appended>, StoreError> {
+fn check_batch(
+    tx: &rusqlite::Transaction<'_>,
+    idx: &Index,
+    staged: &Staged,
+    batch: &AppendBatch,
+) -> Result<Option<Appended>, StoreError> {
     let known: Vec<Option<u64>> = batch
         .events
         .iter()
-        .map(|e| idx.ids.get(&e.event_id).or_else(|| staged.ids.get(&e.event_id)).copied())
+        .map(|e| {
+            idx.ids
+                .get(&e.event_id)
+                .or_else(|| staged.ids.get(&e.event_id))
+                .copied()
+        })
         .collect();
     if known.iter().any(Option::is_some) {
         let mut recorded = Vec::with_capacity(known.len());
@@ -522,7 +592,14 @@ fn check_batch(tx: &rusqlite::Transaction<'_>, idx: &Index, staged: &Staged, bat
                 .query_row(
                     "SELECT stream, version, event_type, data FROM events WHERE position = ?1",
                     [*pos as i64],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    },
                 )
                 .map_err(unavailable)?;
             if found.0 != batch.stream || found.2 != e.event_type || found.3 != e.data {
