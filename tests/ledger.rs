@@ -23,7 +23,9 @@ impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
-        let ledger = Ledger::open(store, Arc::new(FixedClock::new(t(NOW)))).await.unwrap();
+        let ledger = Ledger::open(store, Arc::new(FixedClock::new(t(NOW))))
+            .await
+            .unwrap();
         let w = Self { ledger, _dir: dir };
         for c in setup() {
             w.ok(c).await;
@@ -55,8 +57,16 @@ impl World {
         };
         assert_eq!(r.code, code, "{c}: {}", r.message);
         assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
-        assert!(r.message.contains(field), "the message names the field: {}", r.message);
-        assert_eq!(self.head().await, before, "a refused command appends nothing");
+        assert!(
+            r.message.contains(field),
+            "the message names the field: {}",
+            r.message
+        );
+        assert_eq!(
+            self.head().await,
+            before,
+            "a refused command appends nothing"
+        );
         r.message
     }
 }
@@ -104,13 +114,29 @@ async fn unknown_site_is_refused() {
 #[tokio::test]
 async fn unknown_meter_is_refused() {
     let w = World::new().await;
-    w.refused(reading("ghost", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::NotFound, "meter_id").await;
+    w.refused(
+        reading(
+            "ghost",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "1",
+        ),
+        Code::NotFound,
+        "meter_id",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn unknown_tenant_is_refused() {
     let w = World::new().await;
-    w.refused(json!({"command":"issue_credits","tenant_id":"nobody","amount_eu":"1"}), Code::NotFound, "tenant_id").await;
+    w.refused(
+        json!({"command":"issue_credits","tenant_id":"nobody","amount_eu":"1"}),
+        Code::NotFound,
+        "tenant_id",
+    )
+    .await;
     w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"nobody","amount_eu":"1"}), Code::NotFound, "to_tenant").await;
     w.refused(json!({"command":"transfer_credits","from_tenant":"nobody","to_tenant":"acme-ai","amount_eu":"1"}), Code::NotFound, "from_tenant").await;
     w.refused(
@@ -124,18 +150,68 @@ async fn unknown_tenant_is_refused() {
 #[tokio::test]
 async fn a_flow_the_meter_kind_cannot_post_is_refused() {
     let w = World::new().await;
-    w.refused(reading("rack-a1", "generated", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
-    w.refused(reading("gt-01", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
-    w.refused(reading("bess-01", "generated", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"), Code::Validation, "flow").await;
+    w.refused(
+        reading(
+            "rack-a1",
+            "generated",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "1",
+        ),
+        Code::Validation,
+        "flow",
+    )
+    .await;
+    w.refused(
+        reading(
+            "gt-01",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "1",
+        ),
+        Code::Validation,
+        "flow",
+    )
+    .await;
+    w.refused(
+        reading(
+            "bess-01",
+            "generated",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "1",
+        ),
+        Code::Validation,
+        "flow",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn energy_above_rated_power_times_duration_is_refused() {
     let w = World::new().await;
     // 2 MW × 0.25 h = 500,000 Wh; + 5 % = 525,000 Wh is the most a reading may carry.
-    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "525000")).await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-11-02T20:00:00Z",
+        "2026-11-02T20:15:00Z",
+        "525000",
+    ))
+    .await;
     let m = w
-        .refused(reading("rack-a1", "consumed", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "525000.001"), Code::Validation, "wh")
+        .refused(
+            reading(
+                "rack-a1",
+                "consumed",
+                "2026-11-02T20:15:00Z",
+                "2026-11-02T20:30:00Z",
+                "525000.001",
+            ),
+            Code::Validation,
+            "wh",
+        )
         .await;
     assert!(m.contains("525000"), "{m}");
 }
@@ -144,45 +220,128 @@ async fn energy_above_rated_power_times_duration_is_refused() {
 async fn an_interval_ending_in_the_future_is_refused() {
     let w = World::new().await;
     // Now is 12:00; an end up to 12:05 is tolerated (meter clocks drift), 12:05:01 is not.
-    w.ok(reading("rack-a1", "consumed", "2026-11-28T11:50:00Z", "2026-11-28T12:05:00Z", "1")).await;
-    w.refused(reading("rack-a1", "consumed", "2026-11-28T12:05:00Z", "2026-11-28T12:05:01Z", "1"), Code::Validation, "end").await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-11-28T11:50:00Z",
+        "2026-11-28T12:05:00Z",
+        "1",
+    ))
+    .await;
+    w.refused(
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-28T12:05:00Z",
+            "2026-11-28T12:05:01Z",
+            "1",
+        ),
+        Code::Validation,
+        "end",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_reading_before_the_meter_is_active_is_refused() {
     let w = World::new().await;
-    w.refused(reading("rack-a1", "consumed", "2026-05-31T23:45:00Z", "2026-06-01T00:00:00Z", "1"), Code::Validation, "start").await;
-    w.ok(reading("rack-a1", "consumed", "2026-06-01T00:00:00Z", "2026-06-01T00:15:00Z", "1")).await;
+    w.refused(
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-05-31T23:45:00Z",
+            "2026-06-01T00:00:00Z",
+            "1",
+        ),
+        Code::Validation,
+        "start",
+    )
+    .await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-06-01T00:00:00Z",
+        "2026-06-01T00:15:00Z",
+        "1",
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn the_same_reading_with_another_value_is_a_conflict_naming_the_original() {
     let w = World::new().await;
-    let first = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450000")).await;
-    let r = match w.run(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450001")).await {
+    let first = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "450000",
+        ))
+        .await;
+    let r = match w
+        .run(reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "450001",
+        ))
+        .await
+    {
         Err(CommandError::Rejected(r)) => r,
         other => panic!("{other:?}"),
     };
     assert_eq!(r.code, Code::Conflict);
-    assert_eq!(r.existing_event_id.unwrap().to_string(), first["event_id"].as_str().unwrap());
+    assert_eq!(
+        r.existing_event_id.unwrap().to_string(),
+        first["event_id"].as_str().unwrap()
+    );
     assert!(r.message.contains(first["event_id"].as_str().unwrap()));
 }
 
 #[tokio::test]
 async fn an_overlapping_interval_is_a_conflict() {
     let w = World::new().await;
-    let first = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1")).await;
+    let first = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "1",
+        ))
+        .await;
     for (s, e) in [
         ("2026-11-02T20:10:00Z", "2026-11-02T20:20:00Z"),
         ("2026-11-02T19:50:00Z", "2026-11-02T20:01:00Z"),
         ("2026-11-02T19:00:00Z", "2026-11-02T21:00:00Z"),
         ("2026-11-02T20:05:00Z", "2026-11-02T20:10:00Z"),
     ] {
-        w.refused(reading("rack-a1", "consumed", s, e, "1"), Code::Conflict, "start").await;
+        w.refused(
+            reading("rack-a1", "consumed", s, e, "1"),
+            Code::Conflict,
+            "start",
+        )
+        .await;
     }
     // Adjacent intervals do not overlap: [20:15, 20:30) follows [20:00, 20:15).
-    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "1")).await;
-    w.ok(reading("rack-a1", "consumed", "2026-11-02T19:45:00Z", "2026-11-02T20:00:00Z", "1")).await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-11-02T20:15:00Z",
+        "2026-11-02T20:30:00Z",
+        "1",
+    ))
+    .await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-11-02T19:45:00Z",
+        "2026-11-02T20:00:00Z",
+        "1",
+    ))
+    .await;
     assert!(first["ok"].as_bool().unwrap());
 }
 
@@ -190,9 +349,34 @@ async fn an_overlapping_interval_is_a_conflict() {
 async fn a_dispatch_below_empty_is_refused() {
     let w = World::new().await;
     // The battery starts with 100,000 Wh.
-    w.ok(reading("bess-01", "dispatched", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "60000")).await;
-    w.refused(reading("bess-01", "dispatched", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "40000.001"), Code::StorageUnderflow, "wh").await;
-    w.ok(reading("bess-01", "dispatched", "2026-11-02T20:15:00Z", "2026-11-02T20:30:00Z", "40000")).await;
+    w.ok(reading(
+        "bess-01",
+        "dispatched",
+        "2026-11-02T20:00:00Z",
+        "2026-11-02T20:15:00Z",
+        "60000",
+    ))
+    .await;
+    w.refused(
+        reading(
+            "bess-01",
+            "dispatched",
+            "2026-11-02T20:15:00Z",
+            "2026-11-02T20:30:00Z",
+            "40000.001",
+        ),
+        Code::StorageUnderflow,
+        "wh",
+    )
+    .await;
+    w.ok(reading(
+        "bess-01",
+        "dispatched",
+        "2026-11-02T20:15:00Z",
+        "2026-11-02T20:30:00Z",
+        "40000",
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -202,9 +386,27 @@ async fn a_charge_above_capacity_is_refused() {
     for i in 0..8 {
         let s = t("2026-11-03T08:00:00Z") + chrono::Duration::minutes(15 * i);
         let e = s + chrono::Duration::minutes(15);
-        w.ok(reading("bess-01", "stored", &s.to_rfc3339(), &e.to_rfc3339(), "475000")).await;
+        w.ok(reading(
+            "bess-01",
+            "stored",
+            &s.to_rfc3339(),
+            &e.to_rfc3339(),
+            "475000",
+        ))
+        .await;
     }
-    w.refused(reading("bess-01", "stored", "2026-11-03T10:00:00Z", "2026-11-03T10:15:00Z", "0.001"), Code::StorageOverflow, "wh").await;
+    w.refused(
+        reading(
+            "bess-01",
+            "stored",
+            "2026-11-03T10:00:00Z",
+            "2026-11-03T10:15:00Z",
+            "0.001",
+        ),
+        Code::StorageOverflow,
+        "wh",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -220,7 +422,14 @@ async fn a_transfer_that_overdraws_is_refused() {
     assert!(m.contains("1000"), "{m}");
     w.ok(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"1000"})).await;
     // Consumption lowers what can be transferred.
-    w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "10")).await;
+    w.ok(reading(
+        "rack-a1",
+        "consumed",
+        "2026-11-02T20:00:00Z",
+        "2026-11-02T20:15:00Z",
+        "10",
+    ))
+    .await;
     w.refused(json!({"command":"transfer_credits","from_tenant":"beta-labs","to_tenant":"acme-ai","amount_eu":"1000.000001"}), Code::InsufficientCredits, "amount_eu").await;
 }
 
@@ -250,14 +459,29 @@ async fn a_tariff_with_overlapping_bands_is_refused() {
 #[tokio::test]
 async fn an_unknown_time_zone_is_refused() {
     let w = World::new().await;
-    w.refused(json!({"command":"register_site","site_id":"mars-1","time_zone":"Mars/Olympus_Mons"}), Code::Validation, "time_zone").await;
+    w.refused(
+        json!({"command":"register_site","site_id":"mars-1","time_zone":"Mars/Olympus_Mons"}),
+        Code::Validation,
+        "time_zone",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn re_registering_with_other_attributes_is_a_conflict() {
     let w = World::new().await;
-    w.refused(json!({"command":"register_site","site_id":"memphis-1","time_zone":"America/New_York"}), Code::Conflict, "site_id").await;
-    w.refused(json!({"command":"register_tenant","tenant_id":"acme-ai","name":"Acme"}), Code::Conflict, "tenant_id").await;
+    w.refused(
+        json!({"command":"register_site","site_id":"memphis-1","time_zone":"America/New_York"}),
+        Code::Conflict,
+        "site_id",
+    )
+    .await;
+    w.refused(
+        json!({"command":"register_tenant","tenant_id":"acme-ai","name":"Acme"}),
+        Code::Conflict,
+        "tenant_id",
+    )
+    .await;
     w.refused(
         json!({"command":"register_meter","meter_id":"gt-01","site_id":"memphis-1","kind":"generation","asset_id":"turbine-01","source":"solar","rated_power_w":"35000000"}),
         Code::Conflict,
@@ -272,7 +496,12 @@ async fn a_tariff_cannot_be_rewritten_or_back_dated() {
     let mut same_day = tariff("2026-01-01T00:00:00Z");
     same_day["default_band"]["multiplier"] = json!("2");
     w.refused(same_day, Code::Conflict, "effective_from").await;
-    w.refused(tariff("2025-06-01T00:00:00Z"), Code::Validation, "effective_from").await;
+    w.refused(
+        tariff("2025-06-01T00:00:00Z"),
+        Code::Validation,
+        "effective_from",
+    )
+    .await;
     let v2 = w.ok(tariff("2026-11-01T00:00:00Z")).await;
     assert_eq!(v2["tariff_version"], 2);
 }
@@ -280,13 +509,29 @@ async fn a_tariff_cannot_be_rewritten_or_back_dated() {
 #[tokio::test]
 async fn a_reading_without_a_tariff_in_force_is_refused() {
     let w = World::new().await;
-    w.refused(reading("gt-01", "generated", "2025-12-31T23:45:00Z", "2026-01-01T00:00:00Z", "1"), Code::Validation, "start").await;
+    w.refused(
+        reading(
+            "gt-01",
+            "generated",
+            "2025-12-31T23:45:00Z",
+            "2026-01-01T00:00:00Z",
+            "1",
+        ),
+        Code::Validation,
+        "start",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn closing_a_period_that_has_not_ended_is_refused() {
     let w = World::new().await;
-    w.refused(json!({"command":"close_period","period":"2026-11"}), Code::Validation, "period").await;
+    w.refused(
+        json!({"command":"close_period","period":"2026-11"}),
+        Code::Validation,
+        "period",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -319,7 +564,15 @@ async fn malformed_commands_name_every_bad_field() {
 #[tokio::test]
 async fn every_command_repeated_is_a_duplicate_with_the_first_result() {
     let w = World::new().await;
-    let r = w.ok(reading("rack-a1", "consumed", "2026-10-02T20:00:00Z", "2026-10-02T20:15:00Z", "100")).await;
+    let r = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-10-02T20:00:00Z",
+            "2026-10-02T20:15:00Z",
+            "100",
+        ))
+        .await;
     let rid = r["event_id"].as_str().unwrap().to_string();
     let mut commands = setup();
     commands.extend([
@@ -350,12 +603,27 @@ async fn every_command_repeated_is_a_duplicate_with_the_first_result() {
 #[tokio::test]
 async fn the_contract_example_prices_as_documented() {
     let w = World::new().await;
-    let r = w.ok(reading("rack-a1", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "450000")).await;
+    let r = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "450000",
+        ))
+        .await;
     assert_eq!(
         r["price"],
         json!({"tariff_version":1,"band":"peak","multiplier":"1.5","rate_eu_per_wh":"1.1","source_multiplier":"1","eu_per_wh":"1.65","amount_eu":"742500"})
     );
-    assert_eq!((r["stream"].as_str(), r["version"].as_u64(), r["duplicate"].as_bool()), (Some("meter-rack-a1"), Some(2), Some(false)));
+    assert_eq!(
+        (
+            r["stream"].as_str(),
+            r["version"].as_u64(),
+            r["duplicate"].as_bool()
+        ),
+        (Some("meter-rack-a1"), Some(2), Some(false))
+    );
 }
 
 /// A correction records the difference and is booked into the first open period when its
@@ -363,14 +631,31 @@ async fn the_contract_example_prices_as_documented() {
 #[tokio::test]
 async fn a_correction_into_a_closed_period_is_a_prior_period_adjustment() {
     let w = World::new().await;
-    let r = w.ok(reading("rack-a1", "consumed", "2026-10-02T20:00:00Z", "2026-10-02T20:15:00Z", "1000")).await;
-    w.ok(json!({"command":"close_period","period":"2026-10"})).await;
+    let r = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-10-02T20:00:00Z",
+            "2026-10-02T20:15:00Z",
+            "1000",
+        ))
+        .await;
+    w.ok(json!({"command":"close_period","period":"2026-10"}))
+        .await;
     let c = w
         .ok(json!({"command":"correct_reading","event_id":r["event_id"],"wh":"800","reason":"meter recalibrated"}))
         .await;
     // 1000 Wh × 1.65 = 1650 EU; 800 Wh × 1.65 = 1320 EU; the difference is −330 EU.
     assert_eq!(c["delta_eu"], "-330");
-    let data = w.ledger.store().read_all(c["position"].as_u64().unwrap() - 1, 1).await.unwrap();
+    let data = w
+        .ledger
+        .store()
+        .read_all(c["position"].as_u64().unwrap() - 1, 1)
+        .await
+        .unwrap();
     let ev: Value = serde_json::from_str(&data[0].data).unwrap();
-    assert_eq!((ev["period"].as_str(), ev["booked_period"].as_str()), (Some("2026-10"), Some("2026-11")));
+    assert_eq!(
+        (ev["period"].as_str(), ev["booked_period"].as_str()),
+        (Some("2026-10"), Some("2026-11"))
+    );
 }

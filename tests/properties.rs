@@ -39,11 +39,29 @@ fn setup() -> Vec<Value> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Reading { meter: usize, flow: usize, slot: u32, slots: u32, wh_milli: u64 },
-    Correct { nth: usize, wh_milli: u64 },
-    Issue { tenant: usize, eu_micro: u64 },
-    Transfer { from: usize, to: usize, eu_micro: u64 },
-    Close { month: u32 },
+    Reading {
+        meter: usize,
+        flow: usize,
+        slot: u32,
+        slots: u32,
+        wh_milli: u64,
+    },
+    Correct {
+        nth: usize,
+        wh_milli: u64,
+    },
+    Issue {
+        tenant: usize,
+        eu_micro: u64,
+    },
+    Transfer {
+        from: usize,
+        to: usize,
+        eu_micro: u64,
+    },
+    Close {
+        month: u32,
+    },
     Garbage(String),
 }
 
@@ -64,33 +82,51 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn milli(n: u64) -> String {
-    (Decimal::from(n) / Decimal::from(1000)).normalize().to_string()
+    (Decimal::from(n) / Decimal::from(1000))
+        .normalize()
+        .to_string()
 }
 
 fn micro(n: u64) -> String {
-    (Decimal::from(n) / Decimal::from(1_000_000)).normalize().to_string()
+    (Decimal::from(n) / Decimal::from(1_000_000))
+        .normalize()
+        .to_string()
 }
 
 /// Slots are 15 minutes from 2026-09-01 (spanning a month end and the DST change).
 fn command(op: &Op, readings: &[String]) -> Value {
     let base = t("2026-09-20T00:00:00Z");
     match op {
-        Op::Reading { meter, flow, slot, slots, wh_milli } => {
+        Op::Reading {
+            meter,
+            flow,
+            slot,
+            slots,
+            wh_milli,
+        } => {
             let start = base + Duration::minutes(15 * i64::from(*slot));
             let end = start + Duration::minutes(15 * i64::from(*slots));
             json!({"command":"post_reading","meter_id":METERS[*meter],"flow":FLOWS[*flow],
                 "start":fmt_time(&start),"end":fmt_time(&end),"wh":milli(*wh_milli)})
         }
         Op::Correct { nth, wh_milli } => match readings.get(nth % readings.len().max(1)) {
-            Some(id) => json!({"command":"correct_reading","event_id":id,"wh":milli(*wh_milli),"reason":"recalibrated"}),
-            None => json!({"command":"correct_reading","event_id":"00000000-0000-0000-0000-000000000000","wh":"1","reason":"x"}),
+            Some(id) => {
+                json!({"command":"correct_reading","event_id":id,"wh":milli(*wh_milli),"reason":"recalibrated"})
+            }
+            None => {
+                json!({"command":"correct_reading","event_id":"00000000-0000-0000-0000-000000000000","wh":"1","reason":"x"})
+            }
         },
         Op::Issue { tenant, eu_micro } => {
             json!({"command":"issue_credits","tenant_id":TENANTS[*tenant],"amount_eu":micro(*eu_micro),"memo":"alloc"})
         }
-        Op::Transfer { from, to, eu_micro } => json!({"command":"transfer_credits","from_tenant":TENANTS[*from],
-            "to_tenant":TENANTS[*to],"amount_eu":micro(*eu_micro),"memo":"trade"}),
-        Op::Close { month } => json!({"command":"close_period","period":format!("2026-{month:02}")}),
+        Op::Transfer { from, to, eu_micro } => {
+            json!({"command":"transfer_credits","from_tenant":TENANTS[*from],
+            "to_tenant":TENANTS[*to],"amount_eu":micro(*eu_micro),"memo":"trade"})
+        }
+        Op::Close { month } => {
+            json!({"command":"close_period","period":format!("2026-{month:02}")})
+        }
         Op::Garbage(s) => json!({"command":"post_reading","meter_id":s,"wh":s}),
     }
 }
@@ -107,9 +143,16 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
     let mut recorded = Vec::new();
     let mut readings: Vec<String> = Vec::new();
     let now = t("2026-11-28T12:00:00Z");
-    let cmds: Vec<Value> = setup().into_iter().chain(ops.iter().map(|_| Value::Null)).collect();
+    let cmds: Vec<Value> = setup()
+        .into_iter()
+        .chain(ops.iter().map(|_| Value::Null))
+        .collect();
     for (i, c) in cmds.into_iter().enumerate() {
-        let c = if c.is_null() { command(&ops[i - setup().len()], &readings) } else { c };
+        let c = if c.is_null() {
+            command(&ops[i - setup().len()], &readings)
+        } else {
+            c
+        };
         let cmd = match Command::from_json(&c) {
             Ok(cmd) => cmd,
             Err(r) => {
@@ -117,14 +160,21 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
                 continue;
             }
         };
-        let head = recorded.last().map(|(r, _): &(RecordedEvent, Event)| (r.position, r.hash.clone()));
+        let head = recorded
+            .last()
+            .map(|(r, _): &(RecordedEvent, Event)| (r.position, r.hash.clone()));
         let ctx = DecideContext { now, head };
         match state.decide(&cmd, &ctx) {
             Err(r) => prop_assert!(!r.message.is_empty() && r.field.is_some()),
             Ok(Decision::Duplicate { .. }) => {}
             Ok(Decision::Append(new)) => {
                 let ps = postings(&new.event);
-                prop_assert!(balanced(&ps), "postings of {} balance: {:?}", new.event.event_type(), ps);
+                prop_assert!(
+                    balanced(&ps),
+                    "postings of {} balance: {:?}",
+                    new.event.event_type(),
+                    ps
+                );
                 for p in &ps {
                     prop_assert!(p.amount_eu >= Decimal::ZERO && p.energy_wh >= Decimal::ZERO);
                 }
@@ -147,14 +197,24 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
                 state.evolve(new.event_id, &new.stream, rec.version, &new.event);
                 books.apply(&rec, &new.event);
                 for b in state.batteries.values() {
-                    prop_assert!(b.level_wh >= Decimal::ZERO, "a battery never holds less than nothing");
-                    prop_assert!(b.level_wh <= b.capacity_wh, "a battery never holds more than its capacity");
+                    prop_assert!(
+                        b.level_wh >= Decimal::ZERO,
+                        "a battery never holds less than nothing"
+                    );
+                    prop_assert!(
+                        b.level_wh <= b.capacity_wh,
+                        "a battery never holds more than its capacity"
+                    );
                 }
                 recorded.push((rec, new.event));
             }
         }
     }
-    Ok(Run { recorded, state, books })
+    Ok(Run {
+        recorded,
+        state,
+        books,
+    })
 }
 
 proptest! {
@@ -254,13 +314,25 @@ fn the_generator_exercises_every_kind_of_event() {
     let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
-        let ops = prop::collection::vec(op(), 150..160).new_tree(&mut runner).unwrap().current();
+        let ops = prop::collection::vec(op(), 150..160)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
         let r = run(&ops).unwrap();
         for (_, ev) in &r.recorded {
             seen.insert(ev.event_type());
         }
     }
-    for ty in ["EnergyGenerated", "EnergyStored", "EnergyDispatched", "EnergyConsumed", "ReadingCorrected", "CreditsIssued", "CreditsTransferred", "PeriodClosed"] {
+    for ty in [
+        "EnergyGenerated",
+        "EnergyStored",
+        "EnergyDispatched",
+        "EnergyConsumed",
+        "ReadingCorrected",
+        "CreditsIssued",
+        "CreditsTransferred",
+        "PeriodClosed",
+    ] {
         assert!(seen.contains(ty), "{ty} never accepted: {seen:?}");
     }
 }

@@ -19,17 +19,25 @@ async fn a_reopened_store_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
     let s = SqliteStore::open(&path).await.unwrap();
-    s.append(contract::batch("r", ExpectedVersion::NoStream, vec![contract::ev("{}"), contract::ev("{}")]))
-        .wait()
-        .await
-        .unwrap();
+    s.append(contract::batch(
+        "r",
+        ExpectedVersion::NoStream,
+        vec![contract::ev("{}"), contract::ev("{}")],
+    ))
+    .wait()
+    .await
+    .unwrap();
     let head = s.head().await.unwrap();
     s.shutdown().await;
     drop(s);
     let s = SqliteStore::open(&path).await.unwrap();
     assert_eq!(s.head().await.unwrap(), head);
     let r = s
-        .append(contract::batch("r", ExpectedVersion::Exact(2), vec![contract::ev("{}")]))
+        .append(contract::batch(
+            "r",
+            ExpectedVersion::Exact(2),
+            vec![contract::ev("{}")],
+        ))
         .wait()
         .await
         .unwrap();
@@ -56,13 +64,26 @@ async fn the_file_is_in_wal_mode_with_full_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
     let s = SqliteStore::open(&path).await.unwrap();
-    s.append(contract::batch("w", ExpectedVersion::Any, vec![contract::ev("{}")])).wait().await.unwrap();
+    s.append(contract::batch(
+        "w",
+        ExpectedVersion::Any,
+        vec![contract::ev("{}")],
+    ))
+    .wait()
+    .await
+    .unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     // The table has no index besides its integer key: the hot path is a pure append.
     let indexes: i64 = c
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(indexes, 0);
 }

@@ -16,7 +16,8 @@ pub fn ev(data: &str) -> EventToAppend {
         event_id: Uuid::new_v4(),
         event_type: "TestEvent".into(),
         schema_version: 1,
-        recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap() + chrono::Duration::milliseconds(123),
+        recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap()
+            + chrono::Duration::milliseconds(123),
         data: data.into(),
     }
 }
@@ -46,7 +47,11 @@ pub fn assert_sound_chain(all: &[RecordedEvent]) {
     let mut prev = GENESIS_HASH.to_string();
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.position, i as u64 + 1, "positions are gap-free");
-        assert_eq!(r.prev_hash, prev, "position {} continues the chain", r.position);
+        assert_eq!(
+            r.prev_hash, prev,
+            "position {} continues the chain",
+            r.position
+        );
         assert_eq!(r.hash, r.expected_hash(), "position {} hash", r.position);
         prev = r.hash.clone();
     }
@@ -55,21 +60,35 @@ pub fn assert_sound_chain(all: &[RecordedEvent]) {
 pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     let a = vec![ev(r#"{"n":1}"#), ev(r#"{"n":2}"#), ev(r#"{"n":3}"#)];
     let b = vec![ev(r#"{"n":4,"x":"é \"quoted\""}"#), ev(r#"{"n":5}"#)];
-    let ra = store.append(batch("a-1", ExpectedVersion::NoStream, a.clone())).wait().await.unwrap();
+    let ra = store
+        .append(batch("a-1", ExpectedVersion::NoStream, a.clone()))
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(ra.recorded, vec![(1, 1), (2, 2), (3, 3)]);
     assert!(!ra.duplicate);
-    let rb = store.append(batch("b-1", ExpectedVersion::NoStream, b.clone())).wait().await.unwrap();
+    let rb = store
+        .append(batch("b-1", ExpectedVersion::NoStream, b.clone()))
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(rb.recorded, vec![(4, 1), (5, 2)]);
 
     let sa = store.read_stream("a-1", 1, 100).await.unwrap();
     assert_eq!(sa.len(), 3);
     for (r, e) in sa.iter().zip(&a) {
-        assert_eq!((r.event_id, r.data.as_str(), r.event_type.as_str()), (e.event_id, e.data.as_str(), "TestEvent"));
+        assert_eq!(
+            (r.event_id, r.data.as_str(), r.event_type.as_str()),
+            (e.event_id, e.data.as_str(), "TestEvent")
+        );
         assert_eq!(r.recorded_at, e.recorded_at);
         assert_eq!(r.stream, "a-1");
     }
     let from2 = store.read_stream("a-1", 2, 1).await.unwrap();
-    assert_eq!((from2.len(), from2[0].version, from2[0].position), (1, 2, 2));
+    assert_eq!(
+        (from2.len(), from2[0].version, from2[0].position),
+        (1, 2, 2)
+    );
     assert!(store.read_stream("nope", 1, 10).await.unwrap().is_empty());
     assert!(store.read_stream("a-1", 4, 10).await.unwrap().is_empty());
 
@@ -78,21 +97,38 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     assert_sound_chain(&all);
     assert_eq!(all[3].data, b[0].data, "data comes back byte for byte");
     let after3 = store.read_all(3, 100).await.unwrap();
-    assert_eq!(after3.iter().map(|r| r.position).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        after3.iter().map(|r| r.position).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     let head = store.head().await.unwrap();
-    assert_eq!(head, Head { position: 5, hash: all[4].hash.clone() });
+    assert_eq!(
+        head,
+        Head {
+            position: 5,
+            hash: all[4].hash.clone()
+        }
+    );
     assert_eq!(*store.watch_head().borrow(), 5);
 }
 
 pub async fn expected_version_is_enforced(store: Arc<dyn EventStore>) {
-    store.append(batch("s", ExpectedVersion::NoStream, vec![ev("{}")])).wait().await.unwrap();
+    store
+        .append(batch("s", ExpectedVersion::NoStream, vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
     let conflicts = [
         ExpectedVersion::NoStream,
         ExpectedVersion::Exact(2),
         ExpectedVersion::Exact(0),
     ];
     for expected in conflicts {
-        let e = store.append(batch("s", expected, vec![ev("{}"), ev("{}")])).wait().await.unwrap_err();
+        let e = store
+            .append(batch("s", expected, vec![ev("{}"), ev("{}")]))
+            .wait()
+            .await
+            .unwrap_err();
         assert_eq!(
             e,
             StoreError::VersionConflict {
@@ -102,52 +138,104 @@ pub async fn expected_version_is_enforced(store: Arc<dyn EventStore>) {
             }
         );
     }
-    let e = store.append(batch("t", ExpectedVersion::Exact(1), vec![ev("{}")])).wait().await.unwrap_err();
+    let e = store
+        .append(batch("t", ExpectedVersion::Exact(1), vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::VersionConflict { actual: 0, .. }));
     // A refused batch appends none of its events.
     assert_eq!(store.head().await.unwrap().position, 1);
-    let ok = store.append(batch("s", ExpectedVersion::Exact(1), vec![ev("{}")])).wait().await.unwrap();
+    let ok = store
+        .append(batch("s", ExpectedVersion::Exact(1), vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(ok.recorded, vec![(2, 2)]);
-    let any = store.append(batch("s", ExpectedVersion::Any, vec![ev("{}")])).wait().await.unwrap();
+    let any = store
+        .append(batch("s", ExpectedVersion::Any, vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(any.recorded, vec![(3, 3)]);
     assert_sound_chain(&read_everything(store.as_ref()).await);
 }
 
 pub async fn duplicates_are_detected(store: Arc<dyn EventStore>) {
     let events = vec![ev(r#"{"a":1}"#), ev(r#"{"a":2}"#)];
-    let first = store.append(batch("d", ExpectedVersion::NoStream, events.clone())).wait().await.unwrap();
+    let first = store
+        .append(batch("d", ExpectedVersion::NoStream, events.clone()))
+        .wait()
+        .await
+        .unwrap();
     // The same batch again (a retry): recognised, with the original positions.
-    let again = store.append(batch("d", ExpectedVersion::NoStream, events.clone())).wait().await.unwrap();
+    let again = store
+        .append(batch("d", ExpectedVersion::NoStream, events.clone()))
+        .wait()
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.recorded, first.recorded);
     // The same id with other content, on another stream, or mixed with new events: refused.
     let mut changed = events[0].clone();
     changed.data = r#"{"a":99}"#.into();
-    let e = store.append(batch("d", ExpectedVersion::Any, vec![changed])).wait().await.unwrap_err();
+    let e = store
+        .append(batch("d", ExpectedVersion::Any, vec![changed]))
+        .wait()
+        .await
+        .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(events[0].event_id));
-    let e = store.append(batch("other", ExpectedVersion::Any, vec![events[1].clone()])).wait().await.unwrap_err();
+    let e = store
+        .append(batch(
+            "other",
+            ExpectedVersion::Any,
+            vec![events[1].clone()],
+        ))
+        .wait()
+        .await
+        .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(events[1].event_id));
     let e = store
-        .append(batch("d", ExpectedVersion::Any, vec![ev("{}"), events[0].clone()]))
+        .append(batch(
+            "d",
+            ExpectedVersion::Any,
+            vec![ev("{}"), events[0].clone()],
+        ))
         .wait()
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::DuplicateEventId(_)));
     let twice = ev("{}");
     let e = store
-        .append(batch("e", ExpectedVersion::Any, vec![twice.clone(), twice.clone()]))
+        .append(batch(
+            "e",
+            ExpectedVersion::Any,
+            vec![twice.clone(), twice.clone()],
+        ))
         .wait()
         .await
         .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(twice.event_id));
-    assert_eq!(store.head().await.unwrap().position, 2, "refusals appended nothing");
+    assert_eq!(
+        store.head().await.unwrap().position,
+        2,
+        "refusals appended nothing"
+    );
 }
 
 pub async fn empty_and_oversized_batches_are_refused(store: Arc<dyn EventStore>) {
-    let e = store.append(batch("x", ExpectedVersion::Any, vec![])).wait().await.unwrap_err();
+    let e = store
+        .append(batch("x", ExpectedVersion::Any, vec![]))
+        .wait()
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Invalid(_)));
     let big: Vec<_> = (0..BATCH_EVENTS_MAX + 1).map(|_| ev("{}")).collect();
-    let e = store.append(batch("x", ExpectedVersion::Any, big)).wait().await.unwrap_err();
+    let e = store
+        .append(batch("x", ExpectedVersion::Any, big))
+        .wait()
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Invalid(_)));
     assert_eq!(store.head().await.unwrap().position, 0);
 }
@@ -158,7 +246,11 @@ pub async fn empty_and_oversized_batches_are_refused(store: Arc<dyn EventStore>)
 pub async fn concurrent_appenders(store: Arc<dyn EventStore>) {
     const TASKS: usize = 8;
     const EACH: u64 = 150;
-    store.append(batch("spoiled", ExpectedVersion::NoStream, vec![ev("{}")])).wait().await.unwrap();
+    store
+        .append(batch("spoiled", ExpectedVersion::NoStream, vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
     let mut handles = Vec::new();
     for t in 0..TASKS {
         let store = store.clone();
@@ -204,20 +296,39 @@ pub async fn concurrent_appenders(store: Arc<dyn EventStore>) {
     let mut positions: Vec<u64> = acks.iter().map(|a| a.0).collect();
     positions.sort_unstable();
     positions.dedup();
-    assert_eq!(positions.len(), acks.len(), "no position acknowledged twice");
+    assert_eq!(
+        positions.len(),
+        acks.len(),
+        "no position acknowledged twice"
+    );
     for (pos, id) in acks {
-        assert_eq!(all[pos as usize - 1].event_id, id, "the acknowledged position holds the event");
+        assert_eq!(
+            all[pos as usize - 1].event_id,
+            id,
+            "the acknowledged position holds the event"
+        );
     }
 }
 
 /// Catch up from a position, then follow live appends.
 pub async fn subscribe_catches_up_then_follows(store: Arc<dyn EventStore>) {
     for i in 0..10 {
-        store.append(batch("sub", ExpectedVersion::Any, vec![ev(&format!(r#"{{"i":{i}}}"#))])).wait().await.unwrap();
+        store
+            .append(batch(
+                "sub",
+                ExpectedVersion::Any,
+                vec![ev(&format!(r#"{{"i":{i}}}"#))],
+            ))
+            .wait()
+            .await
+            .unwrap();
     }
     let mut sub = Subscription::new(store.clone(), 4);
     for expected in 5..=10 {
-        let r = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.position, expected);
     }
     let writer = {
@@ -225,12 +336,23 @@ pub async fn subscribe_catches_up_then_follows(store: Arc<dyn EventStore>) {
         tokio::spawn(async move {
             for i in 0..5 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                store.append(batch("sub", ExpectedVersion::Any, vec![ev(&format!(r#"{{"live":{i}}}"#))])).wait().await.unwrap();
+                store
+                    .append(batch(
+                        "sub",
+                        ExpectedVersion::Any,
+                        vec![ev(&format!(r#"{{"live":{i}}}"#))],
+                    ))
+                    .wait()
+                    .await
+                    .unwrap();
             }
         })
     };
     for expected in 11..=15 {
-        let r = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("a live event arrives").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a live event arrives")
+            .unwrap();
         assert_eq!(r.position, expected);
     }
     writer.await.unwrap();
@@ -241,10 +363,17 @@ pub async fn subscribe_catches_up_then_follows(store: Arc<dyn EventStore>) {
 pub async fn reads_are_paged(store: Arc<dyn EventStore>) {
     let events: Vec<_> = (0..250).map(|i| ev(&format!(r#"{{"i":{i}}}"#))).collect();
     for chunk in events.chunks(50) {
-        store.append(batch("p", ExpectedVersion::Any, chunk.to_vec())).wait().await.unwrap();
+        store
+            .append(batch("p", ExpectedVersion::Any, chunk.to_vec()))
+            .wait()
+            .await
+            .unwrap();
     }
     let page = store.read_all(0, 100).await.unwrap();
-    assert_eq!((page.len(), page[0].position, page[99].position), (100, 1, 100));
+    assert_eq!(
+        (page.len(), page[0].position, page[99].position),
+        (100, 1, 100)
+    );
     let page = store.read_all(200, 100).await.unwrap();
     assert_eq!(page.len(), 50);
     let page = store.read_stream("p", 101, 1000).await.unwrap();
