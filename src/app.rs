@@ -164,6 +164,27 @@ pub async fn balance(url: &str, account: &str) -> Result<String, AppError> {
     Ok(serde_json::to_string_pretty(&b).expect("json"))
 }
 
+/// Every account's net for a period (debit-positive; the nets sum to zero).
+pub async fn settlement(url: &str, period: &str) -> Result<String, AppError> {
+    let period = Period::parse(period).map_err(|m| AppError::Usage(format!("--period {m}")))?;
+    let p = open_projections(url).await?;
+    Ok(serde_json::to_string_pretty(&p.read(|b| b.settlement(period))).expect("json"))
+}
+
+/// A site's energy balance per 15-minute interval over `[from, to)`.
+pub async fn energy_balance(url: &str, site: &str, from: &str, to: &str) -> Result<String, AppError> {
+    let from = crate::domain::time::parse_time(from).map_err(|m| AppError::Usage(format!("--from {m}")))?;
+    let to = crate::domain::time::parse_time(to).map_err(|m| AppError::Usage(format!("--to {m}")))?;
+    if from >= to {
+        return Err(AppError::Usage("--to must be after --from".into()));
+    }
+    let p = open_projections(url).await?;
+    let v = p
+        .read(|b| b.energy_balance(site, from, to))
+        .ok_or_else(|| AppError::Usage(format!("no site {site:?} is registered")))?;
+    Ok(serde_json::to_string_pretty(&v).expect("json"))
+}
+
 /// Runs the audit; shows a progress bar when `progress` (stderr is a terminal).
 pub async fn audit(url: &str, progress: bool) -> Result<AuditReport, AppError> {
     let store = store::open(url, Access::Read).await?;

@@ -71,6 +71,22 @@ enum Cmd {
         #[arg(long)]
         account: String,
     },
+    /// Every account's net for a period; the nets sum to zero.
+    Settlement {
+        #[arg(long)]
+        period: String,
+    },
+    /// A site's energy balance per 15-minute interval, with conservation flags.
+    EnergyBalance {
+        #[arg(long)]
+        site: String,
+        /// Start (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// End (RFC 3339, exclusive).
+        #[arg(long)]
+        to: String,
+    },
     /// Replay the whole log and verify it; exit 0 when clean, 1 with findings.
     Audit {
         #[arg(long)]
@@ -151,6 +167,14 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
         }
         Cmd::Balance { account } => {
             println!("{}", app::balance(&cli.store, &account).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Settlement { period } => {
+            println!("{}", app::settlement(&cli.store, &period).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::EnergyBalance { site, from, to } => {
+            println!("{}", app::energy_balance(&cli.store, &site, &from, &to).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { json } => {

@@ -64,7 +64,11 @@ pub struct StatementAcc {
     pub transfers_in_eu: Decimal,
     pub transfers_out_eu: Decimal,
     pub adjustments_eu: Decimal,
+    /// Energy charged in this period (its own readings and their corrections).
     pub consumption_wh: Decimal,
+    /// Energy of prior-period adjustments booked into this period.
+    #[serde(default)]
+    pub adjustments_wh: Decimal,
     /// Consumption aggregated per UTC day, site and band: `"date|site|band"`.
     pub consumption: BTreeMap<String, Line>,
     /// Every other line, in log order.
@@ -156,6 +160,9 @@ pub struct Books {
     /// Period → account → (net EU, net Wh), debit-positive.
     pub settlement: BTreeMap<String, BTreeMap<String, (Decimal, Decimal)>>,
     pub closed: BTreeMap<String, ClosedPeriod>,
+    /// Generation and storage assets registered (their accounts exist before any posting).
+    #[serde(default)]
+    pub assets: BTreeMap<String, String>,
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -227,6 +234,13 @@ impl Books {
                 self.tenants.insert(t.tenant_id.to_string(), t.name.clone());
             }
             Event::MeterRegistered(m) => {
+                if let Some(a) = &m.asset_id {
+                    let account = match m.kind {
+                        MeterKind::Storage => format!("storage:{a}"),
+                        _ => format!("asset:{a}"),
+                    };
+                    self.assets.insert(account, m.site_id.to_string());
+                }
                 if m.kind == MeterKind::Storage
                     && let Some(a) = &m.asset_id
                 {
@@ -272,12 +286,13 @@ impl Books {
                 if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
                     let st = self.statement_mut(t.as_str(), r.booked_period);
                     st.touch(rec);
-                    st.consumption_wh += wh;
                     if r.booked_period == r.period {
+                        st.consumption_wh += wh;
                         st.charges_eu += r.price.amount_eu;
                         add_consumption_lines(st, r.site_id.as_str(), r.start, wh, &r.price);
                     } else {
                         st.adjustments_eu -= r.price.amount_eu;
+                        st.adjustments_wh += wh;
                         st.entries.push(Line {
                             kind: "adjustment".into(),
                             date: Some(day_of(r.start)),
@@ -305,12 +320,13 @@ impl Books {
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     let st = self.statement_mut(t.as_str(), c.booked_period);
                     st.touch(rec);
-                    st.consumption_wh += c.delta_wh;
                     let open = c.booked_period == c.period;
                     if open {
                         st.charges_eu += c.delta_eu;
+                        st.consumption_wh += c.delta_wh;
                     } else {
                         st.adjustments_eu -= c.delta_eu;
+                        st.adjustments_wh += c.delta_wh;
                     }
                     st.entries.push(Line {
                         kind: if open { "correction" } else { "adjustment" }.into(),
@@ -399,9 +415,24 @@ impl Books {
 
     // ----- reads -----
 
-    /// The balance of an account (CONTRACT §2), or `None` if nothing was ever posted to it.
+    /// Whether an account exists: registered (tenant, asset, battery, site bus) or posted to.
+    pub fn knows_account(&self, account: &str) -> bool {
+        self.accounts.contains_key(account)
+            || self.assets.contains_key(account)
+            || account.strip_prefix("tenant:").is_some_and(|t| self.tenants.contains_key(t))
+            || account
+                .strip_prefix("site:")
+                .and_then(|r| r.strip_suffix(":bus"))
+                .is_some_and(|s| self.sites.contains_key(s))
+    }
+
+    /// The balance of an account (CONTRACT §2), or `None` for an account that does not exist.
     pub fn balance(&self, account: &str) -> Option<Value> {
-        let a = self.accounts.get(account)?;
+        if !self.knows_account(account) {
+            return None;
+        }
+        let zero = AccountTotals::default();
+        let a = self.accounts.get(account).unwrap_or(&zero);
         let (eu, wh) = if credit_normal(account) {
             (a.credits_eu - a.debits_eu, a.credits_wh - a.debits_wh)
         } else {
@@ -448,6 +479,7 @@ impl Books {
             adjustments_eu: acc.adjustments_eu,
             closing_balance_eu: closing,
             consumption_wh: acc.consumption_wh,
+            adjustments_wh: acc.adjustments_wh,
             lines,
             first_position: acc.first_position,
             last_position: acc.last_position,
@@ -614,6 +646,7 @@ pub struct Statement {
     pub adjustments_eu: Decimal,
     pub closing_balance_eu: Decimal,
     pub consumption_wh: Decimal,
+    pub adjustments_wh: Decimal,
     pub lines: Vec<Line>,
     pub first_position: u64,
     pub last_position: u64,
@@ -661,6 +694,7 @@ impl Statement {
             "adjustments_eu": fmt_decimal(&self.adjustments_eu),
             "closing_balance_eu": fmt_decimal(&self.closing_balance_eu),
             "consumption_wh": fmt_decimal(&self.consumption_wh),
+            "adjustments_wh": fmt_decimal(&self.adjustments_wh),
             "lines": lines,
             "first_position": self.first_position,
             "last_position": self.last_position,

@@ -62,7 +62,7 @@ pub fn statement_csv(s: &Statement) -> String {
     out.push_str(&total("total_credits", &s.credits_eu, None));
     out.push_str(&total("total_transfers_in", &s.transfers_in_eu, None));
     out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
-    out.push_str(&total("total_adjustments", &s.adjustments_eu, None));
+    out.push_str(&total("total_adjustments", &s.adjustments_eu, Some(&s.adjustments_wh)));
     out.push_str(&total("closing_balance", &s.closing_balance_eu, None));
     out
 }
@@ -110,6 +110,7 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
 <table>
 {opening}{charges}{credits}{tin}{tout}{adj}{closing}
 <tr><th>Consumption (Wh)</th><td class=n>{wh}</td></tr>
+<tr><th>Prior-period adjustments (Wh)</th><td class=n>{adj_wh}</td></tr>
 </table>
 <table><thead><tr><th>Kind</th><th>Date</th><th>Site</th><th>Band</th><th class=n>Energy (Wh)</th><th class=n>Amount (EU)</th><th>Memo</th></tr></thead>
 <tbody>
@@ -133,6 +134,7 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
         adj = total("Adjustments (EU)", &s.adjustments_eu),
         closing = total("Closing balance (EU)", &s.closing_balance_eu),
         wh = fmt_decimal(&s.consumption_wh),
+        adj_wh = fmt_decimal(&s.adjustments_wh),
         first = s.first_position,
         last = s.last_position,
         hash = e(&s.chain_hash),
