@@ -106,9 +106,7 @@ pub async fn apply(
         }
     }
     drop(tx);
-    Ok(printer
-        .await
-        .map_err(|e| AppError::Usage(e.to_string()))??)
+    Ok(printer.await.map_err(|e| AppError::Usage(e.to_string()))??)
 }
 
 /// Opens the ledger over a store for writing.
@@ -137,12 +135,7 @@ pub enum StatementFormat {
     Html,
 }
 
-pub async fn statement(
-    url: &str,
-    tenant: &str,
-    period: &str,
-    format: StatementFormat,
-) -> Result<String, AppError> {
+pub async fn statement(url: &str, tenant: &str, period: &str, format: StatementFormat) -> Result<String, AppError> {
     let period = Period::parse(period).map_err(|m| AppError::Usage(format!("--period {m}")))?;
     let p = open_projections(url).await?;
     let s = p
@@ -158,9 +151,9 @@ pub async fn statement(
 pub async fn balance(url: &str, account: &str) -> Result<String, AppError> {
     parse_account(account).map_err(|m| AppError::Usage(format!("--account {m}")))?;
     let p = open_projections(url).await?;
-    let b = p.read(|b| b.balance(account)).ok_or_else(|| {
-        AppError::Usage(format!("nothing has been posted to account {account:?}"))
-    })?;
+    let b = p
+        .read(|b| b.balance(account))
+        .ok_or_else(|| AppError::Usage(format!("nothing has been posted to account {account:?}")))?;
     Ok(serde_json::to_string_pretty(&b).expect("json"))
 }
 
@@ -191,25 +184,21 @@ pub async fn audit(url: &str, progress: bool) -> Result<AuditReport, AppError> {
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "auditing {bar:40} {pos}/{len} events ({per_sec}, {eta})",
-            )
-            .expect("template"),
+            indicatif::ProgressStyle::with_template("auditing {bar:40} {pos}/{len} events ({per_sec}, {eta})")
+                .expect("template"),
         );
         b
     });
     let snapshot = snapshot_path_for(url);
-    let report = crate::audit::audit(
-        store.as_ref(),
-        crate::audit::Live::from_file(&snapshot),
-        |pos, head| {
-            if let Some(b) = &bar {
-                b.set_length(head);
-                b.set_position(pos);
-            }
-        },
-    )
+    let mut report = crate::audit::audit(store.as_ref(), crate::audit::Live::from_file(&snapshot), |pos, head| {
+        if let Some(b) = &bar {
+            b.set_length(head);
+            b.set_position(pos);
+        }
+    })
     .await?;
+    let kept = crate::projections::engine::quarantine_path(&snapshot);
+    crate::audit::check_quarantined(store.as_ref(), &kept, &mut report).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -261,11 +250,9 @@ pub fn data_dir(url: &str) -> std::path::PathBuf {
 
 /// Runs the HTTP API until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(url: &str, listen: &str) -> Result<(), AppError> {
-    let auth =
-        crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
+    let auth = crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
     let ledger = open_ledger(url).await?;
-    let projections =
-        Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
+    let projections = Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
     if let Some(note) = &projections.snapshot_note {
         tracing::warn!("{note}");
     }
@@ -315,9 +302,7 @@ pub fn token(
         return Err(AppError::Usage("a tenant token needs --tenant".into()));
     }
     if role == Role::Meter && sites.is_none() && meters.is_none() {
-        return Err(AppError::Usage(
-            "a meter token needs --sites or --meters".into(),
-        ));
+        return Err(AppError::Usage("a meter token needs --sites or --meters".into()));
     }
     let list = |s: Option<String>| {
         s.map(|s| {

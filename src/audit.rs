@@ -41,7 +41,7 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    fn add(&mut self, position: Option<u64>, kind: &'static str, message: String) {
+    pub fn add(&mut self, position: Option<u64>, kind: &'static str, message: String) {
         if let Some(p) = position {
             self.first_failing_position = Some(self.first_failing_position.map_or(p, |f| f.min(p)));
         }
@@ -77,8 +77,7 @@ impl AuditReport {
             s.push_str(&format!(
                 "FINDINGS: {} (first failing position: {})\n",
                 self.findings.len() as u64 + self.findings_omitted,
-                self.first_failing_position
-                    .map_or("-".to_string(), |p| p.to_string())
+                self.first_failing_position.map_or("-".to_string(), |p| p.to_string())
             ));
             for f in &self.findings {
                 let at = f.position.map_or("-".to_string(), |p| p.to_string());
@@ -132,8 +131,7 @@ impl Walk {
             self.report.add(
                 p,
                 "hash",
-                "the record's content does not match its hash (altered after it was written)"
-                    .into(),
+                "the record's content does not match its hash (altered after it was written)".into(),
             );
         }
         self.running_hash = r.hash.clone();
@@ -142,19 +140,13 @@ impl Walk {
             self.report.add(
                 p,
                 "version",
-                format!(
-                    "stream {:?} jumps from version {} to {}",
-                    r.stream, v, r.version
-                ),
+                format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version),
             );
         }
         *v = r.version;
         if !self.ids.insert(r.event_id) {
-            self.report.add(
-                p,
-                "event_id",
-                format!("event id {} is recorded twice", r.event_id),
-            );
+            self.report
+                .add(p, "event_id", format!("event id {} is recorded twice", r.event_id));
         }
         let ev = match Event::from_parts(&r.event_type, &r.data) {
             Ok(ev) => ev,
@@ -164,16 +156,12 @@ impl Walk {
             }
         };
         if !balanced(&postings(&ev)) {
-            self.report.add(
-                p,
-                "postings",
-                "the event's debits and credits differ".into(),
-            );
+            self.report
+                .add(p, "postings", "the event's debits and credits differ".into());
         }
         self.check_price(r.position, &ev);
         if let Event::PeriodClosed(c) = &ev {
-            self.closes
-                .push((r.position, c.last_position, c.chain_hash.clone()));
+            self.closes.push((r.position, c.last_position, c.chain_hash.clone()));
         }
         self.state.evolve(r.event_id, &r.stream, r.version, &ev);
         self.books.apply(r, &ev);
@@ -204,7 +192,12 @@ impl Walk {
                     "price",
                     format!(
                         "recorded {} EU (tariff v{}, band {}), re-derived {} EU (tariff v{}, band {})",
-                        r.price.amount_eu, r.price.tariff_version, r.price.band, expected.amount_eu, expected.tariff_version, expected.band
+                        r.price.amount_eu,
+                        r.price.tariff_version,
+                        r.price.band,
+                        expected.amount_eu,
+                        expected.tariff_version,
+                        expected.band
                     ),
                 ),
                 Err(m) => self.report.add(p, "price", m),
@@ -214,41 +207,22 @@ impl Walk {
                 self.report.add(
                     p,
                     "price",
-                    format!(
-                        "corrected event {} is not an earlier reading",
-                        c.corrected_event_id
-                    ),
+                    format!("corrected event {} is not an earlier reading", c.corrected_event_id),
                 );
                 return;
             };
             let Some(site) = self.state.sites.get(&c.site_id) else {
                 return;
             };
-            let Some(tariff) = site
-                .tariffs
-                .iter()
-                .find(|t| t.tariff_version == orig.tariff_version)
-            else {
-                self.report.add(
-                    p,
-                    "price",
-                    "the corrected reading's tariff is not recorded".into(),
-                );
+            let Some(tariff) = site.tariffs.iter().find(|t| t.tariff_version == orig.tariff_version) else {
+                self.report
+                    .add(p, "price", "the corrected reading's tariff is not recorded".into());
                 return;
             };
-            match price(
-                tariff,
-                &site.tz,
-                c.flow,
-                c.source,
-                &c.interval(),
-                c.energy_wh.value(),
-            ) {
+            match price(tariff, &site.tz, c.flow, c.source, &c.interval(), c.energy_wh.value()) {
                 Ok(expected) if expected == c.price => {
                     let delta = round_eu(expected.amount_eu - orig.current_eu);
-                    if delta != c.delta_eu
-                        || c.delta_wh != c.energy_wh.value() - orig.current_wh.value()
-                    {
+                    if delta != c.delta_eu || c.delta_wh != c.energy_wh.value() - orig.current_wh.value() {
                         self.report.add(
                             p,
                             "price",
@@ -361,10 +335,7 @@ pub async fn audit(
     w.report.chain_hash = w.running_hash.clone();
     if let Some(l) = &live {
         if compared {
-            w.report.snapshot = Some(format!(
-                "compared with the replay at position {}",
-                l.position
-            ));
+            w.report.snapshot = Some(format!("compared with the replay at position {}", l.position));
         } else {
             w.report.add(
                 Some(after + 1),
@@ -394,6 +365,33 @@ pub async fn audit(
     }
     w.report.clean = w.report.findings.is_empty() && w.report.findings_omitted == 0;
     Ok(w.report)
+}
+
+/// Checks a snapshot set aside because it disagreed with the log (see
+/// [`crate::projections::engine::quarantine_path`]): if the log still does not reach what it
+/// saw, that is a finding — the log lost events after the snapshot was written.
+pub async fn check_quarantined(
+    store: &dyn EventStore,
+    path: &Path,
+    report: &mut AuditReport,
+) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match read_snapshot(path) {
+        Ok(b) => {
+            if let Some(why) = crate::projections::engine::check_against_log(store, &b).await? {
+                report.add(
+                    Some(b.position),
+                    "tail",
+                    format!("a snapshot kept at {}: {why}", path.display()),
+                );
+            }
+        }
+        Err(e) => report.add(None, "snapshot", format!("{}: {e}", path.display())),
+    }
+    report.clean = report.findings.is_empty() && report.findings_omitted == 0;
+    Ok(())
 }
 
 /// The books a full replay of the log gives (for tests and rebuilds).

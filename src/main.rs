@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use wattledger::app::{self, AppError, DEFAULT_STORE, StatementFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "wattledger",
-    version,
-    about = "The energy ledger of AI compute campuses"
-)]
+#[command(name = "wattledger", version, about = "The energy ledger of AI compute campuses")]
 struct Cli {
     /// Store URL: sqlite://PATH (the embedded store).
     #[arg(long, global = true, env = "WATTLEDGER_STORE", default_value = DEFAULT_STORE)]
@@ -113,22 +109,14 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
             ttl,
             sub,
         } => {
-            println!(
-                "{}",
-                app::token(&cli.store, &role, tenant, sites, meters, &ttl, sub)?
-            );
+            println!("{}", app::token(&cli.store, &role, tenant, sites, meters, &ttl, sub)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { file } => {
             let ledger = app::open_ledger(&cli.store).await?;
             let out = std::io::BufWriter::new(std::io::stdout());
             let summary = if file == "-" {
-                app::apply(
-                    ledger.clone(),
-                    tokio::io::BufReader::new(tokio::io::stdin()),
-                    out,
-                )
-                .await?
+                app::apply(ledger.clone(), tokio::io::BufReader::new(tokio::io::stdin()), out).await?
             } else {
                 let f = tokio::fs::File::open(&file)
                     .await
@@ -146,20 +134,13 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Statement {
-            tenant,
-            period,
-            format,
-        } => {
+        Cmd::Statement { tenant, period, format } => {
             let format = match format {
                 Format::Json => StatementFormat::Json,
                 Format::Csv => StatementFormat::Csv,
                 Format::Html => StatementFormat::Html,
             };
-            print!(
-                "{}",
-                app::statement(&cli.store, &tenant, &period, format).await?
-            );
+            print!("{}", app::statement(&cli.store, &tenant, &period, format).await?);
             if format == StatementFormat::Json {
                 println!();
             }
@@ -208,10 +189,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wattledger: cannot start the runtime: {e}");

@@ -27,8 +27,7 @@ impl Histogram {
         if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_micros
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -80,8 +79,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn count_request(&self, method: &str, route: &str, status: u16) {
         let mut m = self.http.lock().expect("metrics lock");
-        *m.entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
+        *m.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
     }
 
     pub fn render_http(&self, out: &mut String) {
@@ -99,10 +97,7 @@ impl Metrics {
 }
 
 pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
 }
 
 pub fn gauge(out: &mut String, name: &str, help: &str, v: u64) {

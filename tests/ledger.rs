@@ -23,9 +23,7 @@ impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
-        let ledger = Ledger::open(store, Arc::new(FixedClock::new(t(NOW))))
-            .await
-            .unwrap();
+        let ledger = Ledger::open(store, Arc::new(FixedClock::new(t(NOW)))).await.unwrap();
         let w = Self { ledger, _dir: dir };
         for c in setup() {
             w.ok(c).await;
@@ -57,16 +55,8 @@ impl World {
         };
         assert_eq!(r.code, code, "{c}: {}", r.message);
         assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
-        assert!(
-            r.message.contains(field),
-            "the message names the field: {}",
-            r.message
-        );
-        assert_eq!(
-            self.head().await,
-            before,
-            "a refused command appends nothing"
-        );
+        assert!(r.message.contains(field), "the message names the field: {}", r.message);
+        assert_eq!(self.head().await, before, "a refused command appends nothing");
         r.message
     }
 }
@@ -115,13 +105,7 @@ async fn unknown_site_is_refused() {
 async fn unknown_meter_is_refused() {
     let w = World::new().await;
     w.refused(
-        reading(
-            "ghost",
-            "consumed",
-            "2026-11-02T20:00:00Z",
-            "2026-11-02T20:15:00Z",
-            "1",
-        ),
+        reading("ghost", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"),
         Code::NotFound,
         "meter_id",
     )
@@ -137,8 +121,18 @@ async fn unknown_tenant_is_refused() {
         "tenant_id",
     )
     .await;
-    w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"nobody","amount_eu":"1"}), Code::NotFound, "to_tenant").await;
-    w.refused(json!({"command":"transfer_credits","from_tenant":"nobody","to_tenant":"acme-ai","amount_eu":"1"}), Code::NotFound, "from_tenant").await;
+    w.refused(
+        json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"nobody","amount_eu":"1"}),
+        Code::NotFound,
+        "to_tenant",
+    )
+    .await;
+    w.refused(
+        json!({"command":"transfer_credits","from_tenant":"nobody","to_tenant":"acme-ai","amount_eu":"1"}),
+        Code::NotFound,
+        "from_tenant",
+    )
+    .await;
     w.refused(
         json!({"command":"register_meter","meter_id":"rack-z","site_id":"memphis-1","kind":"load","tenant_id":"nobody","rated_power_w":"1"}),
         Code::NotFound,
@@ -163,13 +157,7 @@ async fn a_flow_the_meter_kind_cannot_post_is_refused() {
     )
     .await;
     w.refused(
-        reading(
-            "gt-01",
-            "consumed",
-            "2026-11-02T20:00:00Z",
-            "2026-11-02T20:15:00Z",
-            "1",
-        ),
+        reading("gt-01", "consumed", "2026-11-02T20:00:00Z", "2026-11-02T20:15:00Z", "1"),
         Code::Validation,
         "flow",
     )
@@ -318,12 +306,8 @@ async fn an_overlapping_interval_is_a_conflict() {
         ("2026-11-02T19:00:00Z", "2026-11-02T21:00:00Z"),
         ("2026-11-02T20:05:00Z", "2026-11-02T20:10:00Z"),
     ] {
-        w.refused(
-            reading("rack-a1", "consumed", s, e, "1"),
-            Code::Conflict,
-            "start",
-        )
-        .await;
+        w.refused(reading("rack-a1", "consumed", s, e, "1"), Code::Conflict, "start")
+            .await;
     }
     // Adjacent intervals do not overlap: [20:15, 20:30) follows [20:00, 20:15).
     w.ok(reading(
@@ -386,14 +370,8 @@ async fn a_charge_above_capacity_is_refused() {
     for i in 0..8 {
         let s = t("2026-11-03T08:00:00Z") + chrono::Duration::minutes(15 * i);
         let e = s + chrono::Duration::minutes(15);
-        w.ok(reading(
-            "bess-01",
-            "stored",
-            &s.to_rfc3339(),
-            &e.to_rfc3339(),
-            "475000",
-        ))
-        .await;
+        w.ok(reading("bess-01", "stored", &s.to_rfc3339(), &e.to_rfc3339(), "475000"))
+            .await;
     }
     w.refused(
         reading(
@@ -420,7 +398,8 @@ async fn a_transfer_that_overdraws_is_refused() {
         )
         .await;
     assert!(m.contains("1000"), "{m}");
-    w.ok(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"1000"})).await;
+    w.ok(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"1000"}))
+        .await;
     // Consumption lowers what can be transferred.
     w.ok(reading(
         "rack-a1",
@@ -430,20 +409,35 @@ async fn a_transfer_that_overdraws_is_refused() {
         "10",
     ))
     .await;
-    w.refused(json!({"command":"transfer_credits","from_tenant":"beta-labs","to_tenant":"acme-ai","amount_eu":"1000.000001"}), Code::InsufficientCredits, "amount_eu").await;
+    w.refused(
+        json!({"command":"transfer_credits","from_tenant":"beta-labs","to_tenant":"acme-ai","amount_eu":"1000.000001"}),
+        Code::InsufficientCredits,
+        "amount_eu",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_transfer_to_oneself_is_refused() {
     let w = World::new().await;
-    w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"acme-ai","amount_eu":"1"}), Code::Validation, "to_tenant").await;
+    w.refused(
+        json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"acme-ai","amount_eu":"1"}),
+        Code::Validation,
+        "to_tenant",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_transfer_that_is_not_positive_is_refused() {
     let w = World::new().await;
     for amount in ["0", "-5", "0.0000000"] {
-        w.refused(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":amount}), Code::Validation, "amount_eu").await;
+        w.refused(
+            json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":amount}),
+            Code::Validation,
+            "amount_eu",
+        )
+        .await;
     }
 }
 
@@ -496,12 +490,8 @@ async fn a_tariff_cannot_be_rewritten_or_back_dated() {
     let mut same_day = tariff("2026-01-01T00:00:00Z");
     same_day["default_band"]["multiplier"] = json!("2");
     w.refused(same_day, Code::Conflict, "effective_from").await;
-    w.refused(
-        tariff("2025-06-01T00:00:00Z"),
-        Code::Validation,
-        "effective_from",
-    )
-    .await;
+    w.refused(tariff("2025-06-01T00:00:00Z"), Code::Validation, "effective_from")
+        .await;
     let v2 = w.ok(tariff("2026-11-01T00:00:00Z")).await;
     assert_eq!(v2["tariff_version"], 2);
 }
@@ -617,11 +607,7 @@ async fn the_contract_example_prices_as_documented() {
         json!({"tariff_version":1,"band":"peak","multiplier":"1.5","rate_eu_per_wh":"1.1","source_multiplier":"1","eu_per_wh":"1.65","amount_eu":"742500"})
     );
     assert_eq!(
-        (
-            r["stream"].as_str(),
-            r["version"].as_u64(),
-            r["duplicate"].as_bool()
-        ),
+        (r["stream"].as_str(), r["version"].as_u64(), r["duplicate"].as_bool()),
         (Some("meter-rack-a1"), Some(2), Some(false))
     );
 }
@@ -640,8 +626,7 @@ async fn a_correction_into_a_closed_period_is_a_prior_period_adjustment() {
             "1000",
         ))
         .await;
-    w.ok(json!({"command":"close_period","period":"2026-10"}))
-        .await;
+    w.ok(json!({"command":"close_period","period":"2026-10"})).await;
     let c = w
         .ok(json!({"command":"correct_reading","event_id":r["event_id"],"wh":"800","reason":"meter recalibrated"}))
         .await;
@@ -658,4 +643,35 @@ async fn a_correction_into_a_closed_period_is_a_prior_period_adjustment() {
         (ev["period"].as_str(), ev["booked_period"].as_str()),
         (Some("2026-10"), Some("2026-11"))
     );
+}
+
+/// A correction back to an earlier value (same reason) is a new correction; a retry of the
+/// latest correction is recognised as a duplicate.
+#[tokio::test]
+async fn a_correction_back_to_an_earlier_value_is_recorded() {
+    let w = World::new().await;
+    let r = w
+        .ok(reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T20:00:00Z",
+            "2026-11-02T20:15:00Z",
+            "100",
+        ))
+        .await;
+    let correct =
+        |wh: &str, reason: &str| json!({"command":"correct_reading","event_id":r["event_id"],"wh":wh,"reason":reason});
+    let first = w.ok(correct("90", "recalibrated")).await;
+    let back = w.ok(correct("100", "undo")).await;
+    let again = w.ok(correct("90", "recalibrated")).await;
+    assert_eq!(again["duplicate"], false, "{again}");
+    assert_ne!(again["event_id"], first["event_id"]);
+    assert_ne!(again["event_id"], back["event_id"]);
+    let retry = w.ok(correct("90", "recalibrated")).await;
+    assert_eq!(
+        (retry["duplicate"].as_bool(), &retry["event_id"]),
+        (Some(true), &again["event_id"])
+    );
+    // 90 Wh at 1.65 EU/Wh: the last correction's delta from 165 EU is −16.5 EU.
+    assert_eq!(again["delta_eu"], "-16.5");
 }

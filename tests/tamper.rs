@@ -113,11 +113,7 @@ fn build() -> Built {
             &format!("{}", 200_000 + d),
         ));
     }
-    cmds.push(reading(
-        "2025-01-31T23:45:00Z",
-        "2025-02-01T00:00:00Z",
-        "98765",
-    ));
+    cmds.push(reading("2025-01-31T23:45:00Z", "2025-02-01T00:00:00Z", "98765"));
 
     let input = dir.path().join("commands.ndjson");
     let text: String = cmds.iter().map(|c| format!("{c}\n")).collect();
@@ -131,11 +127,7 @@ fn build() -> Built {
     assert_eq!(results.len() as u64, HEAD, "{out}");
     for (k, r) in results.iter().enumerate() {
         assert_eq!(r["ok"], json!(true), "command {k}: {r}");
-        assert_eq!(
-            r["position"].as_u64(),
-            Some(k as u64 + 1),
-            "command {k}: {r}"
-        );
+        assert_eq!(r["position"].as_u64(), Some(k as u64 + 1), "command {k}: {r}");
     }
     assert_eq!(
         results[CLOSE_POSITION as usize - 1]["event_type"],
@@ -154,10 +146,7 @@ fn build() -> Built {
     );
 
     // A statement writes the projection snapshot beside the database.
-    let (code, out, err) = run(
-        &db,
-        &["statement", "--tenant", "acme-ai", "--period", "2025-01"],
-    );
+    let (code, out, err) = run(&db, &["statement", "--tenant", "acme-ai", "--period", "2025-01"]);
     assert_eq!(code, 0, "statement: {out}\n{err}");
     let january: Value = serde_json::from_str(&out).expect("statement JSON");
     assert_eq!(january["final"], json!(true), "{out}");
@@ -295,18 +284,14 @@ impl Report {
 /// Runs the audit twice (`--json` and for people) and checks the exit code of both.
 fn audit(db: &Path, expected_exit: i32) -> Report {
     let (code, out, err) = run(db, &["audit", "--json"]);
-    let json: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("audit --json is JSON ({e}): {out}\n{err}"));
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("audit --json is JSON ({e}): {out}\n{err}"));
     assert_eq!(
         code, expected_exit,
         "audit --json exit code; report: {out}\nstderr: {err}"
     );
     assert_eq!(json["clean"], json!(expected_exit == 0), "{out}");
     let (code, human, err) = run(db, &["audit"]);
-    assert_eq!(
-        code, expected_exit,
-        "audit exit code; report: {human}\nstderr: {err}"
-    );
+    assert_eq!(code, expected_exit, "audit exit code; report: {human}\nstderr: {err}");
     Report { json, human }
 }
 
@@ -314,8 +299,7 @@ fn audit(db: &Path, expected_exit: i32) -> Report {
 /// `kind` there.
 fn assert_human_names(r: &Report, position: u64, kind: &str) {
     assert!(
-        r.human
-            .contains(&format!("first failing position: {position}")),
+        r.human.contains(&format!("first failing position: {position}")),
         "the human report names position {position} first:\n{}",
         r.human
     );
@@ -333,11 +317,7 @@ fn a_changed_byte_in_a_payload_is_found_at_its_position() {
     let target = 8;
     tamper(&db, |c| {
         let data: String = c
-            .query_row(
-                "SELECT data FROM events WHERE position = ?1",
-                [target],
-                |r| r.get(0),
-            )
+            .query_row("SELECT data FROM events WHERE position = ?1", [target], |r| r.get(0))
             .unwrap();
         let key = "\"energy_wh\":\"";
         let at = data.find(key).expect("a reading carries energy_wh") + key.len();
@@ -370,8 +350,7 @@ fn a_deleted_middle_row_is_found_where_the_gap_shows() {
     let deleted = 10;
     tamper(&db, |c| {
         assert_eq!(
-            c.execute("DELETE FROM events WHERE position = ?1", [deleted])
-                .unwrap(),
+            c.execute("DELETE FROM events WHERE position = ?1", [deleted]).unwrap(),
             1
         );
     });
@@ -405,10 +384,7 @@ fn two_swapped_rows_are_found_at_the_lower_position() {
         let (i, j) = ((low - 1) as usize, (high - 1) as usize);
         let (a, z) = (rows[i].clone(), rows[j].clone());
         rows[i] = Row { position: low, ..z };
-        rows[j] = Row {
-            position: high,
-            ..a
-        };
+        rows[j] = Row { position: high, ..a };
         write_rows(c, &rows);
     });
     let r = audit(&db, 1);
@@ -431,8 +407,7 @@ fn deleted_tail_rows_are_found_against_the_snapshot() {
     let db = fresh_copy(&b, "tail", true);
     tamper(&db, |c| {
         assert_eq!(
-            c.execute("DELETE FROM events WHERE position > ?1", [HEAD - 2])
-                .unwrap(),
+            c.execute("DELETE FROM events WHERE position > ?1", [HEAD - 2]).unwrap(),
             2
         );
     });
@@ -441,11 +416,7 @@ fn deleted_tail_rows_are_found_against_the_snapshot() {
     // so the first missing position, 19, is reported.
     let missing = HEAD - 1;
     assert_eq!(r.first_failing(), Some(missing), "{}", r.json);
-    let tail: Vec<_> = r
-        .findings()
-        .into_iter()
-        .filter(|(_, k, _)| k == "tail")
-        .collect();
+    let tail: Vec<_> = r.findings().into_iter().filter(|(_, k, _)| k == "tail").collect();
     assert_eq!(tail.len(), 1, "{}", r.json);
     assert_eq!(tail[0].0, Some(missing), "{}", r.json);
     assert!(
@@ -455,6 +426,23 @@ fn deleted_tail_rows_are_found_against_the_snapshot() {
     );
     assert_eq!(r.json["head_position"].as_u64(), Some(HEAD - 2));
     assert_human_names(&r, missing, "tail");
+}
+
+/// A report read after the tail was cut does not erase the evidence: the contradicted
+/// snapshot is kept aside (not overwritten with projections of the shorter log), and the
+/// audit still finds the cut.
+#[test]
+fn reading_a_cut_log_keeps_the_evidence_for_the_audit() {
+    let b = build();
+    let db = fresh_copy(&b, "tail-then-read", true);
+    tamper(&db, |c| {
+        assert_eq!(c.execute("DELETE FROM events WHERE position > ?1", [HEAD - 2]).unwrap(), 2);
+    });
+    let (code, _, err) = run(&db, &["statement", "--tenant", "acme-ai", "--period", "2025-02"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("kept as"), "the statement says the snapshot was set aside: {err}");
+    let r = audit(&db, 1);
+    assert!(r.has(HEAD, "tail"), "{}", r.json);
 }
 
 #[test]
@@ -500,15 +488,10 @@ fn a_tail_deleted_back_through_a_period_close() {
     });
     let r = audit(&db, 0);
     assert_eq!(r.json["head_position"].as_u64(), Some(CLOSE_POSITION - 1));
-    let pinned_position = b.january["last_position"]
-        .as_u64()
-        .expect("statement last_position");
+    let pinned_position = b.january["last_position"].as_u64().expect("statement last_position");
     assert!(pinned_position < CLOSE_POSITION);
     assert_eq!(b.january["final"], json!(true));
-    let (code, out, err) = run(
-        &db,
-        &["statement", "--tenant", "acme-ai", "--period", "2025-01"],
-    );
+    let (code, out, err) = run(&db, &["statement", "--tenant", "acme-ai", "--period", "2025-01"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let now: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(

@@ -87,14 +87,8 @@ impl Claims {
     pub fn meter_in_scope(&self, meter: &str, site: Option<&str>) -> bool {
         match self.role {
             Role::Meter => {
-                self.meters
-                    .as_ref()
-                    .is_some_and(|m| m.iter().any(|x| x == meter))
-                    || site.is_some_and(|s| {
-                        self.sites
-                            .as_ref()
-                            .is_some_and(|ss| ss.iter().any(|x| x == s))
-                    })
+                self.meters.as_ref().is_some_and(|m| m.iter().any(|x| x == meter))
+                    || site.is_some_and(|s| self.sites.as_ref().is_some_and(|ss| ss.iter().any(|x| x == s)))
             }
             _ => true,
         }
@@ -116,9 +110,7 @@ pub struct AuthConfig {
 impl AuthConfig {
     pub fn hs256(secret: &[u8], source: &str) -> Result<Self, String> {
         if secret.len() < SECRET_BYTES_MIN {
-            return Err(format!(
-                "the HS256 secret must be at least {SECRET_BYTES_MIN} bytes"
-            ));
+            return Err(format!("the HS256 secret must be at least {SECRET_BYTES_MIN} bytes"));
         }
         Ok(Self {
             algorithm: Algorithm::HS256,
@@ -139,29 +131,19 @@ impl AuthConfig {
     ) -> Result<Self, String> {
         let (decoding, encoding) = match algorithm {
             Algorithm::RS256 => (
-                DecodingKey::from_rsa_pem(public_pem)
-                    .map_err(|e| format!("bad RSA public key: {e}"))?,
+                DecodingKey::from_rsa_pem(public_pem).map_err(|e| format!("bad RSA public key: {e}"))?,
                 private_pem
-                    .map(|p| {
-                        EncodingKey::from_rsa_pem(p)
-                            .map_err(|e| format!("bad RSA private key: {e}"))
-                    })
+                    .map(|p| EncodingKey::from_rsa_pem(p).map_err(|e| format!("bad RSA private key: {e}")))
                     .transpose()?,
             ),
             Algorithm::EdDSA => (
-                DecodingKey::from_ed_pem(public_pem)
-                    .map_err(|e| format!("bad Ed25519 public key: {e}"))?,
+                DecodingKey::from_ed_pem(public_pem).map_err(|e| format!("bad Ed25519 public key: {e}"))?,
                 private_pem
-                    .map(|p| {
-                        EncodingKey::from_ed_pem(p)
-                            .map_err(|e| format!("bad Ed25519 private key: {e}"))
-                    })
+                    .map(|p| EncodingKey::from_ed_pem(p).map_err(|e| format!("bad Ed25519 private key: {e}")))
                     .transpose()?,
             ),
             other => {
-                return Err(format!(
-                    "unsupported algorithm {other:?}: use RS256 or EdDSA"
-                ));
+                return Err(format!("unsupported algorithm {other:?}: use RS256 or EdDSA"));
             }
         };
         Ok(Self {
@@ -174,11 +156,7 @@ impl AuthConfig {
         })
     }
 
-    pub fn with_issuer_audience(
-        mut self,
-        issuer: Option<String>,
-        audience: Option<String>,
-    ) -> Self {
+    pub fn with_issuer_audience(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
         self.issuer = issuer;
         self.audience = audience;
         self
@@ -191,16 +169,11 @@ impl AuthConfig {
     pub fn from_env(data_dir: &Path, create: bool) -> Result<Self, String> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let cfg = if let Some(public) = env("WATTLEDGER_JWT_PUBLIC_KEY_FILE") {
-            let alg = match env("WATTLEDGER_JWT_ALGORITHM")
-                .as_deref()
-                .unwrap_or("RS256")
-            {
+            let alg = match env("WATTLEDGER_JWT_ALGORITHM").as_deref().unwrap_or("RS256") {
                 "RS256" => Algorithm::RS256,
                 "EdDSA" => Algorithm::EdDSA,
                 other => {
-                    return Err(format!(
-                        "WATTLEDGER_JWT_ALGORITHM {other:?}: use RS256 or EdDSA"
-                    ));
+                    return Err(format!("WATTLEDGER_JWT_ALGORITHM {other:?}: use RS256 or EdDSA"));
                 }
             };
             let pem = std::fs::read(&public).map_err(|e| format!("{public}: {e}"))?;
@@ -208,12 +181,7 @@ impl AuthConfig {
                 Some(p) => Some(std::fs::read(&p).map_err(|e| format!("{p}: {e}"))?),
                 None => None,
             };
-            Self::public_key(
-                alg,
-                &pem,
-                private.as_deref(),
-                &format!("{alg:?} public key {public}"),
-            )?
+            Self::public_key(alg, &pem, private.as_deref(), &format!("{alg:?} public key {public}"))?
         } else if let Some(secret) = env("WATTLEDGER_JWT_SECRET") {
             Self::hs256(secret.as_bytes(), "HS256 secret from WATTLEDGER_JWT_SECRET")?
         } else {
@@ -285,8 +253,7 @@ fn read_or_create_secret(path: &PathBuf, create: bool) -> Result<Vec<u8>, String
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             f.write_all(secret.as_bytes())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.sync_all()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(secret.into_bytes())
         }
         Err(e) => Err(format!(
@@ -309,8 +276,7 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         _ => return Err(format!("--ttl {s:?}: the unit is s, m, h or d")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("--ttl {s:?} is too long"))
+    n.checked_mul(mult).ok_or_else(|| format!("--ttl {s:?} is too long"))
 }
 
 /// The caller, authenticated. A handler that takes it can only be reached with a valid token.
@@ -324,10 +290,7 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let Some(token) = header.and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        }) else {
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
             tracing::warn!(path = %parts.uri.path(), "refused: no bearer token");
             return Err(ApiError::unauthorized(
                 "a bearer token is required (Authorization: Bearer <JWT>)",

@@ -25,13 +25,7 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
 /// Which of the accepted kinds the request's content type names; 415 otherwise.
@@ -42,22 +36,14 @@ pub fn kind(headers: &HeaderMap, allow_ndjson: bool) -> Result<Kind, ApiError> {
         other => Err(ApiError::unsupported_media(format!(
             "content type {} is not accepted here; send application/json{}",
             other.map_or("(none)".to_string(), |o| format!("{o:?}")),
-            if allow_ndjson {
-                " or application/x-ndjson"
-            } else {
-                ""
-            }
+            if allow_ndjson { " or application/x-ndjson" } else { "" }
         ))),
     }
 }
 
 /// Reads a body of at most `limit` bytes: refused (413) on its declared length before any
 /// of it is read, or as soon as more than `limit` bytes arrive.
-pub async fn read_limited(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::too_large(format!("the body exceeds {limit} bytes"));
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -70,8 +56,7 @@ pub async fn read_limited(
     let mut out = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if out.len() + chunk.len() > limit {
             return Err(too_large());
         }

@@ -25,11 +25,7 @@ fn answer(out: Outcome) -> Result<Response, ApiError> {
 }
 
 /// Puts a path parameter into the body; a body that names another value is refused.
-fn with_path_field(
-    mut obj: Map<String, Value>,
-    field: &str,
-    value: &str,
-) -> Result<Map<String, Value>, ApiError> {
+fn with_path_field(mut obj: Map<String, Value>, field: &str, value: &str) -> Result<Map<String, Value>, ApiError> {
     match obj.get(field) {
         Some(Value::String(s)) if s != value => {
             return Err(ApiError::invalid(
@@ -55,12 +51,7 @@ pub async fn register_site(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(
-        &s,
-        "register_site",
-        &body::json_object(&headers, body).await?,
-    )
-    .await
+    run(&s, "register_site", &body::json_object(&headers, body).await?).await
 }
 
 pub async fn register_tenant(
@@ -70,12 +61,7 @@ pub async fn register_tenant(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(
-        &s,
-        "register_tenant",
-        &body::json_object(&headers, body).await?,
-    )
-    .await
+    run(&s, "register_tenant", &body::json_object(&headers, body).await?).await
 }
 
 pub async fn register_meter(
@@ -85,12 +71,7 @@ pub async fn register_meter(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    run(
-        &s,
-        "register_meter",
-        &body::json_object(&headers, body).await?,
-    )
-    .await
+    run(&s, "register_meter", &body::json_object(&headers, body).await?).await
 }
 
 pub async fn publish_tariff(
@@ -101,11 +82,7 @@ pub async fn publish_tariff(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    let obj = with_path_field(
-        body::json_object(&headers, body).await?,
-        "site_id",
-        &site_id,
-    )?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "site_id", &site_id)?;
     run(&s, "publish_tariff", &obj).await
 }
 
@@ -117,11 +94,7 @@ pub async fn issue_credits(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    let obj = with_path_field(
-        body::json_object(&headers, body).await?,
-        "tenant_id",
-        &tenant_id,
-    )?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
     run(&s, "issue_credits", &obj).await
 }
 
@@ -181,24 +154,15 @@ async fn meter_allowed(s: &AppState, c: &super::auth::Claims, meter: &str) -> bo
 }
 
 fn forbidden_meter(meter: &str) -> ApiError {
-    ApiError::forbidden(format!(
-        "this token may not post readings for meter {meter:?}"
-    ))
+    ApiError::forbidden(format!("this token may not post readings for meter {meter:?}"))
 }
 
 /// Decides one reading line; a refusal is answered on its own.
-async fn submit_reading(
-    s: &AppState,
-    c: &super::auth::Claims,
-    obj: &Map<String, Value>,
-) -> Result<Pending, ApiError> {
+async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Pending, ApiError> {
     if let Some(cmd) = obj.get("command")
         && cmd != "post_reading"
     {
-        return Err(ApiError::invalid(
-            "command",
-            "only post_reading is accepted here",
-        ));
+        return Err(ApiError::invalid("command", "only post_reading is accepted here"));
     }
     let cmd = Command::parse("post_reading", obj)?;
     if let Command::PostReading { meter_id, .. } = &cmd
@@ -220,9 +184,7 @@ pub async fn post_readings(
     c.require(&[Role::Operator, Role::Meter])?;
     match body::kind(&headers, true)? {
         Kind::Json => {
-            let obj = body::parse_object(
-                &body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?,
-            )?;
+            let obj = body::parse_object(&body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?)?;
             let pending = submit_reading(&s, &c, &obj).await?;
             answer(pending.wait().await)
         }
@@ -252,15 +214,9 @@ fn line_answer(line: usize, r: Result<crate::ledger::Accepted, ApiError>) -> Val
     }
 }
 
-async fn bulk(
-    s: AppState,
-    c: super::auth::Claims,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
@@ -295,13 +251,10 @@ async fn bulk(
             let _ = tx.send(Ok(line)).await;
         }
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     let mut res = Response::new(Body::from_stream(stream));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(res)
 }
 
@@ -313,24 +266,14 @@ pub async fn correct_reading(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Meter])?;
-    let obj = with_path_field(
-        body::json_object(&headers, body).await?,
-        "event_id",
-        &event_id,
-    )?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "event_id", &event_id)?;
     let cmd = Command::parse("correct_reading", &obj)?;
     if c.role == Role::Meter
-        && let Command::CorrectReading {
-            corrected_event_id, ..
-        } = &cmd
+        && let Command::CorrectReading { corrected_event_id, .. } = &cmd
     {
         let meter = s
             .ledger
-            .with_state(|st| {
-                st.readings
-                    .get(corrected_event_id)
-                    .map(|r| r.meter_id.to_string())
-            })
+            .with_state(|st| st.readings.get(corrected_event_id).map(|r| r.meter_id.to_string()))
             .await;
         match meter {
             Some(m) if meter_allowed(&s, &c, &m).await => {}

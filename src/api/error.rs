@@ -46,11 +46,7 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", detail)
     }
     pub fn unsupported_media(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            detail,
-        )
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
     }
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
@@ -70,10 +66,7 @@ impl ApiError {
         });
         let m = v.as_object_mut().expect("object");
         if !self.errors.is_empty() {
-            m.insert(
-                "errors".into(),
-                serde_json::to_value(&self.errors).expect("errors"),
-            );
+            m.insert("errors".into(), serde_json::to_value(&self.errors).expect("errors"));
         }
         if let Some(id) = self.existing_event_id {
             m.insert("existing_event_id".into(), json!(id));
@@ -85,10 +78,9 @@ impl ApiError {
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         let status = match r.code {
-            Code::Validation
-            | Code::InsufficientCredits
-            | Code::StorageUnderflow
-            | Code::StorageOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Validation | Code::InsufficientCredits | Code::StorageUnderflow | Code::StorageOverflow => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Conflict => StatusCode::CONFLICT,
         };
@@ -108,9 +100,7 @@ impl From<StoreError> for ApiError {
             StoreError::VersionConflict { .. } | StoreError::DuplicateEventId(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            StoreError::Busy(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
-            }
+            StoreError::Busy(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
             // Never show a database's own message to clients: it is logged instead.
             other => {
                 tracing::error!(error = %other, "store error");

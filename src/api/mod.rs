@@ -103,11 +103,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= REQUEST_ID_CHARS_MAX
-                && v.chars().all(|c| c.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_CHARS_MAX && v.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let route = req
@@ -119,13 +115,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        )
-    });
+    span.in_scope(|| tracing::info!(status, latency_ms = started.elapsed().as_millis() as u64, "answered"));
     state.metrics.count_request(&method, &route, status);
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);

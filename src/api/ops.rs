@@ -21,12 +21,9 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let head = tokio::time::timeout(
-        Duration::from_millis(READY_STORE_TIMEOUT_MS),
-        s.ledger.store().head(),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("the store did not answer in time"))??;
+    let head = tokio::time::timeout(Duration::from_millis(READY_STORE_TIMEOUT_MS), s.ledger.store().head())
+        .await
+        .map_err(|_| ApiError::unavailable("the store did not answer in time"))??;
     let applied = s.projections.position();
     let lag = head.position.saturating_sub(applied);
     if lag > READY_LAG_EVENTS_MAX {
@@ -34,10 +31,10 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Response, ApiError> {
             "the projections trail the log by {lag} events"
         )));
     }
-    Ok(axum::Json(
-        json!({"status": "ready", "head_position": head.position, "projection_position": applied}),
+    Ok(
+        axum::Json(json!({"status": "ready", "head_position": head.position, "projection_position": applied}))
+            .into_response(),
     )
-    .into_response())
 }
 
 pub async fn metrics(State(s): State<AppState>) -> Response {
@@ -99,9 +96,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 
 pub async fn openapi() -> Response {
     let mut res = OPENAPI_YAML.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/yaml"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
     res
 }

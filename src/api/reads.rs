@@ -66,9 +66,7 @@ pub async fn account(
     s.projections
         .read(|b| b.balance(&account))
         .map(json)
-        .ok_or_else(|| {
-            ApiError::not_found(format!("nothing has been posted to account {account:?}"))
-        })
+        .ok_or_else(|| ApiError::not_found(format!("nothing has been posted to account {account:?}")))
 }
 
 pub async fn statement(
@@ -84,10 +82,7 @@ pub async fn statement(
     let format = match q.format.as_deref() {
         Some(f) => f.to_string(),
         None => {
-            let accept = headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             if accept.contains("text/csv") {
                 "csv".into()
             } else if accept.contains("text/html") {

@@ -58,12 +58,7 @@ pub async fn read_stream(
     if events.is_empty() && from == 1 {
         return Err(ApiError::not_found(format!("no stream {stream:?}")));
     }
-    let next = (events.len() == n).then(|| {
-        (
-            "next_version",
-            events.last().map_or(from, |e| e.version + 1),
-        )
-    });
+    let next = (events.len() == n).then(|| ("next_version", events.last().map_or(from, |e| e.version + 1)));
     Ok(page(events, next))
 }
 
@@ -76,12 +71,7 @@ pub async fn read_events(
     let n = limit(&q)?;
     let from = q.from_position.unwrap_or(1).max(1);
     let events = s.ledger.store().read_all(from - 1, n).await?;
-    let next = (events.len() == n).then(|| {
-        (
-            "next_position",
-            events.last().map_or(from, |e| e.position + 1),
-        )
-    });
+    let next = (events.len() == n).then(|| ("next_position", events.last().map_or(from, |e| e.position + 1)));
     Ok(page(events, next))
 }
 
@@ -95,9 +85,10 @@ pub async fn live(
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Auditor])?;
     let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(v) => v.trim().parse::<u64>().map_err(|_| {
-            ApiError::invalid("Last-Event-ID", "must be a position (a whole number)")
-        })?,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a position (a whole number)"))?,
         None => q.from_position.map_or(0, |p| p.saturating_sub(1)),
     };
     let sub = Subscription::new(s.ledger.store().clone(), after);
@@ -116,19 +107,16 @@ pub async fn live(
             }
         }
     });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 pub async fn audit(State(s): State<AppState>, Auth(c): Auth) -> Result<Response, ApiError> {
     c.require(&[Role::Auditor])?;
     let live = s.projections.read(|b| b.clone());
-    let report = run_audit(
-        s.ledger.store().as_ref(),
-        Live::Books(Box::new(live)),
-        |_, _| {},
-    )
-    .await?;
+    let mut report = run_audit(s.ledger.store().as_ref(), Live::Books(Box::new(live)), |_, _| {}).await?;
+    if let Some(path) = s.projections.snapshot_path() {
+        let kept = crate::projections::engine::quarantine_path(path);
+        crate::audit::check_quarantined(s.ledger.store().as_ref(), &kept, &mut report).await?;
+    }
     Ok(axum::Json(report).into_response())
 }

@@ -5,9 +5,7 @@ use super::error::{FieldError, Rejection};
 use super::events::{MeterKind, MeterRegistered, Quality};
 use super::ids::{AssetId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, decimal_from_json, json_kind};
-use super::tariff::{
-    Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day,
-};
+use super::tariff::{Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day};
 use super::time::{Interval, Period, parse_time};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -112,11 +110,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A field that must be present.
-    pub fn req<T>(
-        &mut self,
-        field: &'static str,
-        parse: impl FnOnce(&'a Value) -> Result<T, String>,
-    ) -> Option<T> {
+    pub fn req<T>(&mut self, field: &'static str, parse: impl FnOnce(&'a Value) -> Result<T, String>) -> Option<T> {
         self.known.push(field);
         match self.obj.get(field) {
             None | Some(Value::Null) => {
@@ -128,11 +122,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A field that may be absent (or null).
-    pub fn opt<T>(
-        &mut self,
-        field: &'static str,
-        parse: impl FnOnce(&'a Value) -> Result<T, String>,
-    ) -> Option<T> {
+    pub fn opt<T>(&mut self, field: &'static str, parse: impl FnOnce(&'a Value) -> Result<T, String>) -> Option<T> {
         self.known.push(field);
         match self.obj.get(field) {
             None | Some(Value::Null) => None,
@@ -278,9 +268,7 @@ fn band_name(v: &Value) -> Result<String, String> {
         return Err("must be at most 64 characters".into());
     }
     if s == MIXED_BAND {
-        return Err(format!(
-            "{MIXED_BAND:?} is reserved for intervals split across bands"
-        ));
+        return Err(format!("{MIXED_BAND:?} is reserved for intervals split across bands"));
     }
     Ok(s)
 }
@@ -347,16 +335,14 @@ impl Command {
                     _ => None,
                 };
                 match (meter_id, flow, interval, energy_wh) {
-                    (Some(meter_id), Some(flow), Some(interval), Some(energy_wh)) => {
-                        Some(Command::PostReading {
-                            event_id,
-                            meter_id,
-                            flow,
-                            interval,
-                            energy_wh,
-                            quality,
-                        })
-                    }
+                    (Some(meter_id), Some(flow), Some(interval), Some(energy_wh)) => Some(Command::PostReading {
+                        event_id,
+                        meter_id,
+                        flow,
+                        interval,
+                        energy_wh,
+                        quality,
+                    }),
                     _ => None,
                 }
             }
@@ -366,14 +352,12 @@ impl Command {
                 let energy_wh = f.req("wh", energy);
                 let reason = f.req("reason", nonempty_text);
                 match (corrected, energy_wh, reason) {
-                    (Some(corrected_event_id), Some(energy_wh), Some(reason)) => {
-                        Some(Command::CorrectReading {
-                            corrected_event_id,
-                            correction_id,
-                            energy_wh,
-                            reason,
-                        })
-                    }
+                    (Some(corrected_event_id), Some(energy_wh), Some(reason)) => Some(Command::CorrectReading {
+                        corrected_event_id,
+                        correction_id,
+                        energy_wh,
+                        reason,
+                    }),
                     _ => None,
                 }
             }
@@ -406,21 +390,17 @@ impl Command {
                     );
                 }
                 match (from, to, amount_eu) {
-                    (Some(from_tenant), Some(to_tenant), Some(amount_eu)) => {
-                        Some(Command::TransferCredits {
-                            event_id,
-                            from_tenant,
-                            to_tenant,
-                            amount_eu,
-                            memo,
-                        })
-                    }
+                    (Some(from_tenant), Some(to_tenant), Some(amount_eu)) => Some(Command::TransferCredits {
+                        event_id,
+                        from_tenant,
+                        to_tenant,
+                        amount_eu,
+                        memo,
+                    }),
                     _ => None,
                 }
             }
-            "close_period" => f
-                .req("period", period)
-                .map(|period| Command::ClosePeriod { period }),
+            "close_period" => f.req("period", period).map(|period| Command::ClosePeriod { period }),
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(Rejection::validation(
@@ -461,9 +441,7 @@ fn parse_register_site(f: &mut Fields<'_>) -> Option<Command> {
         s.parse::<Tz>()
             .map_err(|_| format!("unknown IANA time zone {s:?} (for example \"America/Chicago\")"))
     });
-    let loss_tolerance_pct = f
-        .opt("loss_tolerance_pct", percent)
-        .unwrap_or(Decimal::from(5));
+    let loss_tolerance_pct = f.opt("loss_tolerance_pct", percent).unwrap_or(Decimal::from(5));
     site_id
         .zip(time_zone)
         .map(|(site_id, time_zone)| Command::RegisterSite {
@@ -485,12 +463,7 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
         Some(MeterKind::Generation) => {
             asset_id = f.req("asset_id", asset_id_of);
             source = f.req("source", |v| Source::parse(string(v)?));
-            for x in [
-                "tenant_id",
-                "capacity_wh",
-                "initial_wh",
-                "round_trip_efficiency_pct",
-            ] {
+            for x in ["tenant_id", "capacity_wh", "initial_wh", "round_trip_efficiency_pct"] {
                 f.forbid(x, "for a generation meter");
             }
         }
@@ -514,10 +487,7 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
             if let (Some(c), Some(i)) = (capacity_wh, initial_wh)
                 && i > c
             {
-                f.error(
-                    "initial_wh",
-                    format!("must not exceed capacity_wh ({c} Wh), got {i}"),
-                );
+                f.error("initial_wh", format!("must not exceed capacity_wh ({c} Wh), got {i}"));
             }
             for x in ["tenant_id", "source"] {
                 f.forbid(x, "for a storage meter");
@@ -581,9 +551,7 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
         (r, g.finish())
     });
     let rates = match rates {
-        Some(((Some(generated), Some(stored), Some(dispatched), Some(consumed)), errs))
-            if errs.is_empty() =>
-        {
+        Some(((Some(generated), Some(stored), Some(dispatched), Some(consumed)), errs)) if errs.is_empty() => {
             Some(Rates {
                 generated,
                 stored,
@@ -643,8 +611,7 @@ fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {
             f.errors.extend(errs);
             continue;
         }
-        if let (Some(name), Some(days), Some(start), Some(end), Some(multiplier)) =
-            (name, days, start, end, multiplier)
+        if let (Some(name), Some(days), Some(start), Some(end), Some(multiplier)) = (name, days, start, end, multiplier)
         {
             parsed_bands.push(Band {
                 name,
@@ -709,8 +676,9 @@ mod tests {
 
     #[test]
     fn every_field_problem_is_reported() {
-        let r = parse(r#"{"command":"post_reading","meter_id":"A B","flow":"sideways","start":"x","wh":"-1","extra":1}"#)
-            .unwrap_err();
+        let r =
+            parse(r#"{"command":"post_reading","meter_id":"A B","flow":"sideways","start":"x","wh":"-1","extra":1}"#)
+                .unwrap_err();
         let fields: Vec<&str> = r.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["meter_id", "flow", "start", "end", "wh", "extra"]);
     }

@@ -72,11 +72,7 @@ impl Rejection {
         Self::new(Code::NotFound, field, message)
     }
 
-    pub fn conflict(
-        field: impl Into<String>,
-        message: impl Into<String>,
-        existing: Option<Uuid>,
-    ) -> Self {
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>, existing: Option<Uuid>) -> Self {
         let mut r = Self::new(Code::Conflict, field, message);
         r.existing_event_id = existing;
         r

@@ -35,9 +35,7 @@ impl MeterKind {
             "generation" => Ok(Self::Generation),
             "storage" => Ok(Self::Storage),
             "load" => Ok(Self::Load),
-            _ => Err(format!(
-                "must be one of generation, storage, load; got {s:?}"
-            )),
+            _ => Err(format!("must be one of generation, storage, load; got {s:?}")),
         }
     }
 
@@ -92,17 +90,9 @@ pub struct MeterRegistered {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_wh: Option<EnergyWh>,
     /// Share of charged energy a battery can give back (storage only; 100 when absent).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_decimal_str"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_decimal_str")]
     pub round_trip_efficiency_pct: Option<Decimal>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_time_str"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time_str")]
     pub active_from: Option<DateTime<Utc>>,
 }
 

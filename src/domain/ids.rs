@@ -18,9 +18,7 @@ pub fn check_id(s: &str) -> Result<(), String> {
         .chars()
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.'))
     {
-        return Err(format!(
-            "may only contain a-z, 0-9, '-', '_' and '.' (found {c:?})"
-        ));
+        return Err(format!("may only contain a-z, 0-9, '-', '_' and '.' (found {c:?})"));
     }
     Ok(())
 }

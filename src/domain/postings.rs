@@ -79,12 +79,7 @@ fn pair(debit: String, credit: String, eu: Decimal, wh: Decimal) -> Vec<Posting>
     ]
 }
 
-fn flow_accounts(
-    flow: Flow,
-    site: &str,
-    asset: Option<&str>,
-    tenant: Option<&str>,
-) -> (String, String) {
+fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&str>) -> (String, String) {
     let bus = bus_account(site);
     let asset = asset.unwrap_or("unknown");
     match flow {
@@ -98,10 +93,7 @@ fn flow_accounts(
 /// The postings an event makes. Registrations, tariffs and period closes post nothing.
 pub fn postings(event: &Event) -> Vec<Posting> {
     match event {
-        Event::EnergyGenerated(r)
-        | Event::EnergyStored(r)
-        | Event::EnergyDispatched(r)
-        | Event::EnergyConsumed(r) => {
+        Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
             let (d, c) = flow_accounts(
                 r.flow,
                 r.site_id.as_str(),
@@ -141,9 +133,7 @@ pub fn postings(event: &Event) -> Vec<Posting> {
 
 /// Whether a set of postings balances: debits equal credits, in EU and in Wh.
 pub fn balanced(ps: &[Posting]) -> bool {
-    let sum = |side: Side, f: fn(&Posting) -> Decimal| -> Decimal {
-        ps.iter().filter(|p| p.side == side).map(f).sum()
-    };
+    let sum = |side: Side, f: fn(&Posting) -> Decimal| -> Decimal { ps.iter().filter(|p| p.side == side).map(f).sum() };
     sum(Side::Debit, |p| p.amount_eu) == sum(Side::Credit, |p| p.amount_eu)
         && sum(Side::Debit, |p| p.energy_wh) == sum(Side::Credit, |p| p.energy_wh)
 }

@@ -26,9 +26,7 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
             .chars()
             .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
     {
-        return Err(format!(
-            "must be a plain decimal number such as \"12.5\", got {s:?}"
-        ));
+        return Err(format!("must be a plain decimal number such as \"12.5\", got {s:?}"));
     }
     let d = Decimal::from_str_exact(t)
         .map_err(|_| format!("must be a plain decimal number such as \"12.5\", got {s:?}"))?;
@@ -83,9 +81,7 @@ pub mod opt_decimal_str {
         if v.is_null() {
             return Ok(None);
         }
-        decimal_from_json(&v)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
+        decimal_from_json(&v).map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -200,17 +196,11 @@ mod tests {
 
     #[test]
     fn energy_parses_strings_and_numbers_exactly() {
-        assert_eq!(
-            EnergyWh::parse("12500.125").unwrap().to_string(),
-            "12500.125"
-        );
+        assert_eq!(EnergyWh::parse("12500.125").unwrap().to_string(), "12500.125");
         let v: serde_json::Value = serde_json::from_str("0.1").unwrap();
         assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "0.1");
         let v: serde_json::Value = serde_json::from_str("123456789012345.125").unwrap();
-        assert_eq!(
-            EnergyWh::from_json(&v).unwrap().to_string(),
-            "123456789012345.125"
-        );
+        assert_eq!(EnergyWh::from_json(&v).unwrap().to_string(), "123456789012345.125");
     }
 
     #[test]
@@ -251,9 +241,6 @@ mod tests {
 
     #[test]
     fn quantity_max_is_ten_to_the_eighteen() {
-        assert_eq!(
-            QUANTITY_MAX,
-            Decimal::from_str("1000000000000000000").unwrap()
-        );
+        assert_eq!(QUANTITY_MAX, Decimal::from_str("1000000000000000000").unwrap());
     }
 }

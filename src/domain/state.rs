@@ -101,6 +101,9 @@ pub struct ReadingState {
     pub tariff_version: u32,
     pub stream: String,
     pub version: u64,
+    /// How many corrections it has had, and the last one: (event id, Wh, reason).
+    pub corrections: u32,
+    pub last_correction: Option<(Uuid, EnergyWh, String)>,
 }
 
 /// Interval start → (end, reading event id), for one meter and flow.
@@ -162,13 +165,7 @@ impl LedgerState {
         })
     }
 
-    fn new_event(
-        &self,
-        event_id: Uuid,
-        stream: String,
-        ctx: &DecideContext,
-        event: Event,
-    ) -> Decision {
+    fn new_event(&self, event_id: Uuid, stream: String, ctx: &DecideContext, event: Event) -> Decision {
         Decision::Append(Box::new(NewEvent {
             event_id,
             expected_version: self.version_of(&stream),
@@ -206,20 +203,9 @@ impl LedgerState {
                 };
                 let stream = site_stream(site_id);
                 if let Some(s) = self.sites.get(site_id) {
-                    return self.same_registration(
-                        s.reg == reg,
-                        &stream,
-                        "site_id",
-                        "site",
-                        site_id.as_str(),
-                    );
+                    return self.same_registration(s.reg == reg, &stream, "site_id", "site", site_id.as_str());
                 }
-                Ok(self.new_event(
-                    v5(&format!("site/{site_id}")),
-                    stream,
-                    ctx,
-                    Event::SiteRegistered(reg),
-                ))
+                Ok(self.new_event(v5(&format!("site/{site_id}")), stream, ctx, Event::SiteRegistered(reg)))
             }
             Command::RegisterTenant { tenant_id, name } => {
                 let reg = TenantRegistered {
@@ -228,13 +214,7 @@ impl LedgerState {
                 };
                 let stream = tenant_stream(tenant_id);
                 if let Some(t) = self.tenants.get(tenant_id) {
-                    return self.same_registration(
-                        t.reg == reg,
-                        &stream,
-                        "tenant_id",
-                        "tenant",
-                        tenant_id.as_str(),
-                    );
+                    return self.same_registration(t.reg == reg, &stream, "tenant_id", "tenant", tenant_id.as_str());
                 }
                 Ok(self.new_event(
                     v5(&format!("tenant/{tenant_id}")),
@@ -252,25 +232,20 @@ impl LedgerState {
                 interval,
                 energy_wh,
                 quality,
-            } => self.decide_reading(
-                *event_id, meter_id, *flow, interval, *energy_wh, *quality, ctx,
-            ),
+            } => self.decide_reading(*event_id, meter_id, *flow, interval, *energy_wh, *quality, ctx),
             Command::CorrectReading {
                 corrected_event_id,
                 correction_id,
                 energy_wh,
                 reason,
-            } => {
-                self.decide_correction(*corrected_event_id, *correction_id, *energy_wh, reason, ctx)
-            }
+            } => self.decide_correction(*corrected_event_id, *correction_id, *energy_wh, reason, ctx),
             Command::IssueCredits {
                 event_id,
                 tenant_id,
                 amount_eu,
                 memo,
             } => {
-                let id = event_id
-                    .unwrap_or_else(|| v5(&format!("credits/{tenant_id}/{amount_eu}/{memo}")));
+                let id = event_id.unwrap_or_else(|| v5(&format!("credits/{tenant_id}/{amount_eu}/{memo}")));
                 if let Some(d) = self.duplicate_of(id) {
                     return Ok(d);
                 }
@@ -290,11 +265,8 @@ impl LedgerState {
                 amount_eu,
                 memo,
             } => {
-                let id = event_id.unwrap_or_else(|| {
-                    v5(&format!(
-                        "transfer/{from_tenant}/{to_tenant}/{amount_eu}/{memo}"
-                    ))
-                });
+                let id =
+                    event_id.unwrap_or_else(|| v5(&format!("transfer/{from_tenant}/{to_tenant}/{amount_eu}/{memo}")));
                 if let Some(d) = self.duplicate_of(id) {
                     return Ok(d);
                 }
@@ -384,20 +356,10 @@ impl LedgerState {
         }
     }
 
-    fn decide_register_meter(
-        &self,
-        reg: &MeterRegistered,
-        ctx: &DecideContext,
-    ) -> Result<Decision, Rejection> {
+    fn decide_register_meter(&self, reg: &MeterRegistered, ctx: &DecideContext) -> Result<Decision, Rejection> {
         let stream = meter_stream(&reg.meter_id);
         if let Some(m) = self.meters.get(&reg.meter_id) {
-            return self.same_registration(
-                m.reg == *reg,
-                &stream,
-                "meter_id",
-                "meter",
-                reg.meter_id.as_str(),
-            );
+            return self.same_registration(m.reg == *reg, &stream, "meter_id", "meter", reg.meter_id.as_str());
         }
         self.site(&reg.site_id)?;
         if let Some(t) = &reg.tenant_id {
@@ -440,10 +402,7 @@ impl LedgerState {
         if let Some(last) = site.tariffs.last()
             && t.effective_from <= last.effective_from
         {
-            let same = site
-                .tariffs
-                .iter()
-                .find(|x| x.effective_from == t.effective_from);
+            let same = site.tariffs.iter().find(|x| x.effective_from == t.effective_from);
             if let Some(x) = same {
                 let mut candidate = t.clone();
                 candidate.tariff_version = x.tariff_version;
@@ -481,15 +440,9 @@ impl LedgerState {
         Ok(self.new_event(id, site_stream(&t.site_id), ctx, Event::TariffPublished(t)))
     }
 
-    fn check_rated_power(
-        &self,
-        meter: &MeterRegistered,
-        interval: &Interval,
-        wh: EnergyWh,
-    ) -> Result<(), Rejection> {
+    fn check_rated_power(&self, meter: &MeterRegistered, interval: &Interval, wh: EnergyWh) -> Result<(), Rejection> {
         // Wh_max = W × ms / 3,600,000 × (1 + 5 %)
-        let max_wh = meter.rated_power_w * Decimal::from(interval.duration_ms())
-            / Decimal::from(3_600_000)
+        let max_wh = meter.rated_power_w * Decimal::from(interval.duration_ms()) / Decimal::from(3_600_000)
             * Decimal::from(100 + RATED_POWER_TOLERANCE_PCT)
             / Decimal::ONE_HUNDRED;
         if wh.value() > max_wh {
@@ -508,12 +461,7 @@ impl LedgerState {
     }
 
     /// Checks a change of a battery's level: `delta_in_wh` charged (stored), `delta_out_wh` dispatched.
-    fn check_battery(
-        &self,
-        meter: &MeterRegistered,
-        flow: Flow,
-        delta_wh: Decimal,
-    ) -> Result<(), Rejection> {
+    fn check_battery(&self, meter: &MeterRegistered, flow: Flow, delta_wh: Decimal) -> Result<(), Rejection> {
         let Some(asset) = &meter.asset_id else {
             return Ok(());
         };
@@ -566,9 +514,7 @@ impl LedgerState {
         let meter = &self
             .meters
             .get(meter_id)
-            .ok_or_else(|| {
-                Rejection::not_found("meter_id", format!("no meter {meter_id:?} is registered"))
-            })?
+            .ok_or_else(|| Rejection::not_found("meter_id", format!("no meter {meter_id:?} is registered")))?
             .reg;
         if !meter.kind.allows(flow) {
             return Err(Rejection::validation(
@@ -681,16 +627,26 @@ impl LedgerState {
         reason: &str,
         ctx: &DecideContext,
     ) -> Result<Decision, Rejection> {
-        let id = client_id.unwrap_or_else(|| v5(&format!("correction/{corrected}/{wh}/{reason}")));
-        if let Some(d) = self.duplicate_of(id) {
+        if let Some(id) = client_id
+            && let Some(d) = self.duplicate_of(id)
+        {
             return Ok(d);
         }
-        let r = self.readings.get(&corrected).ok_or_else(|| {
-            Rejection::not_found(
-                "event_id",
-                format!("no reading event {corrected} is recorded"),
-            )
-        })?;
+        let r = self
+            .readings
+            .get(&corrected)
+            .ok_or_else(|| Rejection::not_found("event_id", format!("no reading event {corrected} is recorded")))?;
+        // A retry of the latest correction is recognised; the same value and reason after
+        // other corrections is a new correction (back to an earlier value).
+        if client_id.is_none()
+            && let Some((last, last_wh, last_reason)) = &r.last_correction
+            && *last_wh == wh
+            && last_reason == reason
+        {
+            return Ok(self.duplicate_of(*last).expect("a recorded correction"));
+        }
+        let id =
+            client_id.unwrap_or_else(|| v5(&format!("correction/{corrected}/{}/{wh}/{reason}", r.corrections + 1)));
         if r.current_wh == wh {
             return Err(Rejection::validation(
                 "wh",
@@ -709,21 +665,11 @@ impl LedgerState {
             .ok_or_else(|| {
                 Rejection::not_found(
                     "event_id",
-                    format!(
-                        "tariff version {} of the reading is not recorded",
-                        r.tariff_version
-                    ),
+                    format!("tariff version {} of the reading is not recorded", r.tariff_version),
                 )
             })?;
-        let new_price: Price = price(
-            tariff,
-            &site.tz,
-            r.flow,
-            meter.source,
-            &r.interval,
-            wh.value(),
-        )
-        .map_err(|m| Rejection::validation("wh", m))?;
+        let new_price: Price = price(tariff, &site.tz, r.flow, meter.source, &r.interval, wh.value())
+            .map_err(|m| Rejection::validation("wh", m))?;
         let period = Period::of(r.interval.start);
         let ev = Event::ReadingCorrected(ReadingCorrected {
             corrected_event_id: corrected,
@@ -783,17 +729,14 @@ impl LedgerState {
                             a.clone(),
                             BatteryState {
                                 capacity_wh: m.capacity_wh.map(|c| c.value()).unwrap_or_default(),
-                                efficiency: m
-                                    .round_trip_efficiency_pct
-                                    .unwrap_or(Decimal::ONE_HUNDRED)
+                                efficiency: m.round_trip_efficiency_pct.unwrap_or(Decimal::ONE_HUNDRED)
                                     / Decimal::ONE_HUNDRED,
                                 level_wh: m.initial_wh.map(|c| c.value()).unwrap_or_default(),
                             },
                         );
                     }
                 }
-                self.meters
-                    .insert(m.meter_id.clone(), MeterState { reg: m.clone() });
+                self.meters.insert(m.meter_id.clone(), MeterState { reg: m.clone() });
             }
             Event::EnergyGenerated(r)
             | Event::EnergyStored(r)
@@ -823,6 +766,8 @@ impl LedgerState {
                         tariff_version: r.price.tariff_version,
                         stream: stream.to_string(),
                         version,
+                        corrections: 0,
+                        last_correction: None,
                     },
                 );
             }
@@ -837,6 +782,8 @@ impl LedgerState {
                 if let Some(r) = self.readings.get_mut(&c.corrected_event_id) {
                     r.current_wh = c.energy_wh;
                     r.current_eu = c.price.amount_eu;
+                    r.corrections += 1;
+                    r.last_correction = Some((event_id, c.energy_wh, c.reason.clone()));
                 }
             }
             Event::TenantRegistered(t) => {

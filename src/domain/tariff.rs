@@ -26,12 +26,7 @@ pub enum Flow {
 }
 
 impl Flow {
-    pub const ALL: [Flow; 4] = [
-        Flow::Generated,
-        Flow::Stored,
-        Flow::Dispatched,
-        Flow::Consumed,
-    ];
+    pub const ALL: [Flow; 4] = [Flow::Generated, Flow::Stored, Flow::Dispatched, Flow::Consumed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,9 +41,7 @@ impl Flow {
         Self::ALL
             .into_iter()
             .find(|f| f.as_str() == s)
-            .ok_or_else(|| {
-                format!("must be one of generated, stored, dispatched, consumed; got {s:?}")
-            })
+            .ok_or_else(|| format!("must be one of generated, stored, dispatched, consumed; got {s:?}"))
     }
 }
 
@@ -95,9 +88,10 @@ impl Source {
     }
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
-            format!("must be one of solar, wind, gas_turbine, grid, hydro, nuclear, other; got {s:?}")
-        })
+        Self::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("must be one of solar, wind, gas_turbine, grid, hydro, nuclear, other; got {s:?}"))
     }
 }
 
@@ -155,10 +149,7 @@ pub fn parse_day(s: &str) -> Result<Weekday, String> {
 mod days_str {
     use super::*;
     pub fn serialize<S: Serializer>(days: &[Weekday], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            days.iter()
-                .map(|d| DAY_NAMES[d.num_days_from_monday() as usize]),
-        )
+        s.collect_seq(days.iter().map(|d| DAY_NAMES[d.num_days_from_monday() as usize]))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Weekday>, D::Error> {
         let v = Vec::<String>::deserialize(d)?;
@@ -235,21 +226,15 @@ pub struct Tariff {
 
 mod source_map {
     use super::*;
-    pub fn serialize<S: Serializer>(
-        m: &BTreeMap<Source, Decimal>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Source, Decimal>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(m.iter().map(|(k, v)| (k.as_str(), fmt_decimal(v))))
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<Source, Decimal>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Source, Decimal>, D::Error> {
         let m = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
         m.iter()
             .map(|(k, v)| {
                 let k = Source::parse(k).map_err(serde::de::Error::custom)?;
-                let v = super::super::quantity::decimal_from_json(v)
-                    .map_err(serde::de::Error::custom)?;
+                let v = super::super::quantity::decimal_from_json(v).map_err(serde::de::Error::custom)?;
                 Ok((k, v))
             })
             .collect()
@@ -299,10 +284,7 @@ impl Tariff {
     }
 
     pub fn source_multiplier(&self, source: Source) -> Decimal {
-        self.source_multipliers
-            .get(&source)
-            .copied()
-            .unwrap_or(Decimal::ONE)
+        self.source_multipliers.get(&source).copied().unwrap_or(Decimal::ONE)
     }
 }
 
@@ -375,10 +357,7 @@ fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime
                     // A local time skipped by a clock change: the boundary falls at the first
                     // local minute that exists after it (the moment the clocks jumped).
                     for k in 1..=24 * 60 {
-                        if let Some(t) = tz
-                            .from_local_datetime(&(local + Duration::minutes(k)))
-                            .earliest()
-                        {
+                        if let Some(t) = tz.from_local_datetime(&(local + Duration::minutes(k))).earliest() {
                             out.push(t.with_timezone(&Utc));
                             break;
                         }
@@ -457,9 +436,7 @@ pub fn price(
 
     let weighted_ms: Decimal = segments
         .iter()
-        .map(|(a, b, band)| {
-            Decimal::from((*b - *a).num_milliseconds()) * terms.band_multiplier(*band)
-        })
+        .map(|(a, b, band)| Decimal::from((*b - *a).num_milliseconds()) * terms.band_multiplier(*band))
         .sum();
     let exact = base
         .checked_mul(weighted_ms)
@@ -599,19 +576,11 @@ mod tests {
         assert_eq!(p.multiplier, d("1.25"));
         assert_eq!(p.parts.len(), 2);
         assert_eq!(
-            (
-                p.parts[0].band.as_str(),
-                p.parts[0].energy_wh,
-                p.parts[0].amount_eu
-            ),
+            (p.parts[0].band.as_str(), p.parts[0].energy_wh, p.parts[0].amount_eu),
             ("standard", d("500"), d("550"))
         );
         assert_eq!(
-            (
-                p.parts[1].band.as_str(),
-                p.parts[1].energy_wh,
-                p.parts[1].amount_eu
-            ),
+            (p.parts[1].band.as_str(), p.parts[1].energy_wh, p.parts[1].amount_eu),
             ("peak", d("500"), d("825"))
         );
     }
@@ -658,15 +627,7 @@ mod tests {
         assert_eq!(segs[1].1, parse_time("2026-03-09T05:00:00Z").unwrap());
         // 2300 Wh over 23 h at consumed 1.1: 500 Wh night × 0.6 + 1800 Wh standard × 1.
         // = 1.1 × (300 + 1800) = 2310.
-        let p = price(
-            &contract_terms(),
-            &CHICAGO,
-            Flow::Consumed,
-            None,
-            &day,
-            d("2300"),
-        )
-        .unwrap();
+        let p = price(&contract_terms(), &CHICAGO, Flow::Consumed, None, &day, d("2300")).unwrap();
         assert_eq!(p.parts[0].energy_wh, d("500"));
         assert_eq!(p.parts[1].energy_wh, d("1800"));
         assert_eq!(p.amount_eu, d("2310"));
@@ -742,10 +703,7 @@ mod tests {
                 );
             }
             assert_eq!(p.parts.iter().map(|x| x.energy_wh).sum::<Decimal>(), d(wh));
-            assert_eq!(
-                p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(),
-                p.amount_eu
-            );
+            assert_eq!(p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(), p.amount_eu);
         }
     }
 

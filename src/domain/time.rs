@@ -12,13 +12,9 @@ pub const INTERVAL_S_MAX: i64 = 24 * 3600;
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}")
-        })?;
+        .map_err(|_| format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}"))?;
     if !(1970..=9999).contains(&t.year()) {
-        return Err(format!(
-            "must be between the years 1970 and 9999, got {s:?}"
-        ));
+        return Err(format!("must be between the years 1970 and 9999, got {s:?}"));
     }
     Ok(t)
 }
@@ -51,8 +47,7 @@ pub mod opt_time_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| parse_time(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| parse_time(&s).map_err(serde::de::Error::custom)).transpose()
     }
 }
 

@@ -5,8 +5,8 @@
 
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
-    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX,
-    StoreError, canonical_json,
+    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
+    canonical_json,
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -76,10 +76,7 @@ impl Accepted {
         let m = v.as_object_mut().expect("object");
         match &self.event {
             Event::ReadingCorrected(c) => {
-                m.insert(
-                    "price".into(),
-                    serde_json::to_value(&c.price).expect("price"),
-                );
+                m.insert("price".into(), serde_json::to_value(&c.price).expect("price"));
                 m.insert(
                     "delta_eu".into(),
                     json!(crate::domain::quantity::fmt_decimal(&c.delta_eu)),
@@ -90,10 +87,7 @@ impl Accepted {
             }
             e => {
                 if let Some(r) = e.as_reading() {
-                    m.insert(
-                        "price".into(),
-                        serde_json::to_value(&r.price).expect("price"),
-                    );
+                    m.insert("price".into(), serde_json::to_value(&r.price).expect("price"));
                 }
             }
         }
@@ -141,6 +135,8 @@ pub type Outcome = Result<Accepted, CommandError>;
 
 struct Inner {
     state: LedgerState,
+    /// The store's failure count the state was built at (see [`AppendBatch::fence`]).
+    fence: u64,
 }
 
 pub struct Ledger {
@@ -183,9 +179,7 @@ impl Pending {
                 started,
             } => match ticket.wait().await {
                 Ok(a) => {
-                    metrics
-                        .append_latency_s
-                        .observe(started.elapsed().as_secs_f64());
+                    metrics.append_latency_s.observe(started.elapsed().as_secs_f64());
                     metrics.appends_total.fetch_add(1, Ordering::Relaxed);
                     let (position, version) = a.recorded[0];
                     Ok(Accepted {
@@ -215,14 +209,8 @@ impl Pending {
 
 /// The result of an event already recorded (or about to be: its append may still be in
 /// flight, so wait for it, bounded).
-async fn recorded_result(
-    store: &dyn EventStore,
-    event_id: Uuid,
-    stream: &str,
-    version: u64,
-) -> Outcome {
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(DUPLICATE_WAIT_MS_MAX);
+async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, version: u64) -> Outcome {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(DUPLICATE_WAIT_MS_MAX);
     let mut head = store.watch_head();
     loop {
         let found = store.read_stream(stream, version, 1).await?;
@@ -239,10 +227,7 @@ async fn recorded_result(
                 event,
             });
         }
-        if tokio::time::timeout_at(deadline, head.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
             return Err(CommandError::Store(StoreError::Unavailable(format!(
                 "event {event_id} was decided but is not recorded yet"
             ))));
@@ -268,16 +253,14 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<LedgerState, StoreEr
 }
 
 impl Ledger {
-    pub async fn open(
-        store: Arc<dyn EventStore>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Arc<Self>, StoreError> {
+    pub async fn open(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
+        let fence = store.failures();
         let state = replay_state(store.as_ref()).await?;
         Ok(Arc::new(Self {
             store,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             clock,
-            inner: tokio::sync::Mutex::new(Inner { state }),
+            inner: tokio::sync::Mutex::new(Inner { state, fence }),
             stale: Arc::new(AtomicBool::new(false)),
         }))
     }
@@ -293,10 +276,14 @@ impl Ledger {
     /// Decides a command and queues its event; await the returned [`Pending`] for the answer.
     pub async fn submit(&self, cmd: &Command) -> Pending {
         let mut inner = self.inner.lock().await;
-        if self.stale.load(Ordering::SeqCst) {
+        // An append failed since the state was built (ours, or one queued ahead of ours):
+        // the state counts events that were not recorded. Rebuild it from the log.
+        let failures = self.store.failures();
+        if self.stale.load(Ordering::SeqCst) || failures != inner.fence {
             match replay_state(self.store.as_ref()).await {
                 Ok(s) => {
                     inner.state = s;
+                    inner.fence = failures;
                     self.stale.store(false, Ordering::SeqCst);
                 }
                 Err(e) => return Pending::Ready(Box::new(Err(e.into()))),
@@ -312,9 +299,7 @@ impl Ledger {
         };
         // Millisecond precision: every backend stores it exactly.
         let now = self.clock.now();
-        let now = now
-            .duration_trunc(TimeDelta::milliseconds(1))
-            .unwrap_or(now);
+        let now = now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now);
         let ctx = DecideContext { now, head };
         match inner.state.decide(cmd, &ctx) {
             Err(r) => Pending::Ready(Box::new(Err(CommandError::Rejected(r)))),
@@ -339,13 +324,16 @@ impl Ledger {
                         recorded_at: new.recorded_at,
                         data: canonical_json(&new.event.to_data()),
                     }],
+                    fence: Some(inner.fence),
                 });
-                inner.state.evolve(
-                    new.event_id,
-                    &new.stream,
-                    new.expected_version + 1,
-                    &new.event,
-                );
+                // Refused before it was queued (busy): nothing to undo, the state stays.
+                if let Some(e) = ticket.refusal() {
+                    self.metrics.append_errors_total.fetch_add(1, Ordering::Relaxed);
+                    return Pending::Ready(Box::new(Err(CommandError::Store(e.clone()))));
+                }
+                inner
+                    .state
+                    .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
                 Pending::Append {
                     ticket,
                     new,
@@ -364,9 +352,7 @@ impl Ledger {
         loop {
             let out = self.submit(cmd).await.wait().await;
             match out {
-                Err(CommandError::Store(StoreError::VersionConflict { .. }))
-                    if tries < CONFLICT_RETRIES_MAX =>
-                {
+                Err(CommandError::Store(StoreError::VersionConflict { .. })) if tries < CONFLICT_RETRIES_MAX => {
                     tries += 1;
                 }
                 other => return other,

@@ -36,8 +36,7 @@ pub enum SnapshotError {
 /// Reads and checks a snapshot file (format, checksum, parse). Does not consult the log.
 pub fn read_snapshot(path: &Path) -> Result<Books, SnapshotError> {
     let text = std::fs::read_to_string(path)?;
-    let f: SnapshotFile =
-        serde_json::from_str(&text).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    let f: SnapshotFile = serde_json::from_str(&text).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
     if f.format != SNAPSHOT_FORMAT {
         return Err(SnapshotError::Damaged(format!(
             "format {} is not {SNAPSHOT_FORMAT}",
@@ -47,8 +46,7 @@ pub fn read_snapshot(path: &Path) -> Result<Books, SnapshotError> {
     if hex::encode(Sha256::digest(f.books.as_bytes())) != f.checksum {
         return Err(SnapshotError::Damaged("checksum mismatch".into()));
     }
-    let books: Books =
-        serde_json::from_str(&f.books).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+    let books: Books = serde_json::from_str(&f.books).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
     if books.position != f.position || books.chain_hash != f.chain_hash {
         return Err(SnapshotError::Damaged("header and content disagree".into()));
     }
@@ -69,11 +67,7 @@ pub fn write_snapshot(path: &Path, books: &Books) -> std::io::Result<()> {
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(
-            serde_json::to_string(&f)
-                .map_err(std::io::Error::other)?
-                .as_bytes(),
-        )?;
+        file.write_all(serde_json::to_string(&f).map_err(std::io::Error::other)?.as_bytes())?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)
@@ -87,6 +81,11 @@ pub fn fold(books: &mut Books, page: &[crate::store::RecordedEvent]) -> Result<(
         books.apply(r, &ev);
     }
     Ok(())
+}
+
+/// Where a snapshot that disagreed with the log is kept for the audit.
+pub fn quarantine_path(snapshot: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.rejected", snapshot.display()))
 }
 
 /// Where the snapshot of a store lives: beside an SQLite file, else under `./data`.
@@ -115,10 +114,7 @@ pub struct Projections {
 
 impl Projections {
     /// Loads the snapshot if it is sound and agrees with the log, then catches up.
-    pub async fn open(
-        store: Arc<dyn EventStore>,
-        snapshot: Option<PathBuf>,
-    ) -> Result<Arc<Self>, StoreError> {
+    pub async fn open(store: Arc<dyn EventStore>, snapshot: Option<PathBuf>) -> Result<Arc<Self>, StoreError> {
         let mut note = None;
         let mut books = Books::default();
         if let Some(path) = &snapshot
@@ -128,7 +124,17 @@ impl Projections {
                 Ok(b) => match check_against_log(store.as_ref(), &b).await? {
                     None => books = b,
                     Some(why) => {
-                        note = Some(format!("snapshot ignored, rebuilt from the log: {why}"))
+                        // A sound snapshot that the log contradicts is evidence (the log may
+                        // have lost its tail): keep the first such one for the audit rather
+                        // than overwrite it with projections of the shorter log.
+                        let kept = quarantine_path(path);
+                        if !kept.exists() {
+                            let _ = std::fs::rename(path, &kept);
+                        }
+                        note = Some(format!(
+                            "snapshot ignored, rebuilt from the log: {why}; the snapshot is kept as {}",
+                            kept.display()
+                        ));
                     }
                 },
                 Err(e) => note = Some(format!("snapshot ignored, rebuilt from the log: {e}")),
@@ -162,11 +168,7 @@ impl Projections {
         let mut books = self.books.write().expect("books lock");
         // Only events after the current position: a page read before a concurrent
         // catch-up must not be folded twice.
-        let fresh: Vec<_> = page
-            .iter()
-            .filter(|r| r.position > books.position)
-            .cloned()
-            .collect();
+        let fresh: Vec<_> = page.iter().filter(|r| r.position > books.position).cloned().collect();
         fold(&mut books, &fresh)?;
         let pos = books.position;
         drop(books);
@@ -192,6 +194,11 @@ impl Projections {
                 }
             }
         }
+    }
+
+    /// Where this engine keeps its snapshot, if anywhere.
+    pub fn snapshot_path(&self) -> Option<&Path> {
+        self.snapshot.as_deref()
     }
 
     pub fn position(&self) -> u64 {
@@ -227,10 +234,7 @@ impl Projections {
 
 /// Whether a snapshot agrees with the log: the log reaches its position and the event there
 /// carries its chain hash. `Some(reason)` when it does not.
-pub async fn check_against_log(
-    store: &dyn EventStore,
-    books: &Books,
-) -> Result<Option<String>, StoreError> {
+pub async fn check_against_log(store: &dyn EventStore, books: &Books) -> Result<Option<String>, StoreError> {
     if books.position == 0 {
         return Ok(None);
     }

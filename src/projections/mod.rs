@@ -81,8 +81,7 @@ pub struct StatementAcc {
 impl StatementAcc {
     /// The net change of the tenant's holding in this period.
     pub fn net_eu(&self) -> Decimal {
-        -self.charges_eu + self.credits_eu + self.transfers_in_eu - self.transfers_out_eu
-            + self.adjustments_eu
+        -self.charges_eu + self.credits_eu + self.transfers_in_eu - self.transfers_out_eu + self.adjustments_eu
     }
 
     fn touch(&mut self, rec: &RecordedEvent) {
@@ -134,8 +133,7 @@ pub struct BatteryBooks {
 
 impl BatteryBooks {
     pub fn level_wh(&self) -> Decimal {
-        self.initial_wh + self.stored_wh * self.round_trip_efficiency_pct / Decimal::ONE_HUNDRED
-            - self.dispatched_wh
+        self.initial_wh + self.stored_wh * self.round_trip_efficiency_pct / Decimal::ONE_HUNDRED - self.dispatched_wh
     }
 }
 
@@ -251,9 +249,7 @@ impl Books {
                             site_id: m.site_id.to_string(),
                             capacity_wh: m.capacity_wh.map(|c| c.value()).unwrap_or_default(),
                             initial_wh: m.initial_wh.map(|c| c.value()).unwrap_or_default(),
-                            round_trip_efficiency_pct: m
-                                .round_trip_efficiency_pct
-                                .unwrap_or(Decimal::ONE_HUNDRED),
+                            round_trip_efficiency_pct: m.round_trip_efficiency_pct.unwrap_or(Decimal::ONE_HUNDRED),
                             ..BatteryBooks::default()
                         },
                     );
@@ -335,10 +331,7 @@ impl Books {
                         band: Some(c.price.band.clone()),
                         energy_wh: Some(c.delta_wh),
                         amount_eu: if open { c.delta_eu } else { -c.delta_eu },
-                        memo: Some(format!(
-                            "correction of {}: {}",
-                            c.corrected_event_id, c.reason
-                        )),
+                        memo: Some(format!("correction of {}: {}", c.corrected_event_id, c.reason)),
                         original_period: (!open).then(|| c.period.to_string()),
                         position: Some(rec.position),
                         ..Line::default()
@@ -419,7 +412,9 @@ impl Books {
     pub fn knows_account(&self, account: &str) -> bool {
         self.accounts.contains_key(account)
             || self.assets.contains_key(account)
-            || account.strip_prefix("tenant:").is_some_and(|t| self.tenants.contains_key(t))
+            || account
+                .strip_prefix("tenant:")
+                .is_some_and(|t| self.tenants.contains_key(t))
             || account
                 .strip_prefix("site:")
                 .and_then(|r| r.strip_suffix(":bus"))
@@ -459,10 +454,7 @@ impl Books {
         let key = period.to_string();
         let empty = BTreeMap::new();
         let by_period = self.statements.get(tenant).unwrap_or(&empty);
-        let opening: Decimal = by_period
-            .range(..key.clone())
-            .map(|(_, s)| s.net_eu())
-            .sum();
+        let opening: Decimal = by_period.range(..key.clone()).map(|(_, s)| s.net_eu()).sum();
         let acc = by_period.get(&key).cloned().unwrap_or_default();
         let closing = opening + acc.net_eu();
         let mut lines: Vec<Line> = acc.consumption.values().cloned().collect();
@@ -489,12 +481,7 @@ impl Books {
     }
 
     /// The energy balance of a site over `[from, to)`, per grid interval.
-    pub fn energy_balance(
-        &self,
-        site: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Option<Value> {
+    pub fn energy_balance(&self, site: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Value> {
         let s = self.sites.get(site)?;
         let (a, b) = (from.timestamp(), to.timestamp());
         let mut out = Vec::new();
@@ -601,13 +588,7 @@ fn booked_period(ev: &Event) -> Option<Period> {
     }
 }
 
-fn add_consumption_lines(
-    st: &mut StatementAcc,
-    site: &str,
-    start: DateTime<Utc>,
-    wh: Decimal,
-    price: &Price,
-) {
+fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>, wh: Decimal, price: &Price) {
     let mut add = |date: String, band: &str, wh: Decimal, eu: Decimal| {
         let line = st
             .consumption

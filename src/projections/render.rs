@@ -54,11 +54,7 @@ pub fn statement_csv(s: &Statement) -> String {
             ],
         ));
     }
-    out.push_str(&total(
-        "total_charges",
-        &s.charges_eu,
-        Some(&s.consumption_wh),
-    ));
+    out.push_str(&total("total_charges", &s.charges_eu, Some(&s.consumption_wh)));
     out.push_str(&total("total_credits", &s.credits_eu, None));
     out.push_str(&total("total_transfers_in", &s.transfers_in_eu, None));
     out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
@@ -88,14 +84,16 @@ pub fn statement_html(s: &Statement) -> String {
             e(l.band.as_deref().unwrap_or("")),
             l.energy_wh.as_ref().map(fmt_decimal).unwrap_or_default(),
             fmt_decimal(&l.amount_eu),
-            e(&[l.memo.as_deref(), l.counterparty.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join(" · ")),
+            e(&[l.memo.as_deref(), l.counterparty.as_deref()]
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" · ")),
         ));
     }
     let total = |label: &str, d: &rust_decimal::Decimal| {
-        format!(
-            "<tr><th>{label}</th><td class=n>{}</td></tr>",
-            fmt_decimal(d)
-        )
+        format!("<tr><th>{label}</th><td class=n>{}</td></tr>", fmt_decimal(d))
     };
     format!(
         r#"<!doctype html>

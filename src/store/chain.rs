@@ -73,10 +73,7 @@ pub fn record_hash(
     h.update(event_id.as_bytes());
     field(&mut h, event_type.as_bytes());
     h.update(schema_version.to_be_bytes());
-    field(
-        &mut h,
-        crate::domain::time::fmt_time(recorded_at).as_bytes(),
-    );
+    field(&mut h, crate::domain::time::fmt_time(recorded_at).as_bytes());
     field(&mut h, data.as_bytes());
     hex::encode(h.finalize())
 }
@@ -87,12 +84,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {
-        let v: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":"x"}}"#).unwrap();
-        assert_eq!(
-            canonical_json(&v),
-            r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#
-        );
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":"x"}}"#).unwrap();
+        assert_eq!(canonical_json(&v), r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#);
     }
 
     #[test]
@@ -100,41 +93,17 @@ mod tests {
         let t = Utc::now();
         let id = Uuid::nil();
         let base = record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 1, &t, "{}");
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 2, "s", 1, &id, "T", 1, &t, "{}")
-        );
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s2", 1, &id, "T", 1, &t, "{}")
-        );
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s", 2, &id, "T", 1, &t, "{}")
-        );
+        assert_ne!(base, record_hash(GENESIS_HASH, 2, "s", 1, &id, "T", 1, &t, "{}"));
+        assert_ne!(base, record_hash(GENESIS_HASH, 1, "s2", 1, &id, "T", 1, &t, "{}"));
+        assert_ne!(base, record_hash(GENESIS_HASH, 1, "s", 2, &id, "T", 1, &t, "{}"));
         assert_ne!(
             base,
             record_hash(GENESIS_HASH, 1, "s", 1, &Uuid::max(), "T", 1, &t, "{}")
         );
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s", 1, &id, "U", 1, &t, "{}")
-        );
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 2, &t, "{}")
-        );
-        assert_ne!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 1, &t, "{ }")
-        );
-        assert_ne!(
-            base,
-            record_hash(&"1".repeat(64), 1, "s", 1, &id, "T", 1, &t, "{}")
-        );
-        assert_eq!(
-            base,
-            record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 1, &t, "{}")
-        );
+        assert_ne!(base, record_hash(GENESIS_HASH, 1, "s", 1, &id, "U", 1, &t, "{}"));
+        assert_ne!(base, record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 2, &t, "{}"));
+        assert_ne!(base, record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 1, &t, "{ }"));
+        assert_ne!(base, record_hash(&"1".repeat(64), 1, "s", 1, &id, "T", 1, &t, "{}"));
+        assert_eq!(base, record_hash(GENESIS_HASH, 1, "s", 1, &id, "T", 1, &t, "{}"));
     }
 }

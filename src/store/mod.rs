@@ -48,11 +48,7 @@ pub enum ExpectedVersion {
 impl ExpectedVersion {
     /// The expectation for a stream whose current version is `v` (0: no stream).
     pub fn at(v: u64) -> Self {
-        if v == 0 {
-            Self::NoStream
-        } else {
-            Self::Exact(v)
-        }
+        if v == 0 { Self::NoStream } else { Self::Exact(v) }
     }
 
     pub fn admits(self, current: u64) -> bool {
@@ -70,6 +66,10 @@ pub struct AppendBatch {
     pub stream: String,
     pub expected: ExpectedVersion,
     pub events: Vec<EventToAppend>,
+    /// Append only if the store has seen exactly this many failed commits
+    /// ([`EventStore::failures`]). A writer that queues decisions ahead of durability
+    /// fences them, so that nothing decided on top of a failed append is recorded.
+    pub fence: Option<u64>,
 }
 
 /// Where each event of a batch was recorded.
@@ -118,11 +118,9 @@ impl RecordedEvent {
     /// The record as JSON, with its data parsed (for export and the API).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("records serialise");
-        let data: serde_json::Value = serde_json::from_str(&self.data)
-            .unwrap_or(serde_json::Value::String(self.data.clone()));
-        v.as_object_mut()
-            .expect("object")
-            .insert("data".into(), data);
+        let data: serde_json::Value =
+            serde_json::from_str(&self.data).unwrap_or(serde_json::Value::String(self.data.clone()));
+        v.as_object_mut().expect("object").insert("data".into(), data);
         v
     }
 }
@@ -155,24 +153,36 @@ pub enum StoreError {
 }
 
 /// A pending append: resolves once the batch is durable (or refused).
-pub struct AppendTicket(oneshot::Receiver<Result<Appended, StoreError>>);
+pub enum AppendTicket {
+    Queued(oneshot::Receiver<Result<Appended, StoreError>>),
+    /// Refused before anything was queued (busy, shut down, invalid).
+    Refused(StoreError),
+}
 
 impl AppendTicket {
     pub fn new(rx: oneshot::Receiver<Result<Appended, StoreError>>) -> Self {
-        Self(rx)
+        Self::Queued(rx)
     }
 
-    /// A ticket that is already answered (a refusal before anything was queued).
-    pub fn ready(r: Result<Appended, StoreError>) -> Self {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(r);
-        Self(rx)
+    pub fn refused(e: StoreError) -> Self {
+        Self::Refused(e)
+    }
+
+    /// The refusal, if the batch was refused without being queued.
+    pub fn refusal(&self) -> Option<&StoreError> {
+        match self {
+            Self::Refused(e) => Some(e),
+            Self::Queued(_) => None,
+        }
     }
 
     pub async fn wait(self) -> Result<Appended, StoreError> {
-        self.0
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
+        match self {
+            Self::Queued(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into()))),
+            Self::Refused(e) => Err(e),
+        }
     }
 }
 
@@ -191,11 +201,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events of the whole log after `after_position` (exclusive), at most `limit`.
-    async fn read_all(
-        &self,
-        after_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The head, once everything queued before this call is durable.
     async fn head(&self) -> Result<Head, StoreError>;
@@ -205,6 +211,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Finishes queued work and stops the writer.
     async fn shutdown(&self);
+
+    /// How many commits have failed since the store was opened (see [`AppendBatch::fence`]).
+    fn failures(&self) -> u64 {
+        0
+    }
 
     /// Sizes of the groups of requests committed together (one transaction each).
     fn group_commit_sizes(&self) -> Option<&crate::metrics::Histogram> {
@@ -238,10 +249,7 @@ impl Subscription {
                 self.after = e.position;
                 return Ok(e);
             }
-            let page = self
-                .store
-                .read_all(self.after, READ_PAGE_EVENTS_MAX)
-                .await?;
+            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
             if page.is_empty() {
                 // Wait for the head to move past what we have; a bounded wait also covers
                 // appends made by other processes that this one's watch does not see.
@@ -260,10 +268,7 @@ impl Subscription {
     /// The next event, if one is already recorded.
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
         if self.buf.is_empty() {
-            let page = self
-                .store
-                .read_all(self.after, READ_PAGE_EVENTS_MAX)
-                .await?;
+            let page = self.store.read_all(self.after, READ_PAGE_EVENTS_MAX).await?;
             self.buf.extend(page);
         }
         Ok(self.buf.pop_front().inspect(|e| self.after = e.position))

@@ -43,6 +43,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     group_sizes: Arc<crate::metrics::Histogram>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -51,9 +52,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
     let flags = if write {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
@@ -69,17 +68,14 @@ fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
                 "could not enable WAL (journal_mode={mode})"
             )));
         }
-        conn.execute_batch("PRAGMA synchronous=FULL;")
-            .map_err(unavailable)?;
+        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(unavailable)?;
     }
     Ok(conn)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
-    )
-    .map_err(unavailable)?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        .map_err(unavailable)?;
     for (version, sql) in MIGRATIONS {
         let done: bool = conn
             .query_row(
@@ -102,11 +98,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
     let id: String = r.get(3)?;
     let at: String = r.get(6)?;
     let bad = |what: &str, v: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("bad {what} {v:?}").into(),
-        )
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?}").into())
     };
     Ok(RecordedEvent {
         position: r.get::<_, i64>(0)? as u64,
@@ -144,16 +136,12 @@ impl SqliteStore {
 
     fn open_blocking(path: PathBuf, write: bool) -> Result<Arc<Self>, StoreError> {
         if !write && !path.exists() {
-            return Err(StoreError::Invalid(format!(
-                "no store at {}",
-                path.display()
-            )));
+            return Err(StoreError::Invalid(format!("no store at {}", path.display())));
         }
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
         let lock = if write {
             let lock_path = PathBuf::from(format!("{}.lock", path.display()));
@@ -180,16 +168,19 @@ impl SqliteStore {
         let index = Self::load_index(&conn)?;
         let (head_tx, head_rx) = watch::channel(index.head);
         let index = Arc::new(RwLock::new(index));
-        let group_sizes = Arc::new(crate::metrics::Histogram::new(
-            crate::metrics::GROUP_SIZE_BOUNDS,
-        ));
+        let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
+        let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, writer) = if write {
             let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
-            let writer_index = index.clone();
-            let sizes = group_sizes.clone();
+            let writer = Writer {
+                index: index.clone(),
+                head_tx,
+                group_sizes: group_sizes.clone(),
+                failures: failures.clone(),
+            };
             let writer = std::thread::Builder::new()
                 .name("wattledger-sqlite-writer".into())
-                .spawn(move || writer_loop(conn, rx, writer_index, head_tx, sizes))
+                .spawn(move || writer.run(conn, rx))
                 .map_err(unavailable)?;
             (Some(tx), Some(writer))
         } else {
@@ -204,6 +195,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
             group_sizes,
+            failures,
         }))
     }
 
@@ -221,11 +213,8 @@ impl SqliteStore {
             let position = r.get::<_, i64>(0).map_err(unavailable)? as u64;
             let stream: String = r.get(1).map_err(unavailable)?;
             let id: String = r.get(2).map_err(unavailable)?;
-            let id = Uuid::parse_str(&id).map_err(|_| {
-                StoreError::Corrupt(format!(
-                    "position {position}: event id {id:?} is not a UUID"
-                ))
-            })?;
+            let id = Uuid::parse_str(&id)
+                .map_err(|_| StoreError::Corrupt(format!("position {position}: event id {id:?} is not a UUID")))?;
             index.streams.entry(stream).or_default().push(position);
             index.ids.insert(id, position);
             index.head = position;
@@ -266,24 +255,22 @@ impl SqliteStore {
 impl EventStore for SqliteStore {
     fn append(&self, batch: AppendBatch) -> AppendTicket {
         if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
-            return AppendTicket::ready(Err(StoreError::Invalid(format!(
+            return AppendTicket::refused(StoreError::Invalid(format!(
                 "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
                 batch.events.len()
-            ))));
+            )));
         }
         let Some(tx) = self.sender() else {
-            return AppendTicket::ready(Err(StoreError::Unavailable(
-                "the store is shut down".into(),
-            )));
+            return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
         };
         let (reply, rx) = oneshot::channel();
         match tx.try_send(Msg::Append(batch, reply)) {
             Ok(()) => AppendTicket::new(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::ready(Err(StoreError::Busy(
-                format!("{WRITER_QUEUE_DEPTH_MAX} appends are already queued"),
+            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::refused(StoreError::Busy(format!(
+                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
             ))),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                AppendTicket::ready(Err(StoreError::Unavailable("the writer stopped".into())))
+                AppendTicket::refused(StoreError::Unavailable("the writer stopped".into()))
             }
         }
     }
@@ -316,35 +303,24 @@ impl EventStore for SqliteStore {
                 .map_err(unavailable)?;
             let mut out = Vec::with_capacity(positions.len());
             for p in positions {
-                out.push(
-                    stmt.query_row([p as i64], row_to_event)
-                        .map_err(unavailable)?,
-                );
+                out.push(stmt.query_row([p as i64], row_to_event).map_err(unavailable)?);
             }
             Ok(out)
         })
         .await
     }
 
-    async fn read_all(
-        &self,
-        after_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX);
         self.with_reader(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!(
-                    "{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"
-                ))
+                .prepare_cached(&format!("{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"))
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(params![after_position as i64, limit as i64], row_to_event)
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(|e| match e {
-                rusqlite::Error::FromSqlConversionFailure(_, _, m) => {
-                    StoreError::Corrupt(m.to_string())
-                }
+                rusqlite::Error::FromSqlConversionFailure(_, _, m) => StoreError::Corrupt(m.to_string()),
                 e => unavailable(e),
             })
         })
@@ -392,6 +368,10 @@ impl EventStore for SqliteStore {
         Some(&self.group_sizes)
     }
 
+    fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn shutdown(&self) {
         self.tx.lock().expect("sender lock").take();
         let handle = self.writer.lock().expect("writer lock").take();
@@ -408,24 +388,12 @@ struct Staged {
     ids: HashMap<Uuid, u64>,
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Msg>,
+/// The writer thread's shared handles.
+struct Writer {
     index: Arc<RwLock<Index>>,
     head_tx: watch::Sender<u64>,
     group_sizes: Arc<crate::metrics::Histogram>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut msgs = vec![first];
-        while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
-            match rx.try_recv() {
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
-            }
-        }
-        group_sizes.observe(msgs.len() as f64);
-        commit_group(&mut conn, msgs, &index, &head_tx);
-    }
+    failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Reply = (
@@ -433,135 +401,154 @@ type Reply = (
     Result<Appended, StoreError>,
 );
 
-fn commit_group(
-    conn: &mut Connection,
-    msgs: Vec<Msg>,
-    index: &Arc<RwLock<Index>>,
-    head_tx: &watch::Sender<u64>,
-) {
-    let (mut head, mut head_hash) = {
-        let i = index.read().expect("index lock");
-        (i.head, i.head_hash.clone())
-    };
-    let mut staged = Staged::default();
-    let mut appends: Vec<Reply> = Vec::new();
-    let mut heads: Vec<(oneshot::Sender<Result<Head, StoreError>>, Head)> = Vec::new();
-    let mut wrote = false;
+impl Writer {
+    fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut msgs = vec![first];
+            while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.group_sizes.observe(msgs.len() as f64);
+            self.commit_group(&mut conn, msgs);
+        }
+    }
 
-    let result = (|| -> Result<(), StoreError> {
-        let tx = conn.transaction().map_err(unavailable)?;
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
-                .map_err(unavailable)?;
-            let idx = index.read().expect("index lock");
-            for msg in msgs {
-                match msg {
-                    Msg::Head(reply) => heads.push((
-                        reply,
-                        Head {
-                            position: head,
-                            hash: head_hash.clone(),
-                        },
-                    )),
-                    Msg::Append(batch, reply) => {
-                        let outcome = check_batch(&tx, &idx, &staged, &batch);
-                        let outcome = match outcome {
-                            Ok(Some(dup)) => Ok(dup),
-                            Err(e) => Err(e),
-                            Ok(None) => {
-                                let mut version = current_version(&idx, &staged, &batch.stream);
-                                let mut recorded = Vec::with_capacity(batch.events.len());
-                                for e in &batch.events {
-                                    head += 1;
-                                    version += 1;
-                                    let hash = record_hash(
-                                        &head_hash,
-                                        head,
-                                        &batch.stream,
-                                        version,
-                                        &e.event_id,
-                                        &e.event_type,
-                                        e.schema_version,
-                                        &e.recorded_at,
-                                        &e.data,
-                                    );
-                                    insert
-                                        .execute(params![
-                                            head as i64,
-                                            batch.stream,
-                                            version as i64,
-                                            e.event_id.to_string(),
-                                            e.event_type,
-                                            e.schema_version as i64,
-                                            crate::domain::time::fmt_time(&e.recorded_at),
-                                            e.data,
-                                            hash,
-                                            head_hash,
-                                        ])
-                                        .map_err(unavailable)?;
-                                    head_hash = hash;
-                                    staged
-                                        .streams
-                                        .entry(batch.stream.clone())
-                                        .or_default()
-                                        .push(head);
-                                    staged.ids.insert(e.event_id, head);
-                                    recorded.push((head, version));
-                                    wrote = true;
-                                }
-                                Ok(Appended {
-                                    recorded,
-                                    duplicate: false,
-                                })
+    fn commit_group(&self, conn: &mut Connection, msgs: Vec<Msg>) {
+        let failures = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        let (mut head, mut head_hash) = {
+            let i = self.index.read().expect("index lock");
+            (i.head, i.head_hash.clone())
+        };
+        let mut staged = Staged::default();
+        let mut appends: Vec<Reply> = Vec::new();
+        let mut heads: Vec<(oneshot::Sender<Result<Head, StoreError>>, Head)> = Vec::new();
+        let mut wrote = false;
+
+        let result = (|| -> Result<(), StoreError> {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+                    .map_err(unavailable)?;
+                let idx = self.index.read().expect("index lock");
+                for msg in msgs {
+                    match msg {
+                        Msg::Head(reply) => heads.push((
+                            reply,
+                            Head {
+                                position: head,
+                                hash: head_hash.clone(),
+                            },
+                        )),
+                        Msg::Append(batch, reply) => {
+                            if batch.fence.is_some_and(|f| f != failures) {
+                                appends.push((
+                                    reply,
+                                    Err(StoreError::Unavailable(
+                                        "decided before an earlier append failed; retry".into(),
+                                    )),
+                                ));
+                                continue;
                             }
-                        };
-                        appends.push((reply, outcome));
+                            let outcome = match check_batch(&tx, &idx, &staged, &batch) {
+                                Ok(Some(dup)) => Ok(dup),
+                                Err(e) => Err(e),
+                                Ok(None) => {
+                                    let mut version = current_version(&idx, &staged, &batch.stream);
+                                    let mut recorded = Vec::with_capacity(batch.events.len());
+                                    for e in &batch.events {
+                                        head += 1;
+                                        version += 1;
+                                        let hash = record_hash(
+                                            &head_hash,
+                                            head,
+                                            &batch.stream,
+                                            version,
+                                            &e.event_id,
+                                            &e.event_type,
+                                            e.schema_version,
+                                            &e.recorded_at,
+                                            &e.data,
+                                        );
+                                        insert
+                                            .execute(params![
+                                                head as i64,
+                                                batch.stream,
+                                                version as i64,
+                                                e.event_id.to_string(),
+                                                e.event_type,
+                                                e.schema_version as i64,
+                                                crate::domain::time::fmt_time(&e.recorded_at),
+                                                e.data,
+                                                hash,
+                                                head_hash,
+                                            ])
+                                            .map_err(unavailable)?;
+                                        head_hash = hash;
+                                        staged.streams.entry(batch.stream.clone()).or_default().push(head);
+                                        staged.ids.insert(e.event_id, head);
+                                        recorded.push((head, version));
+                                        wrote = true;
+                                    }
+                                    Ok(Appended {
+                                        recorded,
+                                        duplicate: false,
+                                    })
+                                }
+                            };
+                            appends.push((reply, outcome));
+                        }
                     }
                 }
             }
-        }
-        if wrote {
-            tx.commit().map_err(unavailable)?;
-        }
-        Ok(())
-    })();
-
-    match result {
-        Ok(()) => {
             if wrote {
-                let mut idx = index.write().expect("index lock");
-                for (s, ps) in staged.streams {
-                    idx.streams.entry(s).or_default().extend(ps);
+                tx.commit().map_err(unavailable)?;
+            }
+            Ok(())
+        })();
+
+        match result {
+            Ok(()) => {
+                if wrote {
+                    let mut idx = self.index.write().expect("index lock");
+                    for (s, ps) in staged.streams {
+                        idx.streams.entry(s).or_default().extend(ps);
+                    }
+                    idx.ids.extend(staged.ids);
+                    idx.head = head;
+                    idx.head_hash = head_hash;
+                    drop(idx);
+                    self.head_tx.send_replace(head);
                 }
-                idx.ids.extend(staged.ids);
-                idx.head = head;
-                idx.head_hash = head_hash;
-                drop(idx);
-                head_tx.send_replace(head);
+                for (reply, outcome) in appends {
+                    let _ = reply.send(outcome);
+                }
+                for (reply, h) in heads {
+                    let _ = reply.send(Ok(h));
+                }
             }
-            for (reply, outcome) in appends {
-                let _ = reply.send(outcome);
-            }
-            for (reply, h) in heads {
-                let _ = reply.send(Ok(h));
-            }
-        }
-        Err(e) => {
-            // Nothing of this group is durable: refuse every request in it.
-            for (reply, _) in appends {
-                let _ = reply.send(Err(e.clone()));
-            }
-            for (reply, _) in heads {
-                let _ = reply.send(Err(e.clone()));
+            Err(e) => {
+                // Nothing of this group is durable: refuse every request in it, and count the
+                // failure first, so that anything queued behind it on the same decisions is
+                // refused by its fence.
+                self.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!(error = %e, "a commit failed; its appends are refused");
+                for (reply, _) in appends {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (reply, _) in heads {
+                    let _ = reply.send(Err(e.clone()));
+                }
             }
         }
     }
 }
 
 fn current_version(idx: &Index, staged: &Staged, stream: &str) -> u64 {
-    let n = idx.streams.get(stream).map_or(0, Vec::len)
-        + staged.streams.get(stream).map_or(0, Vec::len);
+    let n = idx.streams.get(stream).map_or(0, Vec::len) + staged.streams.get(stream).map_or(0, Vec::len);
     n as u64
 }
 

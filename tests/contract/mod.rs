@@ -16,8 +16,7 @@ pub fn ev(data: &str) -> EventToAppend {
         event_id: Uuid::new_v4(),
         event_type: "TestEvent".into(),
         schema_version: 1,
-        recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap()
-            + chrono::Duration::milliseconds(123),
+        recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap() + chrono::Duration::milliseconds(123),
         data: data.into(),
     }
 }
@@ -27,6 +26,7 @@ pub fn batch(stream: &str, expected: ExpectedVersion, events: Vec<EventToAppend>
         stream: stream.into(),
         expected,
         events,
+        fence: None,
     }
 }
 
@@ -47,11 +47,7 @@ pub fn assert_sound_chain(all: &[RecordedEvent]) {
     let mut prev = GENESIS_HASH.to_string();
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.position, i as u64 + 1, "positions are gap-free");
-        assert_eq!(
-            r.prev_hash, prev,
-            "position {} continues the chain",
-            r.position
-        );
+        assert_eq!(r.prev_hash, prev, "position {} continues the chain", r.position);
         assert_eq!(r.hash, r.expected_hash(), "position {} hash", r.position);
         prev = r.hash.clone();
     }
@@ -85,10 +81,7 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
         assert_eq!(r.stream, "a-1");
     }
     let from2 = store.read_stream("a-1", 2, 1).await.unwrap();
-    assert_eq!(
-        (from2.len(), from2[0].version, from2[0].position),
-        (1, 2, 2)
-    );
+    assert_eq!((from2.len(), from2[0].version, from2[0].position), (1, 2, 2));
     assert!(store.read_stream("nope", 1, 10).await.unwrap().is_empty());
     assert!(store.read_stream("a-1", 4, 10).await.unwrap().is_empty());
 
@@ -97,10 +90,7 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     assert_sound_chain(&all);
     assert_eq!(all[3].data, b[0].data, "data comes back byte for byte");
     let after3 = store.read_all(3, 100).await.unwrap();
-    assert_eq!(
-        after3.iter().map(|r| r.position).collect::<Vec<_>>(),
-        vec![4, 5]
-    );
+    assert_eq!(after3.iter().map(|r| r.position).collect::<Vec<_>>(), vec![4, 5]);
     let head = store.head().await.unwrap();
     assert_eq!(
         head,
@@ -186,41 +176,25 @@ pub async fn duplicates_are_detected(store: Arc<dyn EventStore>) {
         .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(events[0].event_id));
     let e = store
-        .append(batch(
-            "other",
-            ExpectedVersion::Any,
-            vec![events[1].clone()],
-        ))
+        .append(batch("other", ExpectedVersion::Any, vec![events[1].clone()]))
         .wait()
         .await
         .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(events[1].event_id));
     let e = store
-        .append(batch(
-            "d",
-            ExpectedVersion::Any,
-            vec![ev("{}"), events[0].clone()],
-        ))
+        .append(batch("d", ExpectedVersion::Any, vec![ev("{}"), events[0].clone()]))
         .wait()
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::DuplicateEventId(_)));
     let twice = ev("{}");
     let e = store
-        .append(batch(
-            "e",
-            ExpectedVersion::Any,
-            vec![twice.clone(), twice.clone()],
-        ))
+        .append(batch("e", ExpectedVersion::Any, vec![twice.clone(), twice.clone()]))
         .wait()
         .await
         .unwrap_err();
     assert_eq!(e, StoreError::DuplicateEventId(twice.event_id));
-    assert_eq!(
-        store.head().await.unwrap().position,
-        2,
-        "refusals appended nothing"
-    );
+    assert_eq!(store.head().await.unwrap().position, 2, "refusals appended nothing");
 }
 
 pub async fn empty_and_oversized_batches_are_refused(store: Arc<dyn EventStore>) {
@@ -296,11 +270,7 @@ pub async fn concurrent_appenders(store: Arc<dyn EventStore>) {
     let mut positions: Vec<u64> = acks.iter().map(|a| a.0).collect();
     positions.sort_unstable();
     positions.dedup();
-    assert_eq!(
-        positions.len(),
-        acks.len(),
-        "no position acknowledged twice"
-    );
+    assert_eq!(positions.len(), acks.len(), "no position acknowledged twice");
     for (pos, id) in acks {
         assert_eq!(
             all[pos as usize - 1].event_id,
@@ -314,11 +284,7 @@ pub async fn concurrent_appenders(store: Arc<dyn EventStore>) {
 pub async fn subscribe_catches_up_then_follows(store: Arc<dyn EventStore>) {
     for i in 0..10 {
         store
-            .append(batch(
-                "sub",
-                ExpectedVersion::Any,
-                vec![ev(&format!(r#"{{"i":{i}}}"#))],
-            ))
+            .append(batch("sub", ExpectedVersion::Any, vec![ev(&format!(r#"{{"i":{i}}}"#))]))
             .wait()
             .await
             .unwrap();
@@ -370,10 +336,7 @@ pub async fn reads_are_paged(store: Arc<dyn EventStore>) {
             .unwrap();
     }
     let page = store.read_all(0, 100).await.unwrap();
-    assert_eq!(
-        (page.len(), page[0].position, page[99].position),
-        (100, 1, 100)
-    );
+    assert_eq!((page.len(), page[0].position, page[99].position), (100, 1, 100));
     let page = store.read_all(200, 100).await.unwrap();
     assert_eq!(page.len(), 50);
     let page = store.read_stream("p", 101, 1000).await.unwrap();
