@@ -83,6 +83,8 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Create or upgrade the store's schema (PostgreSQL; the embedded store migrates itself).
+    Migrate,
     /// Replay the whole log and verify it; exit 0 when clean, 1 with findings.
     Audit {
         #[arg(long)]
@@ -148,6 +150,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
         }
         Cmd::Balance { account } => {
             println!("{}", app::balance(&cli.store, &account).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Migrate => {
+            println!("{}", app::migrate(&cli.store).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Settlement { period } => {
