@@ -4,6 +4,7 @@
 //! stream"). Every recorded event carries `hash = SHA-256(prev_hash ‖ canonical record)`.
 
 pub mod chain;
+pub mod postgres;
 pub mod sqlite;
 
 pub use chain::{GENESIS_HASH, canonical_json, record_hash};
@@ -212,6 +213,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Finishes queued work and stops the writer.
     async fn shutdown(&self);
 
+    /// Whether other processes may append to this store too (their events must be folded
+    /// before deciding).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// How many commits have failed since the store was opened (see [`AppendBatch::fence`]).
     fn failures(&self) -> u64 {
         0
@@ -298,9 +305,10 @@ pub async fn open(url: &str, access: Access) -> Result<Arc<dyn EventStore>, Stor
         return sqlite(path).await;
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Invalid(
-            "the PostgreSQL backend is not part of this build yet".into(),
-        ));
+        // Readers and writers share one database; a read-only opening is a normal opening
+        // whose writer simply never receives an append.
+        let s: Arc<dyn EventStore> = postgres::PgStore::open(url).await?;
+        return Ok(s);
     }
     if url.starts_with("esdb://") || url.starts_with("kurrentdb://") || url.contains("://") {
         return Err(StoreError::Invalid(format!(

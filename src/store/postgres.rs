@@ -1,0 +1,576 @@
+//! The PostgreSQL store: several API servers over one database.
+//!
+//! Each process has one writer task that folds queued appends into one transaction (group
+//! commit). The transaction takes a transaction-scoped advisory lock before it reads the
+//! head, so appends from every process are serialised: positions are gap-free, the hash
+//! chain is one chain, and a reader that has seen position N never later sees an event
+//! below N appear. Commits are announced with `NOTIFY`; other processes `LISTEN` to wake
+//! their projections and catch up by reading from their last position.
+
+use super::*;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Row, migrate::Migration, migrate::MigrationType, migrate::Migrator};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// Connections in the pool unless the URL says `pool_max_connections=N`.
+pub const POOL_CONNECTIONS_DEFAULT: u32 = 8;
+/// How long a request waits for a pooled connection before the store counts as unavailable.
+pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+/// The longest pause between attempts to re-listen after a lost connection.
+pub const LISTEN_BACKOFF_MS_MAX: u64 = 5_000;
+
+const MIGRATION_EVENTS: &str = include_str!("../../migrations/postgres/0001_events.sql");
+
+fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("events"),
+            MigrationType::Simple,
+            Cow::Borrowed(MIGRATION_EVENTS),
+            false,
+        )]),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+enum Msg {
+    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
+    Head(oneshot::Sender<Result<Head, StoreError>>),
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
+    head_rx: watch::Receiver<u64>,
+    failures: Arc<AtomicU64>,
+    group_sizes: Arc<crate::metrics::Histogram>,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// Splits wattledger's own URL parameters from the ones PostgreSQL (sqlx) understands.
+fn connect_options(url: &str) -> Result<(PgConnectOptions, u32), StoreError> {
+    let invalid = |m: String| StoreError::Invalid(format!("{}: {m}", redact_url(url)));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pool = POOL_CONNECTIONS_DEFAULT;
+    let mut kept = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("pool_max_connections", v)) => {
+                pool = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| invalid("pool_max_connections must be 1 to 1000".into()))?;
+            }
+            _ => kept.push(kv),
+        }
+    }
+    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    let opts = PgConnectOptions::from_str(&rest).map_err(|e| invalid(format!("not a PostgreSQL URL: {e}")))?;
+    Ok((opts, pool))
+}
+
+fn row_to_event(r: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    let data: String = r.try_get("data").map_err(corrupt)?;
+    // jsonb keeps its own key order and spacing: the chain hashes the canonical text.
+    let value: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("stored data is not JSON: {e}")))?;
+    Ok(RecordedEvent {
+        position: r.try_get::<i64, _>("position").map_err(corrupt)? as u64,
+        stream: r.try_get("stream").map_err(corrupt)?,
+        version: r.try_get::<i64, _>("version").map_err(corrupt)? as u64,
+        event_id: r.try_get("event_id").map_err(corrupt)?,
+        event_type: r.try_get("event_type").map_err(corrupt)?,
+        schema_version: r.try_get::<i32, _>("schema_version").map_err(corrupt)? as u32,
+        recorded_at: r.try_get("recorded_at").map_err(corrupt)?,
+        data: canonical_json(&value),
+        hash: r.try_get("hash").map_err(corrupt)?,
+        prev_hash: r.try_get("prev_hash").map_err(corrupt)?,
+    })
+}
+
+const SELECT: &str = "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data::text AS data, hash, prev_hash FROM events";
+
+impl PgStore {
+    /// Connects, applies the migrations (concurrent starters are serialised by sqlx's
+    /// migration lock), and starts the writer and the listener.
+    pub async fn open(url: &str) -> Result<Arc<Self>, StoreError> {
+        let (opts, pool_size) = connect_options(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(std::time::Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(unavailable)?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await
+            .map_err(unavailable)?;
+        let (head_tx, head_rx) = watch::channel(head as u64);
+        let head_tx = Arc::new(head_tx);
+        let channel = format!("wattledger_{schema}");
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
+        let failures = Arc::new(AtomicU64::new(0));
+        let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
+        let writer = Writer {
+            pool: pool.clone(),
+            head_tx: head_tx.clone(),
+            failures: failures.clone(),
+            group_sizes: group_sizes.clone(),
+            channel: channel.clone(),
+        };
+        let writer = tokio::spawn(writer.run(rx));
+        let listener = tokio::spawn(listen(pool.clone(), channel, head_tx));
+        Ok(Arc::new(Self {
+            pool,
+            tx: std::sync::Mutex::new(Some(tx)),
+            head_rx,
+            failures,
+            group_sizes,
+            writer: std::sync::Mutex::new(Some(writer)),
+            listener,
+        }))
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.lock().expect("sender lock").clone()
+    }
+}
+
+/// Follows other processes' commits: every notification carries the new head.
+async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<u64>>) {
+    let mut backoff_ms = 100;
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for appends; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(LISTEN_BACKOFF_MS_MAX);
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::warn!(error = %e, "cannot LISTEN for appends; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+            backoff_ms = (backoff_ms * 2).min(LISTEN_BACKOFF_MS_MAX);
+            continue;
+        }
+        backoff_ms = 100;
+        // A notification may have been missed while not listening: read the head once.
+        if let Ok(h) = sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await
+        {
+            head_tx.send_if_modified(|cur| bump(cur, h as u64));
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if let Ok(p) = n.payload().parse::<u64>() {
+                        head_tx.send_if_modified(|cur| bump(cur, p));
+                    }
+                }
+                // The connection was lost (and will be re-established): re-read the head.
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the LISTEN connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn bump(cur: &mut u64, p: u64) -> bool {
+    if p > *cur {
+        *cur = p;
+        true
+    } else {
+        false
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    head_tx: Arc<watch::Sender<u64>>,
+    failures: Arc<AtomicU64>,
+    group_sizes: Arc<crate::metrics::Histogram>,
+    channel: String,
+}
+
+/// Rows of one group, column by column (for one `INSERT … SELECT FROM UNNEST`).
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    stream: Vec<String>,
+    version: Vec<i64>,
+    event_id: Vec<uuid::Uuid>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
+    data: Vec<String>,
+    hash: Vec<String>,
+    prev_hash: Vec<String>,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.recv().await {
+            let mut msgs = vec![first];
+            while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.group_sizes.observe(msgs.len() as f64);
+            self.commit_group(msgs).await;
+        }
+    }
+
+    async fn commit_group(&self, msgs: Vec<Msg>) {
+        let failures = self.failures.load(Ordering::SeqCst);
+        let mut appends: Vec<(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)> = Vec::new();
+        let mut heads = Vec::new();
+        let mut order = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Append(b, r) => {
+                    order.push(true);
+                    appends.push((b, r));
+                }
+                Msg::Head(r) => {
+                    order.push(false);
+                    heads.push(r);
+                }
+            }
+        }
+        match self.write(failures, &appends, &order).await {
+            Ok((outcomes, head_after, head_points)) => {
+                if let Some(h) = head_after {
+                    self.head_tx.send_if_modified(|cur| bump(cur, h));
+                }
+                for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                for (reply, h) in heads.into_iter().zip(head_points) {
+                    let _ = reply.send(Ok(h));
+                }
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                tracing::error!(error = %e, "a commit failed; its appends are refused");
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for reply in heads {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group. Returns each append's outcome, the new head (if
+    /// anything was written), and the head as of each `Head` request in queue order.
+    async fn write(
+        &self,
+        failures: u64,
+        appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
+        order: &[bool],
+    ) -> Result<(Vec<Result<Appended, StoreError>>, Option<u64>, Vec<Head>), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wattledger:' || current_schema()))")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let last = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let (mut head, mut head_hash) = match last {
+            Some(r) => (
+                r.try_get::<i64, _>(0).map_err(unavailable)? as u64,
+                r.try_get::<String, _>(1).map_err(unavailable)?,
+            ),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+
+        // What the checks need, in two queries for the whole group.
+        let ids: Vec<uuid::Uuid> = appends.iter().flat_map(|(b, _)| b.events.iter().map(|e| e.event_id)).collect();
+        let streams: Vec<String> = appends
+            .iter()
+            .map(|(b, _)| b.stream.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut known: HashMap<uuid::Uuid, (u64, u64, String, String, String)> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT event_id, position, version, stream, event_type, data::text FROM events WHERE event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        {
+            let data: String = r.try_get(5).map_err(unavailable)?;
+            let data = serde_json::from_str(&data)
+                .map(|v| canonical_json(&v))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            known.insert(
+                r.try_get(0).map_err(unavailable)?,
+                (
+                    r.try_get::<i64, _>(1).map_err(unavailable)? as u64,
+                    r.try_get::<i64, _>(2).map_err(unavailable)? as u64,
+                    r.try_get(3).map_err(unavailable)?,
+                    r.try_get(4).map_err(unavailable)?,
+                    data,
+                ),
+            );
+        }
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        for r in sqlx::query("SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream")
+            .bind(&streams)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+        {
+            versions.insert(
+                r.try_get(0).map_err(unavailable)?,
+                r.try_get::<i64, _>(1).map_err(unavailable)? as u64,
+            );
+        }
+
+        let mut rows = Rows::default();
+        let mut outcomes = Vec::with_capacity(appends.len());
+        let mut head_points = Vec::new();
+        let mut batches = appends.iter();
+        for is_append in order {
+            if !is_append {
+                head_points.push(Head {
+                    position: head,
+                    hash: head_hash.clone(),
+                });
+                continue;
+            }
+            let (batch, _) = batches.next().expect("one batch per append");
+            if batch.fence.is_some_and(|f| f != failures) {
+                outcomes.push(Err(StoreError::Unavailable("decided before an earlier append failed; retry".into())));
+                continue;
+            }
+            outcomes.push(stage(batch, &mut known, &mut versions, &mut rows, &mut head, &mut head_hash));
+        }
+
+        let wrote = !rows.position.is_empty();
+        if wrote {
+            sqlx::query(
+                "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) \
+                 SELECT p, s, v, i, t, sv, a, d::jsonb, h, ph FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS x(p, s, v, i, t, sv, a, d, h, ph)",
+            )
+            .bind(&rows.position)
+            .bind(&rows.stream)
+            .bind(&rows.version)
+            .bind(&rows.event_id)
+            .bind(&rows.event_type)
+            .bind(&rows.schema_version)
+            .bind(&rows.recorded_at)
+            .bind(&rows.data)
+            .bind(&rows.hash)
+            .bind(&rows.prev_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(head.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok((outcomes, wrote.then_some(head), head_points))
+    }
+}
+
+/// Checks one batch against what is recorded (and staged earlier in this group) and stages
+/// its rows.
+fn stage(
+    batch: &AppendBatch,
+    known: &mut HashMap<uuid::Uuid, (u64, u64, String, String, String)>,
+    versions: &mut HashMap<String, u64>,
+    rows: &mut Rows,
+    head: &mut u64,
+    head_hash: &mut String,
+) -> Result<Appended, StoreError> {
+    let found: Vec<_> = batch.events.iter().map(|e| known.get(&e.event_id)).collect();
+    if found.iter().any(Option::is_some) {
+        let mut recorded = Vec::new();
+        for (e, f) in batch.events.iter().zip(&found) {
+            match f {
+                Some((pos, ver, stream, ty, data)) if *stream == batch.stream && *ty == e.event_type && *data == e.data => {
+                    recorded.push((*pos, *ver))
+                }
+                _ => return Err(StoreError::DuplicateEventId(e.event_id)),
+            }
+        }
+        return Ok(Appended {
+            recorded,
+            duplicate: true,
+        });
+    }
+    let mut seen = HashSet::new();
+    for e in &batch.events {
+        if !seen.insert(e.event_id) {
+            return Err(StoreError::DuplicateEventId(e.event_id));
+        }
+    }
+    let actual = versions.get(&batch.stream).copied().unwrap_or(0);
+    if !batch.expected.admits(actual) {
+        return Err(StoreError::VersionConflict {
+            stream: batch.stream.clone(),
+            expected: batch.expected,
+            actual,
+        });
+    }
+    let mut version = actual;
+    let mut recorded = Vec::with_capacity(batch.events.len());
+    for e in &batch.events {
+        *head += 1;
+        version += 1;
+        let hash = record_hash(
+            head_hash,
+            *head,
+            &batch.stream,
+            version,
+            &e.event_id,
+            &e.event_type,
+            e.schema_version,
+            &e.recorded_at,
+            &e.data,
+        );
+        rows.position.push(*head as i64);
+        rows.stream.push(batch.stream.clone());
+        rows.version.push(version as i64);
+        rows.event_id.push(e.event_id);
+        rows.event_type.push(e.event_type.clone());
+        rows.schema_version.push(e.schema_version as i32);
+        rows.recorded_at.push(e.recorded_at);
+        rows.data.push(e.data.clone());
+        rows.hash.push(hash.clone());
+        rows.prev_hash.push(head_hash.clone());
+        known.insert(e.event_id, (*head, version, batch.stream.clone(), e.event_type.clone(), e.data.clone()));
+        *head_hash = hash;
+        recorded.push((*head, version));
+    }
+    versions.insert(batch.stream.clone(), version);
+    Ok(Appended {
+        recorded,
+        duplicate: false,
+    })
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    fn append(&self, batch: AppendBatch) -> AppendTicket {
+        if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
+            return AppendTicket::refused(StoreError::Invalid(format!(
+                "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
+                batch.events.len()
+            )));
+        }
+        let Some(tx) = self.sender() else {
+            return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
+        };
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(Msg::Append(batch, reply)) {
+            Ok(()) => AppendTicket::new(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::refused(StoreError::Busy(format!(
+                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                AppendTicket::refused(StoreError::Unavailable("the writer stopped".into()))
+            }
+        }
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX) as i64;
+        let rows = sqlx::query(&format!("{SELECT} WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3"))
+            .bind(stream)
+            .bind(from_version as i64)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX) as i64;
+        let rows = sqlx::query(&format!("{SELECT} WHERE position > $1 ORDER BY position LIMIT $2"))
+            .bind(after_position as i64)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let tx = self
+            .sender()
+            .ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::Head(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    async fn shutdown(&self) {
+        self.tx.lock().expect("sender lock").take();
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.listener.abort();
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn group_commit_sizes(&self) -> Option<&crate::metrics::Histogram> {
+        Some(&self.group_sizes)
+    }
+}
