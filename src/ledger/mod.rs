@@ -10,6 +10,7 @@ use crate::store::{
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -137,6 +138,43 @@ struct Inner {
     state: LedgerState,
     /// The store's failure count the state was built at (see [`AppendBatch::fence`]).
     fence: u64,
+    /// The last log position folded into the state from the store.
+    applied: u64,
+    /// On a shared store: our own events already in the state but not yet seen in the log,
+    /// so that catching up with other writers does not fold them twice.
+    pending: HashSet<Uuid>,
+}
+
+impl Inner {
+    async fn rebuild(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
+        let fence = store.failures();
+        let (state, applied) = replay_state(store).await?;
+        *self = Inner {
+            state,
+            fence,
+            applied,
+            pending: HashSet::new(),
+        };
+        Ok(())
+    }
+
+    /// Folds what other writers appended since the last look (shared stores only).
+    async fn catch_up(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
+        while *store.watch_head().borrow() > self.applied {
+            let page = store.read_all(self.applied, READ_PAGE_EVENTS_MAX).await?;
+            let Some(last) = page.last() else { break };
+            self.applied = last.position;
+            for r in &page {
+                if self.pending.remove(&r.event_id) {
+                    continue;
+                }
+                let ev = Event::from_parts(&r.event_type, &r.data)
+                    .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+                self.state.evolve(r.event_id, &r.stream, r.version, &ev);
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Ledger {
@@ -235,8 +273,8 @@ async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, v
     }
 }
 
-/// Folds the whole log into a fresh write state.
-pub async fn replay_state(store: &dyn EventStore) -> Result<LedgerState, StoreError> {
+/// Folds the whole log into a fresh write state; returns it with the last position folded.
+pub async fn replay_state(store: &dyn EventStore) -> Result<(LedgerState, u64), StoreError> {
     let mut state = LedgerState::default();
     let mut after = 0;
     loop {
@@ -249,18 +287,23 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<LedgerState, StoreEr
             state.evolve(r.event_id, &r.stream, r.version, &ev);
         }
     }
-    Ok(state)
+    Ok((state, after))
 }
 
 impl Ledger {
     pub async fn open(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
         let fence = store.failures();
-        let state = replay_state(store.as_ref()).await?;
+        let (state, applied) = replay_state(store.as_ref()).await?;
         Ok(Arc::new(Self {
             store,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             clock,
-            inner: tokio::sync::Mutex::new(Inner { state, fence }),
+            inner: tokio::sync::Mutex::new(Inner {
+                state,
+                fence,
+                applied,
+                pending: HashSet::new(),
+            }),
             stale: Arc::new(AtomicBool::new(false)),
         }))
     }
@@ -280,14 +323,15 @@ impl Ledger {
         // the state counts events that were not recorded. Rebuild it from the log.
         let failures = self.store.failures();
         if self.stale.load(Ordering::SeqCst) || failures != inner.fence {
-            match replay_state(self.store.as_ref()).await {
-                Ok(s) => {
-                    inner.state = s;
-                    inner.fence = failures;
-                    self.stale.store(false, Ordering::SeqCst);
-                }
-                Err(e) => return Pending::Ready(Box::new(Err(e.into()))),
+            if let Err(e) = inner.rebuild(self.store.as_ref()).await {
+                return Pending::Ready(Box::new(Err(e.into())));
             }
+            self.stale.store(false, Ordering::SeqCst);
+        }
+        if self.store.shared()
+            && let Err(e) = inner.catch_up(self.store.as_ref()).await
+        {
+            return Pending::Ready(Box::new(Err(e.into())));
         }
         let head = if matches!(cmd, Command::ClosePeriod { .. }) {
             match self.store.head().await {
@@ -334,6 +378,9 @@ impl Ledger {
                 inner
                     .state
                     .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+                if self.store.shared() {
+                    inner.pending.insert(new.event_id);
+                }
                 Pending::Append {
                     ticket,
                     new,
