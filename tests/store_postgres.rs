@@ -20,7 +20,9 @@ contract_suite!(fresh);
 /// each one's head watch follows the other's appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_share_one_gap_free_chain() {
-    let Some(base) = pg::base_url("two_writers_share_one_gap_free_chain") else { return };
+    let Some(base) = pg::base_url("two_writers_share_one_gap_free_chain") else {
+        return;
+    };
     let url = pg::fresh_schema_url(&base).await;
     let a = PgStore::open(&url).await.unwrap();
     let b = PgStore::open(&url).await.unwrap();
@@ -68,16 +70,25 @@ async fn two_writers_share_one_gap_free_chain() {
     }
     // A stream version conflict between the two writers is refused at the database.
     let e = b
-        .append(contract::batch("w-0", ExpectedVersion::Exact(99), vec![contract::ev("{}")]))
+        .append(contract::batch(
+            "w-0",
+            ExpectedVersion::Exact(99),
+            vec![contract::ev("{}")],
+        ))
         .wait()
         .await
         .unwrap_err();
-    assert!(matches!(e, wattledger::store::StoreError::VersionConflict { actual: 100, .. }), "{e}");
+    assert!(
+        matches!(e, wattledger::store::StoreError::VersionConflict { actual: 100, .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn migrations_run_twice_and_concurrently() {
-    let Some(base) = pg::base_url("migrations_run_twice_and_concurrently") else { return };
+    let Some(base) = pg::base_url("migrations_run_twice_and_concurrently") else {
+        return;
+    };
     let url = pg::fresh_schema_url(&base).await;
     let (a, b) = tokio::join!(PgStore::open(&url), PgStore::open(&url));
     a.unwrap();
@@ -99,4 +110,34 @@ async fn a_bad_url_is_a_clear_error_without_the_password() {
     };
     assert!(e.contains("cannot connect"), "{e}");
     assert!(!e.contains("s3cret"), "{e}");
+}
+
+/// TLS as PostgreSQL users expect it: `sslmode=require` encrypts; `verify-full` refuses a
+/// server certificate no trusted authority signed (the local cluster's is self-signed).
+#[tokio::test]
+async fn sslmode_in_the_url_is_honoured() {
+    let Some(base) = pg::base_url("sslmode_in_the_url_is_honoured") else { return };
+    let url = pg::fresh_schema_url(&base).await;
+    let tls: Option<bool> = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!("{url}&sslmode=require")).await.ok();
+        match c.as_mut() {
+            Some(c) => sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(c)
+                .await
+                .ok(),
+            None => None,
+        }
+    };
+    if tls != Some(true) {
+        eprintln!("skipped sslmode_in_the_url_is_honoured: the test server does not offer TLS");
+        return;
+    }
+    let s = PgStore::open(&format!("{url}&sslmode=require")).await.unwrap();
+    s.append(contract::batch("tls", ExpectedVersion::NoStream, vec![contract::ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
+    let e = PgStore::open(&format!("{url}&sslmode=verify-full")).await.err().expect("refused");
+    assert!(e.to_string().contains("cannot connect"), "{e}");
 }
