@@ -13,6 +13,8 @@ pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 pub const NDJSON_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most lines in one bulk request.
 pub const NDJSON_LINES_MAX: usize = 100_000;
+/// Longest a client may take to send a body, in seconds; then 408 and the connection is freed.
+pub const BODY_READ_TIMEOUT_S: u64 = 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -53,16 +55,27 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
     {
         return Err(too_large());
     }
-    let mut out = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
-        if out.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        let mut out = Vec::new();
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+            if out.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
         }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+        Ok(out)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(BODY_READ_TIMEOUT_S), read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not arrive within {BODY_READ_TIMEOUT_S} s"),
+            )
+        })?
 }
 
 /// Parses a JSON object, naming the line and column of a syntax error.

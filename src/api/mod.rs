@@ -34,6 +34,8 @@ pub struct AppState {
     pub projections: Arc<Projections>,
     pub auth: Arc<AuthConfig>,
     pub metrics: Arc<Metrics>,
+    /// Live-event subscribers admitted ([`stream::SSE_SUBSCRIBERS_MAX`] at most).
+    pub sse_slots: Arc<tokio::sync::Semaphore>,
 }
 
 macro_rules! routes {
@@ -162,6 +164,7 @@ pub async fn start(
         projections: projections.clone(),
         auth: Arc::new(auth),
         metrics: ledger_metrics,
+        sse_slots: Arc::new(tokio::sync::Semaphore::new(stream::SSE_SUBSCRIBERS_MAX)),
     };
     let follower = tokio::spawn(async move {
         loop {

@@ -13,6 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
 
+/// Most live-event (SSE) subscribers at once; beyond it a subscription answers 503.
+pub const SSE_SUBSCRIBERS_MAX: usize = 256;
+
 /// Most events one page of `/v1/streams` or `/v1/events` returns.
 pub const API_PAGE_EVENTS_MAX: usize = 1_000;
 const API_PAGE_EVENTS_DEFAULT: usize = 100;
@@ -91,15 +94,21 @@ pub async fn live(
             .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a position (a whole number)"))?,
         None => q.from_position.map_or(0, |p| p.saturating_sub(1)),
     };
+    let slot = s
+        .sse_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::unavailable(format!("{SSE_SUBSCRIBERS_MAX} live subscribers are already connected")))?;
     let sub = Subscription::new(s.ledger.store().clone(), after);
-    let stream = futures_util::stream::unfold(sub, |mut sub| async move {
+    // The slot is held by the stream and freed when the client goes away.
+    let stream = futures_util::stream::unfold((sub, slot), |(mut sub, slot)| async move {
         match sub.next().await {
             Ok(r) => {
                 let ev = SseEvent::default()
                     .id(r.position.to_string())
                     .event(r.event_type.clone())
                     .data(r.to_json().to_string());
-                Some((Ok::<_, Infallible>(ev), sub))
+                Some((Ok::<_, Infallible>(ev), (sub, slot)))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "live events stopped");
