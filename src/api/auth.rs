@@ -196,17 +196,24 @@ impl AuthConfig {
         let mut v = Validation::new(self.algorithm);
         v.leeway = LEEWAY_S;
         v.set_required_spec_claims(&["exp"]);
+        // Every configured check is also a required claim: a token without `iss` or `aud`
+        // does not pass a server that names them.
+        let mut required = vec!["exp"];
         match &self.issuer {
             Some(iss) => {
                 v.set_issuer(&[iss]);
-                v.set_required_spec_claims(&["exp", "iss"]);
+                required.push("iss");
             }
             None => v.iss = None,
         }
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         let claims = decode::<Claims>(token, &self.decoding, &v)
             .map_err(|e| format!("invalid token: {e}"))?
             .claims;

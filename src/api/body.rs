@@ -98,3 +98,21 @@ pub async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, 
     kind(headers, false)?;
     parse_object(&read_limited(headers, body, JSON_BODY_BYTES_MAX).await?)
 }
+
+/// Query parameters, parsed with problem+json on failure (axum's own rejection is plain text).
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Query(t)),
+            Err(e) => Err(ApiError::bad_request(format!("invalid query string: {}", e.body_text()))),
+        }
+    }
+}

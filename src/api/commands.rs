@@ -27,19 +27,27 @@ fn answer(out: Outcome) -> Result<Response, ApiError> {
 /// Puts a path parameter into the body; a body that names another value is refused.
 fn with_path_field(mut obj: Map<String, Value>, field: &str, value: &str) -> Result<Map<String, Value>, ApiError> {
     match obj.get(field) {
-        Some(Value::String(s)) if s != value => {
-            return Err(ApiError::invalid(
-                field,
-                format!("the body says {s:?} but the path says {value:?}"),
-            ));
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == value => {}
+        Some(other) => {
+            return Err(ApiError::invalid(field, format!("the body says {other} but the path says {value:?}")));
         }
-        _ => {}
     }
     obj.insert(field.into(), Value::String(value.into()));
     Ok(obj)
 }
 
+/// A body may name its command (as `apply` lines do), but only this route's.
+fn check_command_field(name: &str, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    match obj.get("command") {
+        None => Ok(()),
+        Some(Value::String(s)) if s == name => Ok(()),
+        Some(other) => Err(ApiError::invalid("command", format!("this route takes {name:?}, the body says {other}"))),
+    }
+}
+
 async fn run(state: &AppState, name: &str, obj: &Map<String, Value>) -> Result<Response, ApiError> {
+    check_command_field(name, obj)?;
     let cmd = Command::parse(name, obj)?;
     answer(state.ledger.execute(&cmd).await)
 }
@@ -106,11 +114,12 @@ pub async fn transfer_credits(
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Tenant])?;
     let obj = body::json_object(&headers, body).await?;
-    if c.role == Role::Tenant {
-        let from = obj.get("from_tenant").and_then(Value::as_str).unwrap_or("");
-        c.require_tenant_scope(from)?;
+    check_command_field("transfer_credits", &obj)?;
+    let cmd = Command::parse("transfer_credits", &obj)?;
+    if let Command::TransferCredits { from_tenant, .. } = &cmd {
+        c.require_tenant_scope(from_tenant.as_str())?;
     }
-    run(&s, "transfer_credits", &obj).await
+    answer(s.ledger.execute(&cmd).await)
 }
 
 pub async fn close_period(
@@ -159,11 +168,7 @@ fn forbidden_meter(meter: &str) -> ApiError {
 
 /// Decides one reading line; a refusal is answered on its own.
 async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Pending, ApiError> {
-    if let Some(cmd) = obj.get("command")
-        && cmd != "post_reading"
-    {
-        return Err(ApiError::invalid("command", "only post_reading is accepted here"));
-    }
+    check_command_field("post_reading", obj)?;
     let cmd = Command::parse("post_reading", obj)?;
     if let Command::PostReading { meter_id, .. } = &cmd
         && !meter_allowed(s, c, meter_id.as_str()).await
@@ -267,6 +272,7 @@ pub async fn correct_reading(
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Meter])?;
     let obj = with_path_field(body::json_object(&headers, body).await?, "event_id", &event_id)?;
+    check_command_field("correct_reading", &obj)?;
     let cmd = Command::parse("correct_reading", &obj)?;
     if c.role == Role::Meter
         && let Command::CorrectReading { corrected_event_id, .. } = &cmd

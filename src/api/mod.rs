@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Live-event subscribers admitted ([`stream::SSE_SUBSCRIBERS_MAX`] at most).
     pub sse_slots: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the server stops: live streams end so that shutdown can finish.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 macro_rules! routes {
@@ -79,9 +81,12 @@ routes! {
 /// The router with its middleware: request ids, one span per request, metrics.
 pub fn router(state: AppState) -> Router {
     route_table()
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .route_layer(axum::middleware::from_fn(note_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so every request — unmatched ones (404, 405) too — gets a request id,
+        // a span and a count.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -97,10 +102,24 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Where the inner layer leaves the matched route for the outer one.
+#[derive(Clone, Default)]
+struct RouteSlot(Arc<std::sync::Mutex<Option<String>>>);
+
 /// Longest request id echoed back; longer or odd ones are replaced.
 const REQUEST_ID_CHARS_MAX: usize = 128;
 
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Tells the outer `track` which route matched (routing happens inside it).
+async fn note_route(req: Request, next: Next) -> Response {
+    if let (Some(slot), Some(m)) = (req.extensions().get::<RouteSlot>(), req.extensions().get::<MatchedPath>()) {
+        *slot.0.lock().expect("route slot") = Some(m.as_str().to_string());
+    }
+    next.run(req).await
+}
+
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
     let id = req
         .headers()
         .get("x-request-id")
@@ -108,16 +127,13 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_CHARS_MAX && v.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().to_string();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %req.uri().path());
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    span.in_scope(|| tracing::info!(status, latency_ms = started.elapsed().as_millis() as u64, "answered"));
+    let route = slot.0.lock().expect("route slot").clone().unwrap_or_else(|| "unmatched".into());
+    span.in_scope(|| tracing::info!(status, route = %route, latency_ms = started.elapsed().as_millis() as u64, "answered"));
     state.metrics.count_request(&method, &route, status);
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
@@ -130,6 +146,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    stopping: tokio::sync::watch::Sender<bool>,
     join: tokio::task::JoinHandle<std::io::Result<()>>,
     follower: tokio::task::JoinHandle<()>,
 }
@@ -137,6 +154,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting, finishes in-flight requests, flushes the writer, saves the snapshot.
     pub async fn stop(mut self) -> std::io::Result<()> {
+        self.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -159,12 +177,14 @@ pub async fn start(
     auth: AuthConfig,
 ) -> std::io::Result<RunningServer> {
     let ledger_metrics = ledger.metrics().clone();
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         ledger,
         projections: projections.clone(),
         auth: Arc::new(auth),
         metrics: ledger_metrics,
         sse_slots: Arc::new(tokio::sync::Semaphore::new(stream::SSE_SUBSCRIBERS_MAX)),
+        stopping: stopping_rx,
     };
     let follower = tokio::spawn(async move {
         loop {
@@ -189,6 +209,7 @@ pub async fn start(
         addr,
         state,
         shutdown: Some(tx),
+        stopping: stopping_tx,
         join,
         follower,
     })
