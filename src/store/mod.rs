@@ -230,6 +230,75 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// What a backend's writer task receives, in queue order.
+pub enum WriterMsg {
+    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
+    /// The head once everything queued before it is durable.
+    Head(oneshot::Sender<Result<Head, StoreError>>),
+}
+
+/// The bounded queue in front of a backend's single writer, shared by the backends: batch
+/// bounds, back-pressure (`busy` past [`WRITER_QUEUE_DEPTH_MAX`]) and shutdown.
+pub struct WriterQueue(std::sync::Mutex<Option<tokio::sync::mpsc::Sender<WriterMsg>>>);
+
+impl WriterQueue {
+    /// A queue and the receiving end for the writer task.
+    pub fn new() -> (Self, tokio::sync::mpsc::Receiver<WriterMsg>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
+        (Self(std::sync::Mutex::new(Some(tx))), rx)
+    }
+
+    /// A queue with no writer behind it (a read-only store).
+    pub fn closed() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    fn sender(&self) -> Option<tokio::sync::mpsc::Sender<WriterMsg>> {
+        self.0.lock().expect("writer queue lock").clone()
+    }
+
+    pub fn has_writer(&self) -> bool {
+        self.sender().is_some()
+    }
+
+    pub fn append(&self, batch: AppendBatch) -> AppendTicket {
+        use tokio::sync::mpsc::error::TrySendError;
+        if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
+            return AppendTicket::refused(StoreError::Invalid(format!(
+                "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
+                batch.events.len()
+            )));
+        }
+        let Some(tx) = self.sender() else {
+            return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
+        };
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(WriterMsg::Append(batch, reply)) {
+            Ok(()) => AppendTicket::new(rx),
+            Err(TrySendError::Full(_)) => AppendTicket::refused(StoreError::Busy(format!(
+                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
+            ))),
+            Err(TrySendError::Closed(_)) => AppendTicket::refused(StoreError::Unavailable("the writer stopped".into())),
+        }
+    }
+
+    /// The head after everything queued before this call.
+    pub async fn head(&self) -> Result<Head, StoreError> {
+        let stopped = || StoreError::Unavailable("the writer stopped".into());
+        let tx = self
+            .sender()
+            .ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(WriterMsg::Head(reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Stops taking appends; the writer drains what is queued and ends.
+    pub fn close(&self) {
+        self.0.lock().expect("writer queue lock").take();
+    }
+}
+
 /// Catch up from a position, then follow live appends.
 pub struct Subscription {
     store: Arc<dyn EventStore>,

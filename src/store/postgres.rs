@@ -44,14 +44,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-enum Msg {
-    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
-    Head(oneshot::Sender<Result<Head, StoreError>>),
-}
-
 pub struct PgStore {
     pool: PgPool,
-    tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
+    queue: WriterQueue,
     head_rx: watch::Receiver<u64>,
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
@@ -77,7 +72,11 @@ fn connect_options(url: &str) -> Result<(PgConnectOptions, u32), StoreError> {
             _ => kept.push(kv),
         }
     }
-    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
     let opts = PgConnectOptions::from_str(&rest).map_err(|e| invalid(format!("not a PostgreSQL URL: {e}")))?;
     Ok((opts, pool))
 }
@@ -130,7 +129,7 @@ impl PgStore {
         let (head_tx, head_rx) = watch::channel(head as u64);
         let head_tx = Arc::new(head_tx);
         let channel = format!("wattledger_{schema}");
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
+        let (queue, rx) = WriterQueue::new();
         let failures = Arc::new(AtomicU64::new(0));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
         let writer = Writer {
@@ -144,7 +143,7 @@ impl PgStore {
         let listener = tokio::spawn(listen(pool.clone(), channel, head_tx));
         Ok(Arc::new(Self {
             pool,
-            tx: std::sync::Mutex::new(Some(tx)),
+            queue,
             head_rx,
             failures,
             group_sizes,
@@ -153,9 +152,6 @@ impl PgStore {
         }))
     }
 
-    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
-        self.tx.lock().expect("sender lock").clone()
-    }
 }
 
 /// Follows other processes' commits: every notification carries the new head.
@@ -236,7 +232,7 @@ struct Rows {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Msg>) {
+    async fn run(self, mut rx: mpsc::Receiver<WriterMsg>) {
         while let Some(first) = rx.recv().await {
             let mut msgs = vec![first];
             while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
@@ -250,18 +246,18 @@ impl Writer {
         }
     }
 
-    async fn commit_group(&self, msgs: Vec<Msg>) {
+    async fn commit_group(&self, msgs: Vec<WriterMsg>) {
         let failures = self.failures.load(Ordering::SeqCst);
         let mut appends: Vec<(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)> = Vec::new();
         let mut heads = Vec::new();
         let mut order = Vec::new();
         for m in msgs {
             match m {
-                Msg::Append(b, r) => {
+                WriterMsg::Append(b, r) => {
                     order.push(true);
                     appends.push((b, r));
                 }
-                Msg::Head(r) => {
+                WriterMsg::Head(r) => {
                     order.push(false);
                     heads.push(r);
                 }
@@ -318,7 +314,10 @@ impl Writer {
         };
 
         // What the checks need, in two queries for the whole group.
-        let ids: Vec<uuid::Uuid> = appends.iter().flat_map(|(b, _)| b.events.iter().map(|e| e.event_id)).collect();
+        let ids: Vec<uuid::Uuid> = appends
+            .iter()
+            .flat_map(|(b, _)| b.events.iter().map(|e| e.event_id))
+            .collect();
         let streams: Vec<String> = appends
             .iter()
             .map(|(b, _)| b.stream.clone())
@@ -376,10 +375,19 @@ impl Writer {
             }
             let (batch, _) = batches.next().expect("one batch per append");
             if batch.fence.is_some_and(|f| f != failures) {
-                outcomes.push(Err(StoreError::Unavailable("decided before an earlier append failed; retry".into())));
+                outcomes.push(Err(StoreError::Unavailable(
+                    "decided before an earlier append failed; retry".into(),
+                )));
                 continue;
             }
-            outcomes.push(stage(batch, &mut known, &mut versions, &mut rows, &mut head, &mut head_hash));
+            outcomes.push(stage(
+                batch,
+                &mut known,
+                &mut versions,
+                &mut rows,
+                &mut head,
+                &mut head_hash,
+            ));
         }
 
         let wrote = !rows.position.is_empty();
@@ -428,7 +436,9 @@ fn stage(
         let mut recorded = Vec::new();
         for (e, f) in batch.events.iter().zip(&found) {
             match f {
-                Some((pos, ver, stream, ty, data)) if *stream == batch.stream && *ty == e.event_type && *data == e.data => {
+                Some((pos, ver, stream, ty, data))
+                    if *stream == batch.stream && *ty == e.event_type && *data == e.data =>
+                {
                     recorded.push((*pos, *ver))
                 }
                 _ => return Err(StoreError::DuplicateEventId(e.event_id)),
@@ -479,7 +489,16 @@ fn stage(
         rows.data.push(e.data.clone());
         rows.hash.push(hash.clone());
         rows.prev_hash.push(head_hash.clone());
-        known.insert(e.event_id, (*head, version, batch.stream.clone(), e.event_type.clone(), e.data.clone()));
+        known.insert(
+            e.event_id,
+            (
+                *head,
+                version,
+                batch.stream.clone(),
+                e.event_type.clone(),
+                e.data.clone(),
+            ),
+        );
         *head_hash = hash;
         recorded.push((*head, version));
     }
@@ -493,36 +512,25 @@ fn stage(
 #[async_trait]
 impl EventStore for PgStore {
     fn append(&self, batch: AppendBatch) -> AppendTicket {
-        if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
-            return AppendTicket::refused(StoreError::Invalid(format!(
-                "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
-                batch.events.len()
-            )));
-        }
-        let Some(tx) = self.sender() else {
-            return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
-        };
-        let (reply, rx) = oneshot::channel();
-        match tx.try_send(Msg::Append(batch, reply)) {
-            Ok(()) => AppendTicket::new(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::refused(StoreError::Busy(format!(
-                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
-            ))),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                AppendTicket::refused(StoreError::Unavailable("the writer stopped".into()))
-            }
-        }
+        self.queue.append(batch)
     }
 
-    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX) as i64;
-        let rows = sqlx::query(&format!("{SELECT} WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3"))
-            .bind(stream)
-            .bind(from_version as i64)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3"
+        ))
+        .bind(stream)
+        .bind(from_version as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
         rows.iter().map(row_to_event).collect()
     }
 
@@ -538,15 +546,7 @@ impl EventStore for PgStore {
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
-        let tx = self
-            .sender()
-            .ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Head(reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+        self.queue.head().await
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -554,7 +554,7 @@ impl EventStore for PgStore {
     }
 
     async fn shutdown(&self) {
-        self.tx.lock().expect("sender lock").take();
+        self.queue.close();
         let handle = self.writer.lock().expect("writer lock").take();
         if let Some(h) = handle {
             let _ = h.await;

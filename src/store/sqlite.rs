@@ -28,16 +28,11 @@ struct Index {
     head_hash: String,
 }
 
-enum Msg {
-    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
-    Head(oneshot::Sender<Result<Head, StoreError>>),
-}
-
 pub struct SqliteStore {
     path: PathBuf,
     /// Held while this process may write: a second writer on one file is refused.
     _lock: Option<std::fs::File>,
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    queue: WriterQueue,
     index: Arc<RwLock<Index>>,
     head_rx: watch::Receiver<u64>,
     readers: Mutex<Vec<Connection>>,
@@ -170,8 +165,8 @@ impl SqliteStore {
         let index = Arc::new(RwLock::new(index));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
         let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (tx, writer) = if write {
-            let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH_MAX);
+        let (queue, writer) = if write {
+            let (queue, rx) = WriterQueue::new();
             let writer = Writer {
                 index: index.clone(),
                 head_tx,
@@ -182,14 +177,14 @@ impl SqliteStore {
                 .name("wattledger-sqlite-writer".into())
                 .spawn(move || writer.run(conn, rx))
                 .map_err(unavailable)?;
-            (Some(tx), Some(writer))
+            (queue, Some(writer))
         } else {
-            (None, None)
+            (WriterQueue::closed(), None)
         };
         Ok(Arc::new(Self {
             path,
             _lock: lock,
-            tx: Mutex::new(tx),
+            queue,
             index,
             head_rx,
             readers: Mutex::new(Vec::new()),
@@ -223,9 +218,6 @@ impl SqliteStore {
         Ok(index)
     }
 
-    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
-        self.tx.lock().expect("sender lock").clone()
-    }
 
     async fn with_reader<T: Send + 'static>(
         &self,
@@ -254,25 +246,7 @@ impl SqliteStore {
 #[async_trait]
 impl EventStore for SqliteStore {
     fn append(&self, batch: AppendBatch) -> AppendTicket {
-        if batch.events.is_empty() || batch.events.len() > BATCH_EVENTS_MAX {
-            return AppendTicket::refused(StoreError::Invalid(format!(
-                "a batch holds 1 to {BATCH_EVENTS_MAX} events, got {}",
-                batch.events.len()
-            )));
-        }
-        let Some(tx) = self.sender() else {
-            return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
-        };
-        let (reply, rx) = oneshot::channel();
-        match tx.try_send(Msg::Append(batch, reply)) {
-            Ok(()) => AppendTicket::new(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => AppendTicket::refused(StoreError::Busy(format!(
-                "{WRITER_QUEUE_DEPTH_MAX} appends are already queued"
-            ))),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                AppendTicket::refused(StoreError::Unavailable("the writer stopped".into()))
-            }
-        }
+        self.queue.append(batch)
     }
 
     async fn read_stream(
@@ -328,7 +302,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
-        let Some(tx) = self.sender() else {
+        if !self.queue.has_writer() {
             // Read-only (or shut down): the head is whatever the file holds now.
             return self
                 .with_reader(|c| {
@@ -351,13 +325,8 @@ impl EventStore for SqliteStore {
                     })
                 })
                 .await;
-        };
-        let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Head(reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+        }
+        self.queue.head().await
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -373,7 +342,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn shutdown(&self) {
-        self.tx.lock().expect("sender lock").take();
+        self.queue.close();
         let handle = self.writer.lock().expect("writer lock").take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
@@ -402,7 +371,7 @@ type Reply = (
 );
 
 impl Writer {
-    fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+    fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
         while let Some(first) = rx.blocking_recv() {
             let mut msgs = vec![first];
             while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
@@ -416,7 +385,7 @@ impl Writer {
         }
     }
 
-    fn commit_group(&self, conn: &mut Connection, msgs: Vec<Msg>) {
+    fn commit_group(&self, conn: &mut Connection, msgs: Vec<WriterMsg>) {
         let failures = self.failures.load(std::sync::atomic::Ordering::SeqCst);
         let (mut head, mut head_hash) = {
             let i = self.index.read().expect("index lock");
@@ -436,14 +405,14 @@ impl Writer {
                 let idx = self.index.read().expect("index lock");
                 for msg in msgs {
                     match msg {
-                        Msg::Head(reply) => heads.push((
+                        WriterMsg::Head(reply) => heads.push((
                             reply,
                             Head {
                                 position: head,
                                 hash: head_hash.clone(),
                             },
                         )),
-                        Msg::Append(batch, reply) => {
+                        WriterMsg::Append(batch, reply) => {
                             if batch.fence.is_some_and(|f| f != failures) {
                                 appends.push((
                                     reply,
