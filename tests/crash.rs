@@ -79,8 +79,10 @@ fn setup_commands() -> Vec<Value> {
         json!({"command":"register_tenant","tenant_id":"crash-tenant","name":"Crash Test AI"}),
     ];
     for m in 0..METERS {
-        cmds.push(json!({"command":"register_meter","meter_id":meter_id(m),"site_id":"crash-site","kind":"load",
-                         "tenant_id":"crash-tenant","rated_power_w":"100000000"}));
+        cmds.push(
+            json!({"command":"register_meter","meter_id":meter_id(m),"site_id":"crash-site","kind":"load",
+                         "tenant_id":"crash-tenant","rated_power_w":"100000000"}),
+        );
     }
     cmds
 }
@@ -174,12 +176,8 @@ fn run(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
         let _ = child.wait();
         panic!("wattledger {args:?} did not finish within {WAIT:?}");
     });
-    let out = join_bounded(t_out)
-        .expect("stdout reader")
-        .expect("stdout is UTF-8");
-    let err = join_bounded(t_err)
-        .expect("stderr reader")
-        .expect("stderr is UTF-8");
+    let out = join_bounded(t_out).expect("stdout reader").expect("stdout is UTF-8");
+    let err = join_bounded(t_err).expect("stderr reader").expect("stderr is UTF-8");
     (status.code(), out, err)
 }
 
@@ -217,9 +215,8 @@ fn export_and_check(store: &Store, round: usize) -> Vec<Exported> {
     let mut prev_hash = GENESIS_HASH.to_string();
     for (i, line) in out.lines().enumerate() {
         let expected_position = i as u64 + 1;
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-            panic!("round {round}: export line {expected_position} is not JSON ({e}): {line}")
-        });
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("round {round}: export line {expected_position} is not JSON ({e}): {line}"));
         let position = v["position"].as_u64().expect("position");
         assert_eq!(
             position, expected_position,
@@ -227,12 +224,10 @@ fn export_and_check(store: &Store, round: usize) -> Vec<Exported> {
         );
         let stream = v["stream"].as_str().expect("stream");
         let version = v["version"].as_u64().expect("version");
-        let event_id =
-            Uuid::parse_str(v["event_id"].as_str().expect("event_id")).expect("event_id is a UUID");
+        let event_id = Uuid::parse_str(v["event_id"].as_str().expect("event_id")).expect("event_id is a UUID");
         let event_type = v["event_type"].as_str().expect("event_type").to_string();
         let schema_version = v["schema_version"].as_u64().expect("schema_version") as u32;
-        let recorded_at = parse_time(v["recorded_at"].as_str().expect("recorded_at"))
-            .expect("recorded_at is RFC 3339");
+        let recorded_at = parse_time(v["recorded_at"].as_str().expect("recorded_at")).expect("recorded_at is RFC 3339");
         let hash = v["hash"].as_str().expect("hash").to_string();
         let data = v["data"].clone();
         assert!(
@@ -240,9 +235,8 @@ fn export_and_check(store: &Store, round: usize) -> Vec<Exported> {
             "round {round}: position {position}: data is not a JSON object (half-written?): {line}"
         );
         let data_text = canonical_json(&data);
-        Event::from_parts(&event_type, &data_text).unwrap_or_else(|e| {
-            panic!("round {round}: position {position}: not a valid {event_type}: {e}")
-        });
+        Event::from_parts(&event_type, &data_text)
+            .unwrap_or_else(|e| panic!("round {round}: position {position}: not a valid {event_type}: {e}"));
         assert_eq!(
             v["prev_hash"].as_str(),
             Some(prev_hash.as_str()),
@@ -296,11 +290,7 @@ fn audit_is_clean(store: &Store, round: usize, log: &[Exported]) {
         "round {round}: {out}"
     );
     let head_hash = log.last().map_or(GENESIS_HASH, |r| r.hash.as_str());
-    assert_eq!(
-        report["chain_hash"].as_str(),
-        Some(head_hash),
-        "round {round}: {out}"
-    );
+    assert_eq!(report["chain_hash"].as_str(), Some(head_hash), "round {round}: {out}");
 }
 
 /// One round: start the child, feed it, kill it at a random moment. Returns what was sent,
@@ -385,9 +375,8 @@ fn run_round(store: &Store, round: usize, sent: Vec<Sent>, rng: &mut Rng) -> Rou
     let receive = |results: &mut Vec<Value>, eof: &mut bool, timeout: Duration| -> bool {
         match line_rx.recv_timeout(timeout) {
             Ok(Line::Complete(s)) => {
-                let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| {
-                    panic!("round {round}: a complete result line is not JSON ({e}): {s}")
-                });
+                let v: Value = serde_json::from_str(&s)
+                    .unwrap_or_else(|e| panic!("round {round}: a complete result line is not JSON ({e}): {s}"));
                 results.push(v);
                 true
             }
@@ -549,10 +538,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
             match what {
                 Sent::Setup(s) => match &setup_acks[s] {
                     Some(first) => {
-                        assert!(
-                            duplicate,
-                            "round {round}: set-up command {s} again is a duplicate: {v}"
-                        );
+                        assert!(duplicate, "round {round}: set-up command {s} again is a duplicate: {v}");
                         assert_eq!(
                             (ack.event_id, ack.position),
                             (first.event_id, first.position),
@@ -598,10 +584,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
                     reading_acks.insert(i, ack);
                 }
                 Sent::New(i) => {
-                    assert!(
-                        !duplicate,
-                        "round {round}: new reading {i} is not a duplicate: {v}"
-                    );
+                    assert!(!duplicate, "round {round}: new reading {i} is not a duplicate: {v}");
                     assert!(
                         ack.position > last_new_position,
                         "round {round}: new reading {i} at position {} must follow {last_new_position} (no position reused after a crash)",
@@ -631,10 +614,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
             out.killed_after_ms,
             out.sent.len()
         );
-        assert!(
-            n >= prev_n,
-            "round {round}: the log shrank from {prev_n} to {n}"
-        );
+        assert!(n >= prev_n, "round {round}: the log shrank from {prev_n} to {n}");
         if prev_n > 0 {
             assert_eq!(
                 log[prev_n as usize - 1].hash,
@@ -654,9 +634,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
             "round {round}: position {max_acked} was acknowledged but the log ends at {n}"
         );
         for (s, ack) in setup_acks.iter().enumerate() {
-            let ack = ack
-                .as_ref()
-                .expect("every set-up command was acknowledged in round 1");
+            let ack = ack.as_ref().expect("every set-up command was acknowledged in round 1");
             assert_eq!(
                 log[ack.position as usize - 1].event_id,
                 ack.event_id,

@@ -24,9 +24,7 @@ async fn ledger(dir: &std::path::Path) -> Arc<Ledger> {
 
 async fn run(l: &Ledger, cmds: &[Value]) {
     for c in cmds {
-        l.execute_json(c)
-            .await
-            .unwrap_or_else(|e| panic!("{c}: {e}"));
+        l.execute_json(c).await.unwrap_or_else(|e| panic!("{c}: {e}"));
     }
 }
 
@@ -54,38 +52,14 @@ async fn a_restart_loads_the_snapshot_and_catches_up() {
     let snap = dir.path().join("w.db.snapshot.json");
     let l = ledger(dir.path()).await;
     run(&l, &setup()).await;
-    run(
-        &l,
-        &[reading(
-            "load",
-            "consumed",
-            "2026-11-02T00:00:00Z",
-            15,
-            "100",
-        )],
-    )
-    .await;
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    run(&l, &[reading("load", "consumed", "2026-11-02T00:00:00Z", 15, "100")]).await;
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     assert_eq!(p.position(), 6);
     p.save().unwrap();
-    run(
-        &l,
-        &[reading(
-            "load",
-            "consumed",
-            "2026-11-02T00:15:00Z",
-            15,
-            "50",
-        )],
-    )
-    .await;
+    run(&l, &[reading("load", "consumed", "2026-11-02T00:15:00Z", 15, "50")]).await;
     drop(p);
 
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     assert!(
         p.snapshot_note.is_none(),
         "the snapshot was used: {:?}",
@@ -106,29 +80,15 @@ async fn a_damaged_snapshot_is_detected_and_rebuilt() {
     let snap = dir.path().join("w.db.snapshot.json");
     let l = ledger(dir.path()).await;
     run(&l, &setup()).await;
-    run(
-        &l,
-        &[reading(
-            "load",
-            "consumed",
-            "2026-11-02T00:00:00Z",
-            15,
-            "100",
-        )],
-    )
-    .await;
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    run(&l, &[reading("load", "consumed", "2026-11-02T00:00:00Z", 15, "100")]).await;
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     p.save().unwrap();
     let good = std::fs::read(&snap).unwrap();
     let replayed = replay_books(l.store().as_ref()).await.unwrap();
 
     // Truncated.
     std::fs::write(&snap, &good[..good.len() / 2]).unwrap();
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     assert!(
         p.snapshot_note.as_deref().unwrap().contains("damaged"),
         "{:?}",
@@ -143,9 +103,7 @@ async fn a_damaged_snapshot_is_detected_and_rebuilt() {
         .expect("the balance is in the snapshot");
     bad[i + 1] = b'9';
     std::fs::write(&snap, &bad).unwrap();
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     assert!(
         p.snapshot_note.as_deref().unwrap().contains("checksum"),
         "{:?}",
@@ -157,25 +115,11 @@ async fn a_damaged_snapshot_is_detected_and_rebuilt() {
     let other = tempfile::tempdir().unwrap();
     let lo = ledger(other.path()).await;
     run(&lo, &setup()).await;
-    run(
-        &lo,
-        &[reading(
-            "load",
-            "consumed",
-            "2026-11-02T00:00:00Z",
-            15,
-            "999",
-        )],
-    )
-    .await;
-    let po = Projections::open(lo.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    run(&lo, &[reading("load", "consumed", "2026-11-02T00:00:00Z", 15, "999")]).await;
+    let po = Projections::open(lo.store().clone(), Some(snap.clone())).await.unwrap();
     assert!(po.snapshot_note.is_some());
     po.save().unwrap();
-    let p = Projections::open(l.store().clone(), Some(snap.clone()))
-        .await
-        .unwrap();
+    let p = Projections::open(l.store().clone(), Some(snap.clone())).await.unwrap();
     assert!(
         p.snapshot_note.as_deref().unwrap().contains("hash"),
         "{:?}",
@@ -241,11 +185,7 @@ async fn the_energy_balance_flags_intervals_that_break_conservation() {
     let id = wattledger::domain::state::reading_id(
         &wattledger::domain::ids::MeterId::parse("load").unwrap(),
         wattledger::domain::tariff::Flow::Consumed,
-        &wattledger::domain::time::Interval::new(
-            t("2026-11-02T00:15:00Z"),
-            t("2026-11-02T00:30:00Z"),
-        )
-        .unwrap(),
+        &wattledger::domain::time::Interval::new(t("2026-11-02T00:15:00Z"), t("2026-11-02T00:30:00Z")).unwrap(),
     );
     run(
         &l,

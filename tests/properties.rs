@@ -82,15 +82,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn milli(n: u64) -> String {
-    (Decimal::from(n) / Decimal::from(1000))
-        .normalize()
-        .to_string()
+    (Decimal::from(n) / Decimal::from(1000)).normalize().to_string()
 }
 
 fn micro(n: u64) -> String {
-    (Decimal::from(n) / Decimal::from(1_000_000))
-        .normalize()
-        .to_string()
+    (Decimal::from(n) / Decimal::from(1_000_000)).normalize().to_string()
 }
 
 /// Slots are 15 minutes from 2026-09-01 (spanning a month end and the DST change).
@@ -143,10 +139,7 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
     let mut recorded = Vec::new();
     let mut readings: Vec<String> = Vec::new();
     let now = t("2026-11-28T12:00:00Z");
-    let cmds: Vec<Value> = setup()
-        .into_iter()
-        .chain(ops.iter().map(|_| Value::Null))
-        .collect();
+    let cmds: Vec<Value> = setup().into_iter().chain(ops.iter().map(|_| Value::Null)).collect();
     for (i, c) in cmds.into_iter().enumerate() {
         let c = if c.is_null() {
             command(&ops[i - setup().len()], &readings)
@@ -197,10 +190,7 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
                 state.evolve(new.event_id, &new.stream, rec.version, &new.event);
                 books.apply(&rec, &new.event);
                 for b in state.batteries.values() {
-                    prop_assert!(
-                        b.level_wh >= Decimal::ZERO,
-                        "a battery never holds less than nothing"
-                    );
+                    prop_assert!(b.level_wh >= Decimal::ZERO, "a battery never holds less than nothing");
                     prop_assert!(
                         b.level_wh <= b.capacity_wh,
                         "a battery never holds more than its capacity"
@@ -210,11 +200,7 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
             }
         }
     }
-    Ok(Run {
-        recorded,
-        state,
-        books,
-    })
+    Ok(Run { recorded, state, books })
 }
 
 proptest! {

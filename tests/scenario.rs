@@ -272,20 +272,11 @@ impl Campus {
             "wattledger {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("wattledger {args:?}: not JSON: {e}"))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("wattledger {args:?}: not JSON: {e}"))
     }
 
     fn statement(&self, tenant: &str, period: &str) -> Value {
-        self.json_of(&[
-            "statement",
-            "--tenant",
-            tenant,
-            "--period",
-            period,
-            "--format",
-            "json",
-        ])
+        self.json_of(&["statement", "--tenant", tenant, "--period", period, "--format", "json"])
     }
 
     fn balance(&self, account: &str) -> Value {
@@ -303,11 +294,7 @@ impl Campus {
 
     fn export(&self) -> Vec<Value> {
         let out = self.cli(&["export", "--format", "ndjson"]);
-        assert!(
-            out.status.success(),
-            "export: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout)
             .expect("utf-8")
             .lines()
@@ -366,21 +353,13 @@ fn check_statement(s: &Value, tenant: &str, period: &str, e: &Expect) {
         assert_eq!(dec(&s[field]), d(want), "{ctx}: {field} (statement {s:#})");
     }
     // The closing identity, exactly.
-    let identity = dec(&s["opening_balance_eu"]) - dec(&s["charges_eu"])
-        + dec(&s["credits_eu"])
-        + dec(&s["transfers_in_eu"])
-        - dec(&s["transfers_out_eu"])
-        + dec(&s["adjustments_eu"]);
-    assert_eq!(
-        identity,
-        dec(&s["closing_balance_eu"]),
-        "{ctx}: closing identity"
-    );
+    let identity =
+        dec(&s["opening_balance_eu"]) - dec(&s["charges_eu"]) + dec(&s["credits_eu"]) + dec(&s["transfers_in_eu"])
+            - dec(&s["transfers_out_eu"])
+            + dec(&s["adjustments_eu"]);
+    assert_eq!(identity, dec(&s["closing_balance_eu"]), "{ctx}: closing identity");
     assert_eq!(s["final"], e.is_final, "{ctx}: final");
-    assert_eq!(
-        s["first_position"], e.first_position,
-        "{ctx}: first_position"
-    );
+    assert_eq!(s["first_position"], e.first_position, "{ctx}: first_position");
     assert_eq!(s["last_position"], e.last_position, "{ctx}: last_position");
 }
 
@@ -412,28 +391,12 @@ fn consumption_line<'a>(s: &'a Value, date: &str, band: &str) -> &'a Value {
 
 fn check_balance(b: &Value, account: &str, eu: [&str; 3], wh: [&str; 3]) {
     assert_eq!(b["account"], account);
-    assert_eq!(
-        dec(&b["balance_eu"]),
-        d(eu[0]),
-        "{account}: balance_eu ({b})"
-    );
+    assert_eq!(dec(&b["balance_eu"]), d(eu[0]), "{account}: balance_eu ({b})");
     assert_eq!(dec(&b["debits_eu"]), d(eu[1]), "{account}: debits_eu ({b})");
-    assert_eq!(
-        dec(&b["credits_eu"]),
-        d(eu[2]),
-        "{account}: credits_eu ({b})"
-    );
-    assert_eq!(
-        dec(&b["balance_wh"]),
-        d(wh[0]),
-        "{account}: balance_wh ({b})"
-    );
+    assert_eq!(dec(&b["credits_eu"]), d(eu[2]), "{account}: credits_eu ({b})");
+    assert_eq!(dec(&b["balance_wh"]), d(wh[0]), "{account}: balance_wh ({b})");
     assert_eq!(dec(&b["debits_wh"]), d(wh[1]), "{account}: debits_wh ({b})");
-    assert_eq!(
-        dec(&b["credits_wh"]),
-        d(wh[2]),
-        "{account}: credits_wh ({b})"
-    );
+    assert_eq!(dec(&b["credits_wh"]), d(wh[2]), "{account}: credits_wh ({b})");
 }
 
 fn setup_commands() -> Vec<Value> {
@@ -461,7 +424,9 @@ fn setup_commands() -> Vec<Value> {
         ("beta-labs", "200000000"),
         ("gamma-ml", "100000000"),
     ] {
-        cmds.push(json!({"command":"issue_credits","tenant_id":tenant,"amount_eu":amount,"memo":"November allocation"}));
+        cmds.push(
+            json!({"command":"issue_credits","tenant_id":tenant,"amount_eu":amount,"memo":"November allocation"}),
+        );
     }
     cmds
 }
@@ -482,9 +447,7 @@ fn week_commands() -> Vec<Value> {
             cmds.push(reading("bess-01", "stored", t, 15, CHARGE_WH));
         }
         // CDT Mon–Fri 14:00–20:00 = 19:00Z–01:00Z (next UTC day), Oct 26 19:00Z … Oct 31 01:00Z.
-        if october
-            && (((26..=30).contains(&day) && hour >= 19) || ((27..=31).contains(&day) && hour < 1))
-        {
+        if october && (((26..=30).contains(&day) && hour >= 19) || ((27..=31).contains(&day) && hour < 1)) {
             cmds.push(reading("bess-01", "dispatched", t, 15, DISCHARGE_WH));
         }
         for (_, meter, wh) in TENANTS {
@@ -518,17 +481,16 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
     assert_eq!(count("rack-a1", "consumed"), 672);
     assert_eq!(week.len(), 3096);
     a.extend(week);
-    a.push(json!({"command":"correct_reading","event_id":ACME_PEAK_READING,"wh":"380000","reason":"meter recalibrated"}));
+    a.push(
+        json!({"command":"correct_reading","event_id":ACME_PEAK_READING,"wh":"380000","reason":"meter recalibrated"}),
+    );
     a.push(json!({"command":"transfer_credits","from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"25000000","memo":"spot purchase"}));
     a.push(json!({"command":"transfer_credits","from_tenant":"beta-labs","to_tenant":"gamma-ml","amount_eu":"12500000.5","memo":"night capacity"}));
     a.push(json!({"command":"transfer_credits","from_tenant":"gamma-ml","to_tenant":"acme-ai","amount_eu":"1000000","memo":"refund"}));
     let (code, ra, stderr) = campus.apply("a", &a);
     all_new(&ra);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stderr.contains("3114 accepted, 0 duplicates, 0 refused"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("3114 accepted, 0 duplicates, 0 refused"), "{stderr}");
     // A fresh log: positions 1, 2, 3, … in command order.
     for (i, r) in ra.iter().enumerate() {
         assert_eq!(r["position"], i as u64 + 1, "position of command {i}: {r}");
@@ -571,26 +533,22 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
 
     // Band edges around the fall-back, for acme (400000 Wh): local time decides, not UTC.
     for (start, band, eu) in [
-        ("2026-10-31T00:45:00Z", "peak", "660000"), // CDT Fri 19:45
+        ("2026-10-31T00:45:00Z", "peak", "660000"),     // CDT Fri 19:45
         ("2026-10-31T01:00:00Z", "standard", "440000"), // CDT Fri 20:00
-        ("2026-10-31T10:45:00Z", "night", "264000"), // CDT Sat 05:45
+        ("2026-10-31T10:45:00Z", "night", "264000"),    // CDT Sat 05:45
         ("2026-10-31T11:00:00Z", "standard", "440000"), // CDT Sat 06:00
         ("2026-10-31T19:00:00Z", "standard", "440000"), // CDT Sat 14:00: no peak on Saturday
         ("2026-11-01T04:45:00Z", "standard", "440000"), // CDT Sat 23:45
-        ("2026-11-01T05:00:00Z", "night", "264000"), // CDT Sun 00:00
-        ("2026-11-01T06:30:00Z", "night", "264000"), // CDT Sun 01:30 (first time)
-        ("2026-11-01T07:30:00Z", "night", "264000"), // CST Sun 01:30 (second time)
-        ("2026-11-01T11:45:00Z", "night", "264000"), // CST Sun 05:45 (UTC−5 would say 06:45)
+        ("2026-11-01T05:00:00Z", "night", "264000"),    // CDT Sun 00:00
+        ("2026-11-01T06:30:00Z", "night", "264000"),    // CDT Sun 01:30 (first time)
+        ("2026-11-01T07:30:00Z", "night", "264000"),    // CST Sun 01:30 (second time)
+        ("2026-11-01T11:45:00Z", "night", "264000"),    // CST Sun 05:45 (UTC−5 would say 06:45)
         ("2026-11-01T12:00:00Z", "standard", "440000"), // CST Sun 06:00
         ("2026-11-01T20:00:00Z", "standard", "440000"), // CST Sun 14:00: no peak on Sunday
     ] {
         let r = &ra[reading_index(&a, "rack-a1", "consumed", start)];
         assert_eq!(r["price"]["band"], band, "band at {start}: {r}");
-        assert_eq!(
-            dec(&r["price"]["amount_eu"]),
-            d(eu),
-            "price at {start}: {r}"
-        );
+        assert_eq!(dec(&r["price"]["amount_eu"]), d(eu), "price at {start}: {r}");
     }
 
     // Correction 1 (period open): 380000 × 1.65 = 627000; delta 627000 − 660000 = −33000.
@@ -610,31 +568,21 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
         ),
         (Some("night"), d("132000"))
     );
-    let beta_night_id = beta_night["event_id"]
-        .as_str()
-        .expect("event_id")
-        .to_string();
+    let beta_night_id = beta_night["event_id"].as_str().expect("event_id").to_string();
     // And two results the refusals below refer back to.
     let turbine_first = ra[reading_index(&a, "gt-01", "generated", "2026-10-26T00:00:00Z")].clone();
-    let acme_first_id =
-        ra[reading_index(&a, "rack-a1", "consumed", "2026-10-26T00:00:00Z")]["event_id"].clone();
+    let acme_first_id = ra[reading_index(&a, "rack-a1", "consumed", "2026-10-26T00:00:00Z")]["event_id"].clone();
 
     // October is still open.
     assert_eq!(campus.statement("acme-ai", "2026-10")["final"], false);
 
     // ---------- B1: close October ----------
-    let (code, rb1, stderr) = campus.apply(
-        "b1",
-        &[json!({"command":"close_period","period":"2026-10"})],
-    );
+    let (code, rb1, stderr) = campus.apply("b1", &[json!({"command":"close_period","period":"2026-10"})]);
     assert_eq!(code, Some(0), "{stderr}");
     all_new(&rb1);
     assert_eq!(rb1[0]["position"], 3115);
     assert_eq!(rb1[0]["stream"], "period-2026-10");
-    let october_at_close: Vec<Value> = TENANTS
-        .iter()
-        .map(|(t, _, _)| campus.statement(t, "2026-10"))
-        .collect();
+    let october_at_close: Vec<Value> = TENANTS.iter().map(|(t, _, _)| campus.statement(t, "2026-10")).collect();
 
     // ---------- B2: late data for the closed period ----------
     let b2 = [
@@ -700,18 +648,9 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
         },
     );
     // Consumption lines by band (the correction is a line of its own).
-    assert_eq!(
-        band_totals(&acme_oct, "night"),
-        (d("57600000"), d("38016000"))
-    ); // 144 slots
-    assert_eq!(
-        band_totals(&acme_oct, "peak"),
-        (d("48000000"), d("79200000"))
-    ); // 120 slots
-    assert_eq!(
-        band_totals(&acme_oct, "standard"),
-        (d("124800000"), d("137280000"))
-    ); // 312 slots
+    assert_eq!(band_totals(&acme_oct, "night"), (d("57600000"), d("38016000"))); // 144 slots
+    assert_eq!(band_totals(&acme_oct, "peak"), (d("48000000"), d("79200000"))); // 120 slots
+    assert_eq!(band_totals(&acme_oct, "standard"), (d("124800000"), d("137280000"))); // 312 slots
     assert_eq!(lines_of(&acme_oct, "consumption").len(), 18); // 6 UTC days × 3 bands
     let l = consumption_line(&acme_oct, "2026-10-26", "standard"); // 52 slots
     assert_eq!(
@@ -811,7 +750,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
             closing: pick("84225000", "-291775000"),
             consumption_wh: "38400000",
             is_final: false,
-            first_position: pick_pos(12, 2704), // the credits, booked into November
+            first_position: pick_pos(12, 2704),  // the credits, booked into November
             last_position: pick_pos(3114, 3108), // T3 gamma → acme
         },
     );
@@ -888,11 +827,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
     );
 
     // Each period's closing is the next one's opening.
-    for (oct, nov) in [
-        (&acme_oct, &acme_nov),
-        (&beta_oct, &beta_nov),
-        (&gamma_oct, &gamma_nov),
-    ] {
+    for (oct, nov) in [(&acme_oct, &acme_nov), (&beta_oct, &beta_nov), (&gamma_oct, &gamma_nov)] {
         assert_eq!(oct["closing_balance_eu"], nov["opening_balance_eu"]);
     }
 
@@ -921,15 +856,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
         (
             now(
                 "acme-ai",
-                &only_money(
-                    "-291775000",
-                    "400000000",
-                    "1000000",
-                    "25000000",
-                    "84225000",
-                    12,
-                    3114,
-                ),
+                &only_money("-291775000", "400000000", "1000000", "25000000", "84225000", 12, 3114),
             ),
             now(
                 "beta-labs",
@@ -1030,10 +957,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
     assert_eq!(sum_wh, Decimal::ZERO, "Wh over all accounts");
     // A tenant's balance is its latest statement's closing balance.
     for (i, latest) in [&acme_now, &beta_now, &gamma_now].into_iter().enumerate() {
-        assert_eq!(
-            dec(&balances[i]["balance_eu"]),
-            dec(&latest["closing_balance_eu"])
-        );
+        assert_eq!(dec(&balances[i]["balance_eu"]), dec(&latest["closing_balance_eu"]));
     }
 
     // ---------- audit ----------
@@ -1048,10 +972,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
     assert_eq!(log[3116]["hash"], audit["chain_hash"]);
     let close = &log[3114];
     assert_eq!(close["event_type"], "PeriodClosed");
-    assert_eq!(
-        close["data"]["last_position"], 3114,
-        "the close pins the head it saw"
-    );
+    assert_eq!(close["data"]["last_position"], 3114, "the close pins the head it saw");
     assert_eq!(close["data"]["chain_hash"], hash_at(3114));
     assert_eq!(
         acme_oct["chain_hash"],
@@ -1073,13 +994,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
         // Same identity, other value.
         json!({"command":"post_reading","meter_id":"rack-a1","flow":"consumed","start":"2026-10-26T00:00:00Z","end":"2026-10-26T00:15:00Z","wh":"1"}),
         // An exact retry: recognised, not recorded again.
-        reading(
-            "gt-01",
-            "generated",
-            utc(2026, 10, 26, 0, 0),
-            15,
-            TURBINE_WH,
-        ),
+        reading("gt-01", "generated", utc(2026, 10, 26, 0, 0), 15, TURBINE_WH),
         // The clock's own period has not ended.
         json!({"command":"close_period","period":now_period}),
         // Above rated power: 1000000 W × 0.25 h × 1.05 = 262500 < 300000.
@@ -1088,15 +1003,8 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
         json!({"command":"correct_reading","event_id":"00000000-0000-4000-8000-000000000000","wh":"1","reason":"no such reading"}),
     ];
     let (code, rc, stderr) = campus.apply("c", &c);
-    assert_eq!(
-        code,
-        Some(1),
-        "apply exits 1 when something was refused; {stderr}"
-    );
-    assert!(
-        stderr.contains("0 accepted, 1 duplicates, 9 refused"),
-        "{stderr}"
-    );
+    assert_eq!(code, Some(1), "apply exits 1 when something was refused; {stderr}");
+    assert!(stderr.contains("0 accepted, 1 duplicates, 9 refused"), "{stderr}");
     let refused = |i: usize, code: &str, field: &str| {
         assert_eq!(rc[i]["ok"], false, "command {i}: {}", rc[i]);
         assert_eq!(rc[i]["error"]["code"], code, "command {i}: {}", rc[i]);
@@ -1122,11 +1030,7 @@ fn a_campus_week_reconciles_to_hand_worked_numbers() {
     assert_eq!(after["head_position"], 3117);
     assert_eq!(after["chain_hash"], audit["chain_hash"]);
     for (i, (account, _, _)) in accounts.iter().enumerate() {
-        assert_eq!(
-            campus.balance(account),
-            balances[i],
-            "{account} changed after refusals"
-        );
+        assert_eq!(campus.balance(account), balances[i], "{account} changed after refusals");
     }
     assert_eq!(campus.statement("gamma-ml", "2026-11"), gamma_nov);
 }

@@ -116,11 +116,15 @@ async fn a_bad_url_is_a_clear_error_without_the_password() {
 /// server certificate no trusted authority signed (the local cluster's is self-signed).
 #[tokio::test]
 async fn sslmode_in_the_url_is_honoured() {
-    let Some(base) = pg::base_url("sslmode_in_the_url_is_honoured") else { return };
+    let Some(base) = pg::base_url("sslmode_in_the_url_is_honoured") else {
+        return;
+    };
     let url = pg::fresh_schema_url(&base).await;
     let tls: Option<bool> = {
         use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&format!("{url}&sslmode=require")).await.ok();
+        let mut c = sqlx::PgConnection::connect(&format!("{url}&sslmode=require"))
+            .await
+            .ok();
         match c.as_mut() {
             Some(c) => sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 .fetch_one(c)
@@ -134,10 +138,17 @@ async fn sslmode_in_the_url_is_honoured() {
         return;
     }
     let s = PgStore::open(&format!("{url}&sslmode=require")).await.unwrap();
-    s.append(contract::batch("tls", ExpectedVersion::NoStream, vec![contract::ev("{}")]))
-        .wait()
+    s.append(contract::batch(
+        "tls",
+        ExpectedVersion::NoStream,
+        vec![contract::ev("{}")],
+    ))
+    .wait()
+    .await
+    .unwrap();
+    let e = PgStore::open(&format!("{url}&sslmode=verify-full"))
         .await
-        .unwrap();
-    let e = PgStore::open(&format!("{url}&sslmode=verify-full")).await.err().expect("refused");
+        .err()
+        .expect("refused");
     assert!(e.to_string().contains("cannot connect"), "{e}");
 }

@@ -64,18 +64,12 @@ async fn the_file_is_in_wal_mode_with_full_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
     let s = SqliteStore::open(&path).await.unwrap();
-    s.append(contract::batch(
-        "w",
-        ExpectedVersion::Any,
-        vec![contract::ev("{}")],
-    ))
-    .wait()
-    .await
-    .unwrap();
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = c
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+    s.append(contract::batch("w", ExpectedVersion::Any, vec![contract::ev("{}")]))
+        .wait()
+        .await
         .unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     // The table has no index besides its integer key: the hot path is a pure append.
     let indexes: i64 = c

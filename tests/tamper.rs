@@ -436,11 +436,17 @@ fn reading_a_cut_log_keeps_the_evidence_for_the_audit() {
     let b = build();
     let db = fresh_copy(&b, "tail-then-read", true);
     tamper(&db, |c| {
-        assert_eq!(c.execute("DELETE FROM events WHERE position > ?1", [HEAD - 2]).unwrap(), 2);
+        assert_eq!(
+            c.execute("DELETE FROM events WHERE position > ?1", [HEAD - 2]).unwrap(),
+            2
+        );
     });
     let (code, _, err) = run(&db, &["statement", "--tenant", "acme-ai", "--period", "2025-02"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("kept as"), "the statement says the snapshot was set aside: {err}");
+    assert!(
+        err.contains("kept as"),
+        "the statement says the snapshot was set aside: {err}"
+    );
     let r = audit(&db, 1);
     assert!(r.has(HEAD, "tail"), "{}", r.json);
 }

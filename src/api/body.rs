@@ -112,7 +112,10 @@ where
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(t)) => Ok(Query(t)),
-            Err(e) => Err(ApiError::bad_request(format!("invalid query string: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid query string: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -30,7 +30,10 @@ fn with_path_field(mut obj: Map<String, Value>, field: &str, value: &str) -> Res
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == value => {}
         Some(other) => {
-            return Err(ApiError::invalid(field, format!("the body says {other} but the path says {value:?}")));
+            return Err(ApiError::invalid(
+                field,
+                format!("the body says {other} but the path says {value:?}"),
+            ));
         }
     }
     obj.insert(field.into(), Value::String(value.into()));
@@ -42,7 +45,10 @@ fn check_command_field(name: &str, obj: &Map<String, Value>) -> Result<(), ApiEr
     match obj.get("command") {
         None => Ok(()),
         Some(Value::String(s)) if s == name => Ok(()),
-        Some(other) => Err(ApiError::invalid("command", format!("this route takes {name:?}, the body says {other}"))),
+        Some(other) => Err(ApiError::invalid(
+            "command",
+            format!("this route takes {name:?}, the body says {other}"),
+        )),
     }
 }
 

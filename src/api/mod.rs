@@ -111,7 +111,10 @@ const REQUEST_ID_CHARS_MAX: usize = 128;
 
 /// Tells the outer `track` which route matched (routing happens inside it).
 async fn note_route(req: Request, next: Next) -> Response {
-    if let (Some(slot), Some(m)) = (req.extensions().get::<RouteSlot>(), req.extensions().get::<MatchedPath>()) {
+    if let (Some(slot), Some(m)) = (
+        req.extensions().get::<RouteSlot>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
         *slot.0.lock().expect("route slot") = Some(m.as_str().to_string());
     }
     next.run(req).await
@@ -132,8 +135,15 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    let route = slot.0.lock().expect("route slot").clone().unwrap_or_else(|| "unmatched".into());
-    span.in_scope(|| tracing::info!(status, route = %route, latency_ms = started.elapsed().as_millis() as u64, "answered"));
+    let route = slot
+        .0
+        .lock()
+        .expect("route slot")
+        .clone()
+        .unwrap_or_else(|| "unmatched".into());
+    span.in_scope(
+        || tracing::info!(status, route = %route, latency_ms = started.elapsed().as_millis() as u64, "answered"),
+    );
     state.metrics.count_request(&method, &route, status);
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);

@@ -3,11 +3,11 @@
 
 use super::AppState;
 use super::auth::{Auth, Role};
+use super::body::Query;
 use super::error::ApiError;
 use crate::domain::postings::parse_account;
 use crate::domain::time::{Period, parse_time};
 use crate::projections::render::{statement_csv, statement_html};
-use super::body::Query;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};

@@ -2,10 +2,10 @@
 
 use super::AppState;
 use super::auth::{Auth, Role};
+use super::body::Query;
 use super::error::ApiError;
 use crate::audit::{Live, audit as run_audit};
 use crate::store::{RecordedEvent, Subscription};
-use super::body::Query;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -95,36 +95,38 @@ pub async fn live(
             .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a position (a whole number)"))?,
         None => q.from_position.map_or(0, |p| p.saturating_sub(1)),
     };
-    let slot = s
-        .sse_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::unavailable(format!("{SSE_SUBSCRIBERS_MAX} live subscribers are already connected")))?;
+    let slot =
+        s.sse_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(format!("{SSE_SUBSCRIBERS_MAX} live subscribers are already connected"))
+        })?;
     let sub = Subscription::new(s.ledger.store().clone(), after);
     // The slot is held by the stream and freed when the client goes away; the stream ends
     // when the server stops, so that a graceful shutdown does not wait for it forever.
-    let stream = futures_util::stream::unfold((sub, slot, s.stopping.clone()), |(mut sub, slot, mut stopping)| async move {
-        if *stopping.borrow() {
-            return None;
-        }
-        let next = tokio::select! {
-            r = sub.next() => r,
-            _ = stopping.wait_for(|s| *s) => return None,
-        };
-        match next {
-            Ok(r) => {
-                let ev = SseEvent::default()
-                    .id(r.position.to_string())
-                    .event(r.event_type.clone())
-                    .data(r.to_json().to_string());
-                Some((Ok::<_, Infallible>(ev), (sub, slot, stopping)))
+    let stream = futures_util::stream::unfold(
+        (sub, slot, s.stopping.clone()),
+        |(mut sub, slot, mut stopping)| async move {
+            if *stopping.borrow() {
+                return None;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "live events stopped");
-                None
+            let next = tokio::select! {
+                r = sub.next() => r,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            match next {
+                Ok(r) => {
+                    let ev = SseEvent::default()
+                        .id(r.position.to_string())
+                        .event(r.event_type.clone())
+                        .data(r.to_json().to_string());
+                    Some((Ok::<_, Infallible>(ev), (sub, slot, stopping)))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "live events stopped");
+                    None
+                }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 

@@ -151,7 +151,6 @@ impl PgStore {
             listener,
         }))
     }
-
 }
 
 /// Follows other processes' commits: every notification carries the new head.

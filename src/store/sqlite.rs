@@ -218,7 +218,6 @@ impl SqliteStore {
         Ok(index)
     }
 
-
     async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

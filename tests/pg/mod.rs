@@ -17,8 +17,13 @@ pub fn base_url(test: &str) -> Option<String> {
 pub async fn fresh_schema_url(base: &str) -> String {
     use sqlx::Connection;
     let schema = format!("wl_test_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(base).await.expect("connect to the test database");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to the test database");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
     c.close().await.ok();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")

@@ -63,18 +63,27 @@ pub fn claims(role: Role, tenant: Option<&str>, sites: Option<&[&str]>, meters: 
 
 /// Starts the application on `127.0.0.1:0` over a fresh SQLite store, with HS256.
 pub async fn spawn_app() -> App {
-    spawn_app_with(AuthConfig::hs256(TEST_SECRET.as_bytes(), "test").unwrap(), Arc::new(SystemClock)).await
+    spawn_app_with(
+        AuthConfig::hs256(TEST_SECRET.as_bytes(), "test").unwrap(),
+        Arc::new(SystemClock),
+    )
+    .await
 }
 
 pub async fn spawn_app_with(auth: AuthConfig, clock: Arc<dyn Clock>) -> App {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
     let ledger = Ledger::open(store.clone(), clock).await.unwrap();
-    let projections = Projections::open(store, Some(dir.path().join("w.db.snapshot.json"))).await.unwrap();
+    let projections = Projections::open(store, Some(dir.path().join("w.db.snapshot.json")))
+        .await
+        .unwrap();
     let server = start("127.0.0.1:0", ledger, projections, auth.clone()).await.unwrap();
     App {
         base: format!("http://{}", server.addr),
-        client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap(),
+        client: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap(),
         server: Some(server),
         auth,
         dir,
@@ -102,7 +111,10 @@ pub fn assert_matches_spec(method: &str, path: &str, status: u16, content_type: 
     if resp.is_null() {
         resp = &responses["default"];
     }
-    assert!(resp.is_object(), "api.yaml has no {status} response for {method} {path}");
+    assert!(
+        resp.is_object(),
+        "api.yaml has no {status} response for {method} {path}"
+    );
     // Follow a $ref to components/responses.
     let resp = match resp.get("$ref").and_then(Value::as_str) {
         Some(r) => {
@@ -112,9 +124,20 @@ pub fn assert_matches_spec(method: &str, path: &str, status: u16, content_type: 
         None => resp,
     };
     let schema = &resp["content"][content_type]["schema"];
-    assert!(schema.is_object(), "api.yaml has no {content_type} schema for {status} of {method} {path}");
+    assert!(
+        schema.is_object(),
+        "api.yaml has no {content_type} schema for {status} of {method} {path}"
+    );
     let root = serde_json::json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "allOf": [schema], "components": spec["components"]});
-    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("schema of {method} {path} {status}: {e}"));
-    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path)).collect();
-    assert!(errors.is_empty(), "{method} {path} {status} body does not match api.yaml:\n{}\nbody: {body}", errors.join("\n"));
+    let validator =
+        jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("schema of {method} {path} {status}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} body does not match api.yaml:\n{}\nbody: {body}",
+        errors.join("\n")
+    );
 }
