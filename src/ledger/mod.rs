@@ -158,9 +158,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Folds what other writers appended since the last look (shared stores only).
+    /// Folds what other writers appended since the last look (shared stores only). It asks
+    /// the store itself, not the head watch: a notification from another server may still be
+    /// on its way when a client that saw that server's answer sends its next command here.
     async fn catch_up(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
-        while *store.watch_head().borrow() > self.applied {
+        loop {
             let page = store.read_all(self.applied, READ_PAGE_EVENTS_MAX).await?;
             let Some(last) = page.last() else { break };
             self.applied = last.position;
