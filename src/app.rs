@@ -228,10 +228,270 @@ pub async fn export(url: &str, format: &str, out: &mut impl Write) -> Result<u64
             let store = store::open(url, Access::Read).await?;
             export_ndjson(store.as_ref(), out).await
         }
+        "hledger" => {
+            let store = store::open(url, Access::Read).await?;
+            crate::export::hledger_journal(store.as_ref(), out)
+                .await
+                .map_err(|e| match e {
+                    crate::export::ExportError::Store(s) => AppError::Store(s),
+                    crate::export::ExportError::Io(e) => AppError::Io(e),
+                    crate::export::ExportError::Corrupt(m) => AppError::Usage(m),
+                })
+        }
         other => Err(AppError::Usage(format!(
-            "--format {other:?} is not supported; use ndjson"
+            "--format {other:?} is not supported; use ndjson or hledger"
         ))),
     }
+}
+
+/// What `wattledger simulate` is asked for.
+#[derive(Clone, Debug)]
+pub struct SimulateArgs {
+    pub days: u32,
+    pub tenants: u32,
+    pub seed: u64,
+    /// A date (`2026-11-01`) or RFC 3339 time; by default `days` days before today, 00:00 UTC.
+    pub start: Option<String>,
+    pub site: String,
+    pub keep_periods_open: bool,
+    /// Send the commands to this server instead of writing them.
+    pub post_to: Option<String>,
+    pub token: Option<String>,
+}
+
+fn sim_config(args: &SimulateArgs) -> Result<crate::sim::SimConfig, AppError> {
+    let start = match &args.start {
+        Some(s) => crate::sim::parse_start(s).map_err(AppError::Usage)?,
+        None => crate::sim::default_start(args.days, chrono::Utc::now()),
+    };
+    let mut cfg = crate::sim::SimConfig::new(args.days, args.tenants, args.seed, start);
+    cfg.site_id = args.site.clone();
+    cfg.close_periods = !args.keep_periods_open;
+    cfg.check().map_err(AppError::Usage)?;
+    Ok(cfg)
+}
+
+/// Writes a simulated campus as NDJSON commands to `out`, or posts them to a server
+/// (`--post-to`); returns a one-line summary.
+pub async fn simulate(args: &SimulateArgs, out: &mut impl Write, progress: bool) -> Result<String, AppError> {
+    let cfg = sim_config(args)?;
+    let what = |s: &crate::sim::SimSummary| {
+        format!(
+            "{} days from {}, {} tenants, {} meters ({} batteries): {} commands, {} readings, {} credit allocations, {} transfers, {} periods closed",
+            cfg.days,
+            crate::domain::time::fmt_time(&cfg.start),
+            cfg.tenants,
+            s.meters,
+            s.batteries,
+            s.commands,
+            s.readings,
+            s.credits,
+            s.transfers,
+            s.periods_closed
+        )
+    };
+    let Some(url) = &args.post_to else {
+        let mut failed: Option<std::io::Error> = None;
+        let summary = crate::sim::simulate(&cfg, &mut |v| {
+            if failed.is_none()
+                && let Err(e) = writeln!(out, "{v}")
+            {
+                failed = Some(e);
+            }
+        })
+        .map_err(AppError::Usage)?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        out.flush()?;
+        return Ok(format!("simulated {}", what(&summary)));
+    };
+    let token = args.token.as_deref().ok_or_else(|| {
+        AppError::Usage("--post-to needs --token (an operator's: wattledger token --role operator)".into())
+    })?;
+    // The simulation runs on a blocking thread and streams its commands to the poster, so a
+    // long run never sits in memory whole.
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::sim::POST_CHUNK_LINES_MAX);
+    let sim_cfg = cfg.clone();
+    let simulation = tokio::task::spawn_blocking(move || {
+        crate::sim::simulate(&sim_cfg, &mut |v| {
+            // A closed channel means the poster stopped on an error, which it reports.
+            let _ = tx.blocking_send(v);
+        })
+    });
+    let bar = indicatif::ProgressBar::new(crate::sim::estimated_commands(&cfg));
+    if !progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("posting {bar:40} {pos}/{len} commands ({per_sec}, {eta})")
+            .expect("template"),
+    );
+    let mut refusals = 0usize;
+    let posted = crate::sim::post_commands(
+        url,
+        token,
+        rx,
+        &|n| {
+            if n > bar.length().unwrap_or(0) {
+                bar.set_length(n);
+            }
+            bar.set_position(n)
+        },
+        &mut |line| {
+            refusals += 1;
+            if refusals <= 10 {
+                bar.suspend(|| eprintln!("{line}"));
+            }
+        },
+    )
+    .await
+    .map_err(AppError::Usage)?;
+    bar.finish_and_clear();
+    let summary = simulation
+        .await
+        .map_err(|e| AppError::Usage(e.to_string()))?
+        .map_err(AppError::Usage)?;
+    let line = format!(
+        "posted {} to {url} in {} requests: {} accepted, {} duplicates, {} refused",
+        what(&summary),
+        posted.requests,
+        posted.accepted,
+        posted.duplicates,
+        posted.refused
+    );
+    if posted.refused > 0 {
+        return Err(AppError::Usage(line));
+    }
+    Ok(line)
+}
+
+/// How `serve --demo` fills a fresh store: a simulated week of three tenants.
+pub const DEMO_DAYS: u32 = 7;
+pub const DEMO_TENANTS: u32 = 3;
+pub const DEMO_SEED: u64 = 2026;
+
+/// Applies a simulated week into a fresh store; refuses a store that already has events.
+pub async fn load_demo(ledger: &Arc<Ledger>, url: &str) -> Result<ApplySummary, AppError> {
+    let head = ledger.store().head().await?;
+    if head.position > 0 {
+        return Err(AppError::Usage(format!(
+            "--demo loads a simulated week into a fresh store, but {} already holds {} events; give another --store (such as sqlite://data/demo.db)",
+            store::redact_url(url),
+            head.position
+        )));
+    }
+    let cfg = crate::sim::SimConfig::new(
+        DEMO_DAYS,
+        DEMO_TENANTS,
+        DEMO_SEED,
+        crate::sim::default_start(DEMO_DAYS, chrono::Utc::now()),
+    );
+    let mut text = String::new();
+    crate::sim::simulate(&cfg, &mut |v| {
+        text.push_str(&v.to_string());
+        text.push('\n');
+    })
+    .map_err(AppError::Usage)?;
+    let summary = apply(ledger.clone(), std::io::Cursor::new(text.into_bytes()), std::io::sink()).await?;
+    if summary.refused > 0 {
+        return Err(AppError::Usage(format!(
+            "the demo week was not accepted whole: {} commands refused",
+            summary.refused
+        )));
+    }
+    Ok(summary)
+}
+
+/// What `wattledger import` is asked for.
+#[derive(Clone, Debug)]
+pub struct ImportArgs {
+    /// `csv` or `greenbutton`.
+    pub format: String,
+    pub meter: String,
+    /// The reading length of a `start,wh` CSV file (`15m`).
+    pub interval: Option<String>,
+    /// For a storage meter: `stored` or `dispatched`.
+    pub flow: Option<String>,
+    pub file: String,
+}
+
+/// Imports a meter's readings from a file through the ledger, like `apply`: one JSON result
+/// per reading on `out`, in time order.
+pub async fn import(url: &str, args: &ImportArgs, out: impl Write + Send + 'static) -> Result<ApplySummary, AppError> {
+    use crate::domain::events::MeterKind;
+    use crate::domain::tariff::Flow;
+    let interval = args
+        .interval
+        .as_deref()
+        .map(crate::import::parse_interval)
+        .transpose()
+        .map_err(AppError::Usage)?;
+    let meta = std::fs::metadata(&args.file).map_err(|e| AppError::Usage(format!("cannot open {}: {e}", args.file)))?;
+    if meta.len() > crate::import::IMPORT_FILE_BYTES_MAX {
+        return Err(AppError::Usage(format!(
+            "{} is larger than {} bytes; split it",
+            args.file,
+            crate::import::IMPORT_FILE_BYTES_MAX
+        )));
+    }
+    let text =
+        std::fs::read_to_string(&args.file).map_err(|e| AppError::Usage(format!("cannot read {}: {e}", args.file)))?;
+    let readings = match args.format.as_str() {
+        "csv" => crate::import::parse_csv(&text, interval),
+        "greenbutton" | "green-button" | "espi" => {
+            if interval.is_some() {
+                return Err(AppError::Usage(
+                    "--interval is for CSV files; Green Button readings carry their duration".into(),
+                ));
+            }
+            crate::import::parse_green_button(&text)
+        }
+        other => {
+            return Err(AppError::Usage(format!(
+                "--format {other:?} is not supported; use csv or greenbutton"
+            )));
+        }
+    }
+    .map_err(|m| AppError::Usage(format!("{}: {m}", args.file)))?;
+    let ledger = open_ledger(url).await?;
+    let meter = crate::domain::ids::MeterId::parse(&args.meter).map_err(|m| AppError::Usage(format!("--meter {m}")))?;
+    let kind = ledger
+        .with_state(|st| st.meters.get(&meter).map(|m| m.reg.kind))
+        .await
+        .ok_or_else(|| AppError::Usage(format!("no meter {:?} is registered", args.meter)))?;
+    let given = args
+        .flow
+        .as_deref()
+        .map(Flow::parse)
+        .transpose()
+        .map_err(|m| AppError::Usage(format!("--flow {m}")))?;
+    let flow = match (kind, given) {
+        (MeterKind::Storage, None) => {
+            return Err(AppError::Usage(format!(
+                "meter {:?} is a storage meter: say which way the file's energy went with --flow stored|dispatched",
+                args.meter
+            )));
+        }
+        (MeterKind::Generation, None) => Flow::Generated,
+        (MeterKind::Load, None) => Flow::Consumed,
+        (k, Some(f)) if k.allows(f) => f,
+        (k, Some(f)) => {
+            return Err(AppError::Usage(format!(
+                "meter {:?} is a {} meter and cannot post {f} energy",
+                args.meter,
+                k.as_str()
+            )));
+        }
+    };
+    let mut text = String::new();
+    for r in &readings {
+        text.push_str(&r.command(meter.as_str(), flow).to_string());
+        text.push('\n');
+    }
+    let summary = apply(ledger.clone(), std::io::Cursor::new(text.into_bytes()), out).await;
+    ledger.store().shutdown().await;
+    summary
 }
 
 /// The folder that holds a store's companions (the JWT secret, snapshots): the SQLite
@@ -249,9 +509,19 @@ pub fn data_dir(url: &str) -> std::path::PathBuf {
 }
 
 /// Runs the HTTP API until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(url: &str, listen: &str) -> Result<(), AppError> {
+/// With `demo`, a fresh store is first loaded with a simulated week (`load_demo`).
+pub async fn serve(url: &str, listen: &str, demo: bool) -> Result<(), AppError> {
     let auth = crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
     let ledger = open_ledger(url).await?;
+    if demo {
+        let started = std::time::Instant::now();
+        let loaded = load_demo(&ledger, url).await?;
+        tracing::info!(
+            "demo: loaded a simulated week ({DEMO_TENANTS} tenants, {} events) in {:.1} s",
+            loaded.accepted,
+            started.elapsed().as_secs_f64()
+        );
+    }
     let projections = Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
     if let Some(note) = &projections.snapshot_note {
         tracing::warn!("{note}");

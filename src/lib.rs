@@ -7,8 +7,12 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod domain;
+pub mod export;
+pub mod import;
 pub mod ledger;
 pub mod metrics;
 pub mod projections;
+pub mod sim;
 pub mod store;

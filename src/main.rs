@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use wattledger::app::{self, AppError, DEFAULT_STORE, StatementFormat};
+use wattledger::bench;
 
 #[derive(Parser)]
 #[command(name = "wattledger", version, about = "The energy ledger of AI compute campuses")]
@@ -29,6 +30,9 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, env = "WATTLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Start with a simulated week of a campus (the store must be fresh).
+        #[arg(long)]
+        demo: bool,
     },
     /// Print a signed token (JWT) for the server's key.
     Token {
@@ -90,17 +94,75 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write every recorded event, in log order.
+    /// Write every recorded event, in log order: NDJSON, or an hledger journal.
     Export {
+        /// ndjson or hledger.
         #[arg(long, default_value = "ndjson")]
         format: String,
     },
+    /// Write the NDJSON commands of a simulated campus (deterministic for a seed), or post them.
+    Simulate {
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[arg(long, default_value_t = 3)]
+        tenants: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// First day (2026-11-01, 00:00 UTC) or RFC 3339 time; default: DAYS days before today.
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long, default_value = "memphis-1")]
+        site: String,
+        /// Do not close each simulated month after its last reading.
+        #[arg(long)]
+        keep_periods_open: bool,
+        /// Send the commands to a server (http://HOST:PORT) instead of writing them.
+        #[arg(long)]
+        post_to: Option<String>,
+        /// An operator token for --post-to.
+        #[arg(long, env = "WATTLEDGER_TOKEN")]
+        token: Option<String>,
+    },
+    /// Import a meter's readings from a CSV or Green Button (ESPI XML) file, through the ledger.
+    Import {
+        /// csv or greenbutton.
+        #[arg(long)]
+        format: String,
+        /// The registered meter the readings belong to (its kind gives the flow).
+        #[arg(long)]
+        meter: String,
+        /// Reading length for a start,wh CSV file: 15m, 900s, 1h.
+        #[arg(long)]
+        interval: Option<String>,
+        /// For a storage meter: stored or dispatched.
+        #[arg(long)]
+        flow: Option<String>,
+        /// The file: CSV with a header (start,end,wh or start,wh), or Green Button XML.
+        file: String,
+    },
+    /// Measure throughput and latency beside the raw limits of the storage (docs/PERFORMANCE.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The full write path in process, then the raw append limit of the same backend.
+    Ingest(bench::IngestArgs),
+    /// The audit over an existing log, then the raw read-and-parse limit.
+    Replay(bench::ReplayArgs),
+    /// Statement and balance reads from the projections: p50, p99, p999.
+    Read(bench::ReadArgs),
+    /// The HTTP API on loopback with concurrent keep-alive clients.
+    Http(bench::HttpArgs),
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
     match cli.command {
-        Cmd::Serve { listen } => {
-            app::serve(&cli.store, &listen).await?;
+        Cmd::Serve { listen, demo } => {
+            app::serve(&cli.store, &listen, demo).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Token {
@@ -172,6 +234,68 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 print!("{}", report.human());
             }
             Ok(if report.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Bench { what } => {
+            let given = bench::store_given().then_some(cli.store.as_str());
+            let (report, json) = match what {
+                BenchCmd::Ingest(a) => (bench::ingest(given, &a).await?, a.json),
+                BenchCmd::Replay(a) => (bench::replay(&cli.store, &a).await?, a.json),
+                BenchCmd::Read(a) => (bench::read(&cli.store, &a).await?, a.json),
+                BenchCmd::Http(a) => (bench::http(&a).await?, a.json),
+            };
+            report.print(json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Simulate {
+            days,
+            tenants,
+            seed,
+            start,
+            site,
+            keep_periods_open,
+            post_to,
+            token,
+        } => {
+            let args = app::SimulateArgs {
+                days,
+                tenants,
+                seed,
+                start,
+                site,
+                keep_periods_open,
+                post_to,
+                token,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let summary = app::simulate(&args, &mut out, std::io::stderr().is_terminal()).await?;
+            eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Import {
+            format,
+            meter,
+            interval,
+            flow,
+            file,
+        } => {
+            let args = app::ImportArgs {
+                format,
+                meter,
+                interval,
+                flow,
+                file,
+            };
+            let out = std::io::BufWriter::new(std::io::stdout());
+            let summary = app::import(&cli.store, &args, out).await?;
+            eprintln!(
+                "imported: {} accepted, {} duplicates, {} refused",
+                summary.accepted, summary.duplicates, summary.refused
+            );
+            Ok(if summary.refused == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -1,0 +1,1990 @@
+//! `wattledger bench`: the ledger's throughput and latency measured beside the raw limits of
+//! its own storage **in the same run** (issue 6; method and figures in `docs/PERFORMANCE.md`).
+//!
+//! - [`ingest`]: the full write path in process (JSON text → `Command` → `Ledger::submit` →
+//!   durable group commit → projections), then the same rows appended by the plainest code
+//!   into a fresh SQLite file (integer key only, WAL, `synchronous=FULL`, as many rows per
+//!   transaction as the ledger's average group commit);
+//! - [`replay`]: the audit (`wattledger audit`) over an existing log, then the raw
+//!   read-and-parse limit (every row read, its data parsed with `serde_json`);
+//! - [`read`]: statement and balance reads from the in-memory projections, with percentiles,
+//!   and what a restart costs (store index, write state, projections);
+//! - [`http`]: the API started in process on loopback, with C keep-alive clients posting
+//!   single readings or NDJSON bulk bodies (a minimal HTTP/1.1 client over `TcpStream`).
+//!
+//! Every loop is bounded by a count from the command line or by a fixed time budget, and
+//! every subcommand finishes on its own. Temporary stores are removed when done.
+
+use crate::app::AppError;
+use crate::domain::Command;
+use crate::ledger::{CommandError, Ledger, Pending, SystemClock};
+use crate::projections::engine::{Projections, snapshot_path_for};
+use crate::store::{self, Access, EventStore};
+use chrono::{DateTime, Duration as TimeDelta, DurationRound, TimeZone, Utc};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most readings one run posts.
+pub const READINGS_MAX: u64 = 100_000_000;
+/// Most meters one run registers.
+pub const METERS_MAX: u64 = 1_000_000;
+/// Largest pipeline window: stays below the writer's queue depth, so no append is refused as busy.
+pub const WINDOW_MAX: usize = 60_000;
+/// Most concurrent HTTP clients.
+pub const CLIENTS_MAX: usize = 4_096;
+/// Most iterations of one read kind.
+pub const READ_ITERATIONS_MAX: u64 = 10_000_000;
+/// Longest time one read kind is measured for.
+pub const READ_SECONDS_MAX: u64 = 30;
+/// Longest a client waits for one HTTP answer.
+pub const HTTP_TIMEOUT_S: u64 = 120;
+/// Longest the projections may take to reach the head after an ingest.
+pub const PROJECTION_WAIT_S_MAX: u64 = 3_600;
+/// Rows read per page when copying rows for the raw limit.
+const RAW_PAGE_ROWS: i64 = 10_000;
+/// The length of one reading interval.
+const INTERVAL_MIN: i64 = 15;
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProjectionMode {
+    /// Follow the log while ingesting (what `serve` does); the run ends when they reach the head.
+    Live,
+    /// Open the projections after the last append and catch up from position 0.
+    End,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Readings to post.
+    #[arg(long, default_value_t = 100_000)]
+    pub readings: u64,
+    /// Load meters the readings are spread over (round robin, 15-minute intervals).
+    #[arg(long, default_value_t = 1_000)]
+    pub meters: u64,
+    /// Commands decided but not yet durable at one time (the pipeline window; it bounds the
+    /// size of one group commit).
+    #[arg(long, default_value_t = 4_096)]
+    pub batch: usize,
+    /// When the projections fold the readings.
+    #[arg(long, value_enum, default_value = "live")]
+    pub projections: ProjectionMode,
+    /// Rows per transaction of the raw limit (default: the ledger's average group commit in
+    /// this run).
+    #[arg(long)]
+    pub raw_rows_per_tx: Option<usize>,
+    /// Folder for the temporary store and the raw-limit file (default: the system's temp folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Also time each stage of the verification (read, hash, decode, postings, price, state,
+    /// projections) in a second, instrumented pass.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReadArgs {
+    /// Iterations of each read kind (each also stops after 30 s).
+    #[arg(long, default_value_t = 100_000)]
+    pub iterations: u64,
+    /// Skip rebuilding the write state (the part of a restart that replays the log).
+    #[arg(long)]
+    pub no_ledger: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct HttpArgs {
+    /// Readings to post.
+    #[arg(long, default_value_t = 100_000)]
+    pub readings: u64,
+    /// Concurrent keep-alive clients (one request in flight each).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Load meters the readings are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub meters: u64,
+    /// Post NDJSON bodies of --batch readings instead of one reading per request.
+    #[arg(long)]
+    pub bulk: bool,
+    /// Readings per bulk request.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// Folder for the temporary store (default: the system's temp folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Whether `--store` was given on the command line or through `WATTLEDGER_STORE` (otherwise
+/// `bench ingest` uses a fresh temporary store rather than the default one).
+pub fn store_given() -> bool {
+    std::env::var_os("WATTLEDGER_STORE").is_some()
+        || std::env::args_os().any(|a| {
+            let a = a.to_string_lossy();
+            a == "--store" || a.starts_with("--store=")
+        })
+}
+
+// ---------------------------------------------------------------------------------------
+// Reports
+// ---------------------------------------------------------------------------------------
+
+/// One bench's result: a table for people and one JSON object.
+pub struct Report {
+    pub title: String,
+    pub rows: Vec<(String, String)>,
+    pub json: Value,
+}
+
+impl Report {
+    fn new(title: &str, json: Value) -> Self {
+        Self {
+            title: title.to_string(),
+            rows: Vec::new(),
+            json,
+        }
+    }
+
+    fn row(&mut self, what: &str, value: impl Into<String>) {
+        self.rows.push((what.to_string(), value.into()));
+    }
+
+    /// The table for people.
+    pub fn human(&self) -> String {
+        let w = self.rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let mut s = format!("{}\n", self.title);
+        for (k, v) in &self.rows {
+            let pad = w - k.chars().count();
+            let _ = writeln!(s, "  {k}{}  {v}", " ".repeat(pad));
+        }
+        s
+    }
+
+    /// Prints the JSON object (`json`) or the table.
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json).expect("json"));
+        } else {
+            print!("{}", self.human());
+        }
+    }
+}
+
+fn per_s(n: u64, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+fn fmt_rate(x: f64) -> String {
+    let n = x.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn usage(m: impl Into<String>) -> AppError {
+    AppError::Usage(m.into())
+}
+
+fn io_err(e: impl std::fmt::Display) -> AppError {
+    AppError::Io(std::io::Error::other(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The machine and the process (from /proc)
+// ---------------------------------------------------------------------------------------
+
+/// Cores, memory, CPU model and kernel, from `/proc`.
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string());
+    let processors = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "processors_in_proc_cpuinfo": processors,
+        "cpu_model": model,
+        "mem_total_bytes": kib("MemTotal:"),
+        "mem_available_bytes": kib("MemAvailable:"),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+        "clocksource": std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .ok()
+            .map(|s| s.trim().to_string()),
+    })
+}
+
+/// The mount (device, type, mount point) a path lives on, from `/proc/mounts`.
+pub fn filesystem_of(path: &Path) -> Value {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, Value)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let mp = Path::new(f[1]);
+        if path.starts_with(mp) && best.as_ref().is_none_or(|(n, _)| f[1].len() > *n) {
+            best = Some((f[1].len(), json!({"device": f[0], "mount_point": f[1], "type": f[2]})));
+        }
+    }
+    best.map_or(Value::Null, |(_, v)| v)
+}
+
+/// Peak resident set (`VmHWM`) of this process, in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|k| k * 1024)
+}
+
+/// Resets the peak resident set to the current one (Linux ≥ 4.0); false if refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// `read_bytes` and `write_bytes` of `/proc/self/io`: what this process sent to storage.
+fn proc_io() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (get("read_bytes:"), get("write_bytes:"))
+}
+
+/// User + system CPU time of the whole process (threads that ended included), in seconds.
+/// `/proc/self/stat` counts in clock ticks of 1/100 s on Linux.
+fn process_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// CPU seconds the whole machine spent busy (all processes) and stolen by the hypervisor,
+/// from the first line of `/proc/stat` (1/100 s ticks).
+fn machine_cpu_s() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy as f64 / 100.0, at(7) as f64 / 100.0)
+}
+
+/// What else ran on the machine while a bench ran: busy CPU seconds of other processes and
+/// seconds stolen by the hypervisor, between two [`machine_cpu_s`] readings.
+fn others_json(m0: (f64, f64), m1: (f64, f64), own_cpu_s: f64, wall: Duration) -> Value {
+    let others = (m1.0 - m0.0 - own_cpu_s).max(0.0);
+    json!({
+        "other_processes_cpu_seconds": round3(others),
+        "steal_seconds": round3(m1.1 - m0.1),
+        "wall_seconds": round3(wall.as_secs_f64()),
+    })
+}
+
+/// CPU nanoseconds of each live thread of this process: tid → (name, ns), from schedstat.
+fn thread_cpu() -> HashMap<u64, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(0);
+        out.insert(tid, (name.trim().to_string(), ns));
+    }
+    out
+}
+
+/// CPU seconds per thread name between two [`thread_cpu`] snapshots (threads still alive).
+fn thread_cpu_delta(
+    before: &HashMap<u64, (String, u64)>,
+    after: &HashMap<u64, (String, u64)>,
+) -> BTreeMap<String, f64> {
+    let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+    for (tid, (name, ns)) in after {
+        let start = before.get(tid).map_or(0, |(_, n)| *n);
+        let label = match name.as_str() {
+            "wattledger-sqli" => "sqlite writer thread".to_string(),
+            "tokio-runtime-w" | "tokio-rt-worker" => "tokio threads (workers and blocking pool)".to_string(),
+            "wattledger" => "main thread (drives the bench)".to_string(),
+            other => other.to_string(),
+        };
+        *by_name.entry(label).or_default() += ns.saturating_sub(start) as f64 / 1e9;
+    }
+    by_name.retain(|_, v| *v >= 0.0005);
+    by_name
+}
+
+fn cpu_json(threads: &BTreeMap<String, f64>) -> Value {
+    Value::Object(threads.iter().map(|(k, v)| (k.clone(), json!(round3(*v)))).collect())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// `(sum, count)` of a store's group-commit histogram (requests per commit).
+fn group_stats(store: &dyn EventStore) -> Option<(f64, f64)> {
+    let h = store.group_commit_sizes()?;
+    let mut s = String::new();
+    h.render(&mut s, "g", "");
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((get("g_sum ")?, get("g_count ")?))
+}
+
+/// The SQLite file a store URL names, if it names one.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("sqlite://") {
+        return Some(PathBuf::from(p));
+    }
+    (!url.contains("://")).then(|| PathBuf::from(url))
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_path(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", p.display()))
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: Option<&Path>, tag: &str) -> Result<Self, AppError> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = parent.join(format!("wattledger-bench-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The workload: one site, one tenant, one tariff, M load meters, N readings
+// ---------------------------------------------------------------------------------------
+
+/// The commands a bench posts. Reading `i` goes to meter `i mod M`, interval `i div M`
+/// (15 minutes each, from `base`), with a Wh value that varies.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub readings: u64,
+    pub meters: u64,
+    /// Start of the first interval (a UTC quarter hour).
+    pub base: DateTime<Utc>,
+}
+
+pub const SITE: &str = "bench-site";
+pub const TENANT: &str = "bench-tenant";
+
+/// The README's tariff: peak Mon–Fri 14:00–20:00 × 1.5, night 00:00–06:00 × 0.6.
+pub fn tariff_command() -> Value {
+    json!({"command":"publish_tariff","site_id":SITE,"effective_from":"2020-01-01T00:00:00Z",
+        "rates_eu_per_wh":{"generated":"1","stored":"1","dispatched":"1","consumed":"1.1"},
+        "bands":[{"name":"peak","days":["mon","tue","wed","thu","fri"],"start":"14:00","end":"20:00","multiplier":"1.5"},
+                 {"name":"night","days":["mon","tue","wed","thu","fri","sat","sun"],"start":"00:00","end":"06:00","multiplier":"0.6"}],
+        "default_band":{"name":"standard","multiplier":"1"},
+        "source_multipliers":{"gas_turbine":"1.2","solar":"0.9","grid":"1"}})
+}
+
+pub fn meter_id(m: u64) -> String {
+    format!("m-{m:06}")
+}
+
+impl Workload {
+    /// Intervals start on 2026-01-01 when the whole run fits before `now`; otherwise they end
+    /// a day before `now` (readings may not be in the future).
+    pub fn new(readings: u64, meters: u64, now: DateTime<Utc>) -> Self {
+        let per_meter = readings.div_ceil(meters.max(1)) as i64;
+        let span = TimeDelta::minutes(INTERVAL_MIN * per_meter);
+        let fixed = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("date");
+        let base = if fixed + span + TimeDelta::hours(1) <= now {
+            fixed
+        } else {
+            let q = now.duration_trunc(TimeDelta::minutes(INTERVAL_MIN)).unwrap_or(now);
+            q - span - TimeDelta::days(1)
+        };
+        Self {
+            readings,
+            meters: meters.max(1),
+            base,
+        }
+    }
+
+    /// Site, tenant, credits, tariff, then the meters, as NDJSON command lines.
+    pub fn setup_lines(&self) -> Vec<String> {
+        let mut v = vec![
+            json!({"command":"register_site","site_id":SITE,"time_zone":"America/Chicago","loss_tolerance_pct":"5"})
+                .to_string(),
+            json!({"command":"register_tenant","tenant_id":TENANT,"name":"Bench Tenant"}).to_string(),
+            json!({"command":"issue_credits","tenant_id":TENANT,"amount_eu":"1000000000000","memo":"bench allocation"})
+                .to_string(),
+            tariff_command().to_string(),
+        ];
+        for m in 0..self.meters {
+            v.push(
+                json!({"command":"register_meter","meter_id":meter_id(m),"site_id":SITE,"kind":"load",
+                    "tenant_id":TENANT,"rated_power_w":"2000000"})
+                .to_string(),
+            );
+        }
+        v
+    }
+
+    /// The body of reading `i` (a `post_reading` command), written into `out`.
+    pub fn reading_line(&self, i: u64, out: &mut String) {
+        let m = i % self.meters;
+        let k = (i / self.meters) as i64;
+        let start = self.base + TimeDelta::minutes(INTERVAL_MIN * k);
+        let end = start + TimeDelta::minutes(INTERVAL_MIN);
+        let wh = 400_000 + (i.wrapping_mul(7_919) % 100_000);
+        let _ = write!(
+            out,
+            r#"{{"command":"post_reading","meter_id":"m-{m:06}","flow":"consumed","start":"{}","end":"{}","wh":"{wh}"}}"#,
+            start.format("%Y-%m-%dT%H:%M:%SZ"),
+            end.format("%Y-%m-%dT%H:%M:%SZ"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The in-process pipeline (what `wattledger apply` does, with each stage timed)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+struct Outcomes {
+    accepted: u64,
+    duplicates: u64,
+    refused: u64,
+    first_refusal: Option<String>,
+}
+
+impl Outcomes {
+    fn refuse(&mut self, m: String) {
+        self.refused += 1;
+        if self.first_refusal.is_none() {
+            self.first_refusal = Some(m);
+        }
+    }
+}
+
+/// Time the driving task spent in each stage.
+#[derive(Clone, Debug, Default)]
+struct Stages {
+    generate: Duration,
+    parse: Duration,
+    submit: Duration,
+    /// Waiting for room in the window (for earlier commands to become durable).
+    window_wait: Duration,
+}
+
+/// Parses, decides and queues `n` command lines one after another, with up to `window`
+/// awaiting durability at once; their answers are awaited in order by a second task.
+async fn pipeline(
+    ledger: &Arc<Ledger>,
+    n: u64,
+    window: usize,
+    mut make: impl FnMut(u64, &mut String),
+    stages: &mut Stages,
+) -> Result<Outcomes, AppError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Pending, String>>(window.max(1));
+    let waiter = tokio::spawn(async move {
+        let mut o = Outcomes::default();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Err(m) => o.refuse(m),
+                Ok(p) => match p.wait().await {
+                    Ok(a) if a.duplicate => o.duplicates += 1,
+                    Ok(_) => o.accepted += 1,
+                    Err(e) => o.refuse(e.to_json().to_string()),
+                },
+            }
+        }
+        o
+    });
+    let mut line = String::with_capacity(256);
+    for i in 0..n {
+        let t0 = Instant::now();
+        line.clear();
+        make(i, &mut line);
+        let t1 = Instant::now();
+        let parsed = serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("line {i} is not valid JSON: {e}"))
+            .and_then(|v| Command::from_json(&v).map_err(|r| CommandError::Rejected(r).to_json().to_string()));
+        let t2 = Instant::now();
+        let item = match parsed {
+            Ok(cmd) => Ok(ledger.submit(&cmd).await),
+            Err(m) => Err(m),
+        };
+        let t3 = Instant::now();
+        if tx.send(item).await.is_err() {
+            break;
+        }
+        let t4 = Instant::now();
+        stages.generate += t1 - t0;
+        stages.parse += t2 - t1;
+        stages.submit += t3 - t2;
+        stages.window_wait += t4 - t3;
+    }
+    drop(tx);
+    waiter.await.map_err(io_err)
+}
+
+/// Registers the workload's site, tenant, tariff and meters; refuses if any is refused.
+async fn setup(ledger: &Arc<Ledger>, w: &Workload, window: usize) -> Result<u64, AppError> {
+    let lines = w.setup_lines();
+    let mut stages = Stages::default();
+    let o = pipeline(
+        ledger,
+        lines.len() as u64,
+        window,
+        |i, out| out.push_str(&lines[i as usize]),
+        &mut stages,
+    )
+    .await?;
+    if o.refused > 0 {
+        return Err(usage(format!(
+            "the bench's set-up was refused ({} commands): {}",
+            o.refused,
+            o.first_refusal.unwrap_or_default()
+        )));
+    }
+    Ok(lines.len() as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// bench ingest
+// ---------------------------------------------------------------------------------------
+
+/// The raw append limit: the same rows copied into a fresh integer-keyed table.
+#[derive(Clone, Debug)]
+struct RawAppend {
+    /// Busy CPU seconds of other processes while it ran.
+    others_cpu_s: f64,
+    rows: u64,
+    rows_per_tx: usize,
+    commits: u64,
+    elapsed: Duration,
+    row_bytes: u64,
+    file_bytes: u64,
+    write_bytes: u64,
+}
+
+/// Copies the rows `(after, upto]` of the SQLite log at `src` into a fresh file in `dir`
+/// with the plainest code: an integer-keyed table of the same columns, WAL,
+/// `synchronous=FULL`, `rows_per_tx` rows per transaction. Only the inserts and commits
+/// are timed (reading the source rows is not).
+fn raw_append(src: &Path, after: u64, upto: u64, rows_per_tx: usize, dir: &Path) -> Result<RawAppend, AppError> {
+    use rusqlite::{Connection, OpenFlags, params};
+    let sql = |e: rusqlite::Error| io_err(format!("raw limit: {e}"));
+    let raw = dir.join(format!("raw-limit-{}.db", std::process::id()));
+    let remove = |p: &Path| {
+        for f in [
+            p.to_path_buf(),
+            wal_path(p),
+            PathBuf::from(format!("{}-shm", p.display())),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+    };
+    remove(&raw);
+    let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    let to = Connection::open(&raw).map_err(sql)?;
+    let mode: String = to.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(io_err(format!("raw limit: could not enable WAL ({mode})")));
+    }
+    to.execute_batch(
+        "PRAGMA synchronous=FULL;
+         CREATE TABLE events (position INTEGER PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL,
+             event_id TEXT NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL,
+             recorded_at TEXT NOT NULL, data TEXT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL);",
+    )
+    .map_err(sql)?;
+    type Row = (i64, String, i64, String, String, i64, String, String, String, String);
+    let mut read = from
+        .prepare("SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3")
+        .map_err(sql)?;
+    let mut insert = to
+        .prepare("INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+        .map_err(sql)?;
+    let (_, w0) = proc_io();
+    let (m0, c0) = (machine_cpu_s(), process_cpu_s());
+    let mut elapsed = Duration::ZERO;
+    let (mut rows, mut commits, mut in_tx, mut row_bytes) = (0u64, 0u64, 0usize, 0u64);
+    let mut cursor = after;
+    // Bounded: each page advances the cursor by at least one row, up to `upto`.
+    while cursor < upto {
+        let page: Vec<Row> = read
+            .query_map(params![cursor as i64, upto as i64, RAW_PAGE_ROWS], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
+            })
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        let Some(last) = page.last() else { break };
+        cursor = last.0 as u64;
+        let t = Instant::now();
+        for r in &page {
+            if in_tx == 0 {
+                to.execute_batch("BEGIN").map_err(sql)?;
+            }
+            insert
+                .execute(params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9])
+                .map_err(sql)?;
+            in_tx += 1;
+            rows += 1;
+            row_bytes +=
+                (r.1.len() + r.3.len() + r.4.len() + r.6.len() + r.7.len() + r.8.len() + r.9.len() + 24) as u64;
+            if in_tx == rows_per_tx {
+                to.execute_batch("COMMIT").map_err(sql)?;
+                commits += 1;
+                in_tx = 0;
+            }
+        }
+        elapsed += t.elapsed();
+    }
+    if in_tx > 0 {
+        let t = Instant::now();
+        to.execute_batch("COMMIT").map_err(sql)?;
+        elapsed += t.elapsed();
+        commits += 1;
+    }
+    let (_, w1) = proc_io();
+    let others_cpu_s = (machine_cpu_s().0 - m0.0 - (process_cpu_s() - c0)).max(0.0);
+    let file_bytes = file_len(&raw) + file_len(&wal_path(&raw));
+    drop(insert);
+    drop(to);
+    drop(read);
+    drop(from);
+    remove(&raw);
+    Ok(RawAppend {
+        others_cpu_s,
+        rows,
+        rows_per_tx,
+        commits,
+        elapsed,
+        row_bytes,
+        file_bytes,
+        write_bytes: w1.saturating_sub(w0),
+    })
+}
+
+/// `bench ingest`: see the module documentation. `store_url` is `None` for a fresh
+/// temporary store (removed afterwards); a given store must be empty and is kept, with its
+/// projection snapshot written at the end.
+pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, AppError> {
+    if a.readings == 0 || a.readings > READINGS_MAX {
+        return Err(usage(format!("--readings must be 1 to {READINGS_MAX}")));
+    }
+    if a.meters == 0 || a.meters > METERS_MAX {
+        return Err(usage(format!("--meters must be 1 to {METERS_MAX}")));
+    }
+    if a.batch == 0 || a.batch > WINDOW_MAX {
+        return Err(usage(format!("--batch must be 1 to {WINDOW_MAX}")));
+    }
+    if a.raw_rows_per_tx == Some(0) {
+        return Err(usage("--raw-rows-per-tx must be at least 1"));
+    }
+    let temp = match store_url {
+        Some(_) => None,
+        None => Some(TempDir::new(a.dir.as_deref(), "ingest")?),
+    };
+    let url = match (&temp, store_url) {
+        (Some(t), _) => format!("sqlite://{}", t.0.join("ingest.db").display()),
+        (None, Some(u)) => u.to_string(),
+        (None, None) => unreachable!("a store or a temporary folder"),
+    };
+    let db = sqlite_path(&url);
+    let work_dir = match (&temp, &db) {
+        (Some(t), _) => t.0.clone(),
+        (None, Some(p)) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        (None, None) => a.dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let rss_reset = reset_peak_rss();
+    let store = store::open(&url, Access::Write).await?;
+    let head0 = store.head().await?;
+    if head0.position > 0 {
+        store.shutdown().await;
+        return Err(usage(format!(
+            "bench ingest needs an empty store; {} holds {} events (omit --store for a temporary one)",
+            store::redact_url(&url),
+            head0.position
+        )));
+    }
+    let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+    let w = Workload::new(a.readings, a.meters, Utc::now());
+    tracing::info!("bench ingest: registering {} meters", a.meters);
+    let t_setup = Instant::now();
+    let setup_events = setup(&ledger, &w, a.batch).await?;
+    let setup_elapsed = t_setup.elapsed();
+    let setup_head = store.head().await?.position;
+
+    let snapshot = temp.is_none().then(|| snapshot_path_for(&url));
+    let live = if a.projections == ProjectionMode::Live {
+        let p = Projections::open(store.clone(), snapshot.clone()).await?;
+        let follower = tokio::spawn(p.clone().follow());
+        Some((p, follower))
+    } else {
+        None
+    };
+
+    let g0 = group_stats(store.as_ref());
+    let (io_r0, io_w0) = proc_io();
+    let cpu0 = process_cpu_s();
+    let m0 = machine_cpu_s();
+    let th0 = thread_cpu();
+    tracing::info!("bench ingest: posting {} readings", a.readings);
+    let mut stages = Stages::default();
+    let t = Instant::now();
+    let outcomes = pipeline(
+        &ledger,
+        a.readings,
+        a.batch,
+        |i, out| w.reading_line(i, out),
+        &mut stages,
+    )
+    .await?;
+    let write_elapsed = t.elapsed();
+    let head = store.head().await?;
+    let g1 = group_stats(store.as_ref());
+
+    // Projections: wait for the live follower, or catch up from position 0 now.
+    let (projections, proj_elapsed, end_to_end) = match live {
+        Some((p, follower)) => {
+            let t_wait = Instant::now();
+            let reached = p
+                .wait_for(head.position, Duration::from_secs(PROJECTION_WAIT_S_MAX))
+                .await;
+            // Wait until the follower has really stopped: it may be writing its periodic
+            // snapshot, and two writers of one snapshot file race on its temporary file.
+            follower.abort();
+            let _ = follower.await;
+            if !reached {
+                return Err(usage(format!(
+                    "the projections did not reach position {} within {PROJECTION_WAIT_S_MAX} s",
+                    head.position
+                )));
+            }
+            (p, t_wait.elapsed(), t.elapsed())
+        }
+        None => {
+            let t_catch = Instant::now();
+            let p = Projections::open(store.clone(), snapshot.clone()).await?;
+            let d = t_catch.elapsed();
+            (p, d, write_elapsed + d)
+        }
+    };
+    let cpu1 = process_cpu_s();
+    let m1 = machine_cpu_s();
+    let th1 = thread_cpu();
+    let (io_r1, io_w1) = proc_io();
+    let peak_rss = peak_rss_bytes();
+    let projected = projections.position();
+    let charges = projections.read(|b| {
+        b.statements
+            .get(TENANT)
+            .map(|by| by.values().map(|s| s.charges_eu).sum::<rust_decimal::Decimal>())
+    });
+    let snapshot_write = if snapshot.is_some() {
+        let t_snap = Instant::now();
+        projections.save()?;
+        Some(t_snap.elapsed())
+    } else {
+        None
+    };
+    let db_bytes = db.as_deref().map(file_len);
+    let wal_bytes = db.as_deref().map(|p| file_len(&wal_path(p)));
+    drop(projections);
+    drop(ledger);
+    store.shutdown().await;
+    drop(store);
+
+    let readings_per_s = per_s(a.readings, end_to_end);
+    let write_per_s = per_s(a.readings, write_elapsed);
+    let (commits, avg_group) = match (g0, g1) {
+        (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => (Some(c1 - c0), Some((s1 - s0) / (c1 - c0))),
+        _ => (None, None),
+    };
+    let threads = thread_cpu_delta(&th0, &th1);
+    let cpu_s = cpu1 - cpu0;
+    let disk_write = io_w1.saturating_sub(io_w0);
+
+    // The raw limit, in the same run, on the same file system.
+    let raw = match &db {
+        Some(path) => {
+            let rows_per_tx = a
+                .raw_rows_per_tx
+                .or(avg_group.map(|g| g.round().max(1.0) as usize))
+                .unwrap_or(a.batch);
+            tracing::info!("bench ingest: raw limit, {rows_per_tx} rows per transaction");
+            let (src, dir) = (path.clone(), work_dir.clone());
+            let (after, upto) = (setup_head, head.position);
+            Some(
+                tokio::task::spawn_blocking(move || raw_append(&src, after, upto, rows_per_tx, &dir))
+                    .await
+                    .map_err(io_err)??,
+            )
+        }
+        None => None,
+    };
+    let raw_per_s = raw.as_ref().map(|r| per_s(r.rows, r.elapsed));
+    let ratio = |x: f64| raw_per_s.filter(|r| *r > 0.0).map(|r| x / r);
+
+    let us = |d: Duration| round3(d.as_secs_f64() * 1e6 / a.readings as f64);
+    let mut rep = Report::new(
+        "wattledger bench ingest",
+        json!({
+            "bench": "ingest",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": store::redact_url(&url),
+                "store_kind": if temp.is_some() { "temporary" } else { "given" },
+                "filesystem": filesystem_of(&work_dir),
+                "readings": a.readings,
+                "meters": a.meters,
+                "readings_per_meter": a.readings.div_ceil(a.meters),
+                "batch_window": a.batch,
+                "projections": format!("{:?}", a.projections).to_lowercase(),
+                "first_interval_start": crate::domain::time::fmt_time(&w.base),
+                "interval_minutes": INTERVAL_MIN,
+                "durability": "SQLite WAL, synchronous=FULL (fsync at every commit)",
+                "raw_rows_per_tx": raw.as_ref().map(|r| r.rows_per_tx),
+            },
+            "machine": machine(),
+            "figures": {
+                "readings_per_s": round1(readings_per_s),
+                "seconds": round3(end_to_end.as_secs_f64()),
+                "setup": {"events": setup_events, "seconds": round3(setup_elapsed.as_secs_f64())},
+                "write": {
+                    "seconds": round3(write_elapsed.as_secs_f64()),
+                    "readings_per_s": round1(write_per_s),
+                    "accepted": outcomes.accepted,
+                    "duplicates": outcomes.duplicates,
+                    "refused": outcomes.refused,
+                    "first_refusal": outcomes.first_refusal,
+                    "head_position": head.position,
+                },
+                "projections": {
+                    "mode": format!("{:?}", a.projections).to_lowercase(),
+                    "seconds_after_write": round3(proj_elapsed.as_secs_f64()),
+                    "position": projected,
+                    "tenant_charges_eu": charges.map(|c| c.to_string()),
+                    "snapshot_write_seconds": snapshot_write.map(|d| round3(d.as_secs_f64())),
+                },
+                "group_commit": {
+                    "commits": commits,
+                    "avg_requests_per_commit": avg_group.map(round1),
+                    "commits_per_s": commits.map(|c| round1(c / write_elapsed.as_secs_f64())),
+                },
+                "driver_us_per_reading": {
+                    "generate_text": us(stages.generate),
+                    "parse_json_and_command": us(stages.parse),
+                    "submit_decide_encode_queue": us(stages.submit),
+                    "window_wait_for_durability": us(stages.window_wait),
+                },
+                "cpu": {
+                    "process_seconds": round3(cpu_s),
+                    "us_per_reading": round3(cpu_s * 1e6 / a.readings as f64),
+                    "threads_seconds": cpu_json(&threads),
+                },
+                "disk": {
+                    "db_file_bytes": db_bytes,
+                    "wal_file_bytes": wal_bytes,
+                    "write_bytes": disk_write,
+                    "write_bytes_per_reading": round1(disk_write as f64 / a.readings as f64),
+                    "read_bytes": io_r1.saturating_sub(io_r0),
+                },
+                "peak_rss_bytes": peak_rss,
+                "peak_rss_reset_at_start": rss_reset,
+                "machine_load_during_run": others_json(m0, m1, cpu_s, end_to_end),
+                "raw_limit": raw.as_ref().map(|r| json!({
+                    "what": "the same rows copied into a fresh SQLite file: table keyed only by an integer position, same columns, WAL, synchronous=FULL",
+                    "rows": r.rows,
+                    "rows_per_tx": r.rows_per_tx,
+                    "commits": r.commits,
+                    "seconds": round3(r.elapsed.as_secs_f64()),
+                    "rows_per_s": round1(per_s(r.rows, r.elapsed)),
+                    "avg_row_bytes": round1(r.row_bytes as f64 / r.rows.max(1) as f64),
+                    "file_bytes": r.file_bytes,
+                    "write_bytes_per_row": round1(r.write_bytes as f64 / r.rows.max(1) as f64),
+                    "other_processes_cpu_seconds": round3(r.others_cpu_s),
+                })).unwrap_or_else(|| json!({"not_measured": "the raw limit is measured for SQLite stores only"})),
+                "ratio_to_raw": ratio(readings_per_s).map(round3),
+                "write_ratio_to_raw": ratio(write_per_s).map(round3),
+            },
+        }),
+    );
+    rep.row(
+        "readings",
+        format!(
+            "{} over {} meters ({} per meter)",
+            a.readings,
+            a.meters,
+            a.readings.div_ceil(a.meters)
+        ),
+    );
+    rep.row(
+        "store",
+        format!(
+            "{} ({})",
+            store::redact_url(&url),
+            rep.json["config"]["store_kind"].as_str().unwrap_or("")
+        ),
+    );
+    rep.row(
+        "set-up",
+        format!("{setup_events} events in {:.2} s", setup_elapsed.as_secs_f64()),
+    );
+    rep.row(
+        "write path (durable)",
+        format!(
+            "{} readings/s ({:.2} s)",
+            fmt_rate(write_per_s),
+            write_elapsed.as_secs_f64()
+        ),
+    );
+    rep.row(
+        "write + projections",
+        format!(
+            "{} readings/s ({:.2} s, projections {:?}, +{:.2} s after the last commit)",
+            fmt_rate(readings_per_s),
+            end_to_end.as_secs_f64(),
+            a.projections,
+            proj_elapsed.as_secs_f64()
+        ),
+    );
+    rep.row(
+        "outcomes",
+        format!(
+            "{} accepted, {} duplicates, {} refused",
+            outcomes.accepted, outcomes.duplicates, outcomes.refused
+        ),
+    );
+    if let (Some(c), Some(g)) = (commits, avg_group) {
+        rep.row("group commit", format!("{c} commits, {g:.1} requests per commit"));
+    }
+    rep.row(
+        "driver µs/reading",
+        format!(
+            "text {:.2}, parse {:.2}, submit {:.2}, window wait {:.2}",
+            us(stages.generate),
+            us(stages.parse),
+            us(stages.submit),
+            us(stages.window_wait)
+        ),
+    );
+    rep.row(
+        "CPU",
+        format!("{:.2} s, {:.2} µs per reading", cpu_s, cpu_s * 1e6 / a.readings as f64),
+    );
+    for (k, v) in &threads {
+        rep.row(&format!("  {k}"), format!("{v:.2} s"));
+    }
+    rep.row(
+        "other processes' CPU",
+        format!("{:.2} s during the run", (m1.0 - m0.0 - cpu_s).max(0.0)),
+    );
+    rep.row(
+        "disk writes",
+        format!(
+            "{} ({:.0} B per reading)",
+            mib(disk_write),
+            disk_write as f64 / a.readings as f64
+        ),
+    );
+    if let (Some(d), Some(wl)) = (db_bytes, wal_bytes) {
+        rep.row("store file", format!("{} + WAL {}", mib(d), mib(wl)));
+    }
+    if let Some(p) = peak_rss {
+        rep.row("peak RSS", mib(p));
+    }
+    match &raw {
+        Some(r) => {
+            rep.row(
+                "raw limit",
+                format!(
+                    "{} rows/s ({} rows, {} per transaction, {:.2} s, {:.0} B written per row)",
+                    fmt_rate(per_s(r.rows, r.elapsed)),
+                    r.rows,
+                    r.rows_per_tx,
+                    r.elapsed.as_secs_f64(),
+                    r.write_bytes as f64 / r.rows.max(1) as f64
+                ),
+            );
+            rep.row(
+                "ratio to raw",
+                format!(
+                    "{:.1} % (write path alone {:.1} %)",
+                    ratio(readings_per_s).unwrap_or(0.0) * 100.0,
+                    ratio(write_per_s).unwrap_or(0.0) * 100.0
+                ),
+            );
+        }
+        None => rep.row("raw limit", "not measured (SQLite stores only)"),
+    }
+    rep.row(
+        "machine",
+        format!(
+            "{} cores, {} RAM",
+            rep.json["machine"]["cores"],
+            mib(rep.json["machine"]["mem_total_bytes"].as_u64().unwrap_or(0))
+        ),
+    );
+    drop(temp);
+    Ok(rep)
+}
+
+// ---------------------------------------------------------------------------------------
+// bench replay
+// ---------------------------------------------------------------------------------------
+
+/// Reads every row of the log and parses its data with `serde_json`: the floor under any
+/// replay. Returns (rows, data bytes, elapsed).
+fn raw_read_parse(path: &Path) -> Result<(u64, u64, Duration), AppError> {
+    use rusqlite::{Connection, OpenFlags};
+    let sql = |e: rusqlite::Error| io_err(format!("raw read: {e}"));
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    let t = Instant::now();
+    let mut stmt = c
+        .prepare("SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash FROM events ORDER BY position")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    // Bounded by the rows of the file.
+    while let Some(r) = rows.next().map_err(sql)? {
+        let mut text_len = 0usize;
+        for i in [1, 3, 4, 6, 8, 9] {
+            text_len += r.get_ref(i).map_err(sql)?.as_str().map_or(0, str::len);
+        }
+        let ints =
+            r.get::<_, i64>(0).map_err(sql)? + r.get::<_, i64>(2).map_err(sql)? + r.get::<_, i64>(5).map_err(sql)?;
+        let data = r
+            .get_ref(7)
+            .map_err(sql)?
+            .as_str()
+            .map_err(|e| io_err(format!("raw read: {e}")))?;
+        let v: Value = serde_json::from_str(data).map_err(|e| io_err(format!("raw read: {e}")))?;
+        std::hint::black_box((&v, ints, text_len));
+        n += 1;
+        bytes += data.len() as u64;
+    }
+    Ok((n, bytes, t.elapsed()))
+}
+
+/// Reads a file once, so that both measurements start from a warm page cache.
+fn warm(path: &Path) -> u64 {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    // Bounded by the file's length.
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    total
+}
+
+/// Per-stage cost of the verification, with the crate's own functions, in one pass.
+async fn replay_breakdown(store: &dyn EventStore) -> Result<Value, AppError> {
+    use crate::domain::events::Event;
+    use crate::domain::postings::{balanced, postings};
+    use crate::domain::tariff::price;
+    let mut state = crate::domain::LedgerState::default();
+    let mut books = crate::projections::Books::default();
+    let mut ids = std::collections::HashSet::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut d = [Duration::ZERO; 9];
+    let names = [
+        "read_page_to_records",
+        "rehash",
+        "versions_and_ids",
+        "decode_event",
+        "postings_balanced",
+        "reprice",
+        "write_state_evolve",
+        "projections_apply",
+        "drop_records",
+    ];
+    let mut after = 0u64;
+    let mut n = 0u64;
+    loop {
+        let t = Instant::now();
+        let page = store.read_all(after, crate::store::READ_PAGE_EVENTS_MAX).await?;
+        d[0] += t.elapsed();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            let t0 = Instant::now();
+            std::hint::black_box(r.expected_hash() == r.hash);
+            let t1 = Instant::now();
+            let v = versions.entry(r.stream.clone()).or_insert(0);
+            *v = r.version;
+            ids.insert(r.event_id);
+            let t2 = Instant::now();
+            let ev = Event::from_parts(&r.event_type, &r.data)
+                .map_err(|m| usage(format!("position {}: {m}", r.position)))?;
+            let t3 = Instant::now();
+            std::hint::black_box(balanced(&postings(&ev)));
+            let t4 = Instant::now();
+            if let Some(rd) = ev.as_reading()
+                && let Some(site) = state.sites.get(&rd.site_id)
+                && let Some(tariff) = site.tariff_at(rd.start)
+            {
+                std::hint::black_box(
+                    price(
+                        tariff,
+                        &site.tz,
+                        rd.flow,
+                        rd.source,
+                        &rd.interval(),
+                        rd.energy_wh.value(),
+                    )
+                    .ok(),
+                );
+            }
+            let t5 = Instant::now();
+            state.evolve(r.event_id, &r.stream, r.version, &ev);
+            let t6 = Instant::now();
+            books.apply(r, &ev);
+            let t7 = Instant::now();
+            d[1] += t1 - t0;
+            d[2] += t2 - t1;
+            d[3] += t3 - t2;
+            d[4] += t4 - t3;
+            d[5] += t5 - t4;
+            d[6] += t6 - t5;
+            d[7] += t7 - t6;
+            n += 1;
+        }
+        let t = Instant::now();
+        drop(page);
+        d[8] += t.elapsed();
+    }
+    let mut m = serde_json::Map::new();
+    for (k, v) in names.iter().zip(d) {
+        m.insert((*k).to_string(), json!(round3(v.as_secs_f64() * 1e6 / n.max(1) as f64)));
+    }
+    let total: Duration = d.iter().sum();
+    m.insert(
+        "total".into(),
+        json!(round3(total.as_secs_f64() * 1e6 / n.max(1) as f64)),
+    );
+    Ok(json!({"events": n, "us_per_event": m}))
+}
+
+/// `bench replay`: the audit over the log at `url`, beside the raw read-and-parse limit.
+pub async fn replay(url: &str, a: &ReplayArgs) -> Result<Report, AppError> {
+    let db = sqlite_path(url);
+    let warmed = db.as_deref().map_or(0, |p| warm(p) + warm(&wal_path(p)));
+    let rss_reset = reset_peak_rss();
+    let cpu0 = process_cpu_s();
+    let m0 = machine_cpu_s();
+    tracing::info!("bench replay: auditing {}", store::redact_url(url));
+    let t = Instant::now();
+    let report = crate::app::audit(url, false).await?;
+    let elapsed = t.elapsed();
+    let cpu = process_cpu_s() - cpu0;
+    let m1 = machine_cpu_s();
+    let peak_rss = peak_rss_bytes();
+    if report.events == 0 {
+        return Err(usage(format!("{} holds no events", store::redact_url(url))));
+    }
+    let raw = match &db {
+        Some(p) => {
+            let p = p.clone();
+            Some(
+                tokio::task::spawn_blocking(move || raw_read_parse(&p))
+                    .await
+                    .map_err(io_err)??,
+            )
+        }
+        None => None,
+    };
+    let breakdown = if a.breakdown {
+        let store = store::open(url, Access::Read).await?;
+        Some(replay_breakdown(store.as_ref()).await?)
+    } else {
+        None
+    };
+    let events_per_s = per_s(report.events, elapsed);
+    let raw_per_s = raw.map(|(n, _, d)| per_s(n, d));
+    let ratio = raw_per_s.filter(|r| *r > 0.0).map(|r| events_per_s / r);
+    let mut rep = Report::new(
+        "wattledger bench replay",
+        json!({
+            "bench": "replay",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": store::redact_url(url),
+                "what": "wattledger audit: positions, chain, hashes, versions, ids, decode, postings, prices, periods, snapshot",
+                "page_cache": format!("warmed by reading {warmed} bytes of the store before measuring"),
+                "filesystem": db.as_deref().and_then(Path::parent).map(filesystem_of),
+            },
+            "machine": machine(),
+            "figures": {
+                "events": report.events,
+                "clean": report.clean,
+                "findings": report.findings.len() as u64 + report.findings_omitted,
+                "snapshot": report.snapshot,
+                "seconds": round3(elapsed.as_secs_f64()),
+                "events_per_s": round1(events_per_s),
+                "cpu_seconds": round3(cpu),
+                "cpu_us_per_event": round3(cpu * 1e6 / report.events as f64),
+                "peak_rss_bytes": peak_rss,
+                "peak_rss_reset_at_start": rss_reset,
+                "machine_load_during_audit": others_json(m0, m1, cpu, elapsed),
+                "raw_limit": raw.map(|(n, bytes, d)| json!({
+                    "what": "every row read with rusqlite (all columns) and its data parsed with serde_json::from_str::<Value>",
+                    "rows": n,
+                    "data_bytes": bytes,
+                    "seconds": round3(d.as_secs_f64()),
+                    "rows_per_s": round1(per_s(n, d)),
+                })).unwrap_or_else(|| json!({"not_measured": "the raw limit is measured for SQLite stores only"})),
+                "ratio_to_raw": ratio.map(round3),
+                "breakdown": breakdown,
+            },
+        }),
+    );
+    rep.row("store", store::redact_url(url));
+    rep.row(
+        "audit",
+        format!(
+            "{} events/s ({} events in {:.2} s, {})",
+            fmt_rate(events_per_s),
+            report.events,
+            elapsed.as_secs_f64(),
+            if report.clean { "clean" } else { "FINDINGS" }
+        ),
+    );
+    rep.row(
+        "CPU",
+        format!("{cpu:.2} s, {:.2} µs per event", cpu * 1e6 / report.events as f64),
+    );
+    if let Some(p) = peak_rss {
+        rep.row("peak RSS (audit)", mib(p));
+    }
+    rep.row(
+        "other processes' CPU",
+        format!("{:.2} s during the audit", (m1.0 - m0.0 - cpu).max(0.0)),
+    );
+    match raw {
+        Some((n, _, d)) => {
+            rep.row(
+                "raw read + parse",
+                format!(
+                    "{} rows/s ({n} rows in {:.2} s)",
+                    fmt_rate(per_s(n, d)),
+                    d.as_secs_f64()
+                ),
+            );
+            rep.row("ratio to raw", format!("{:.1} %", ratio.unwrap_or(0.0) * 100.0));
+        }
+        None => rep.row("raw read + parse", "not measured (SQLite stores only)"),
+    }
+    if let Some(b) = &rep.json["figures"]["breakdown"]["us_per_event"].as_object().cloned() {
+        for (k, v) in b {
+            rep.row(&format!("  µs/event {k}"), format!("{v}"));
+        }
+    }
+    Ok(rep)
+}
+
+// ---------------------------------------------------------------------------------------
+// bench read
+// ---------------------------------------------------------------------------------------
+
+/// Latency summary of nanosecond samples (sorted in place).
+fn percentiles(ns: &mut [u64]) -> Value {
+    if ns.is_empty() {
+        return Value::Null;
+    }
+    ns.sort_unstable();
+    let at = |q: f64| {
+        let i = ((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1;
+        round3(ns[i] as f64 / 1e3)
+    };
+    let mean = ns.iter().map(|x| *x as f64).sum::<f64>() / ns.len() as f64 / 1e3;
+    json!({
+        "samples": ns.len(),
+        "p50_us": at(0.50),
+        "p99_us": at(0.99),
+        "p999_us": at(0.999),
+        "max_us": round3(*ns.last().expect("non-empty") as f64 / 1e3),
+        "mean_us": round3(mean),
+    })
+}
+
+fn latency_row(v: &Value, unit_ms: bool) -> String {
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    if unit_ms {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+            f("p50_us") / 1e3,
+            f("p99_us") / 1e3,
+            f("p999_us") / 1e3,
+            f("max_us") / 1e3
+        )
+    } else {
+        format!(
+            "p50 {:.1} µs, p99 {:.1} µs, p999 {:.1} µs, max {:.1} µs ({} samples)",
+            f("p50_us"),
+            f("p99_us"),
+            f("p999_us"),
+            f("max_us"),
+            v["samples"]
+        )
+    }
+}
+
+/// Runs `f` up to `iterations` times or for [`READ_SECONDS_MAX`], timing each call.
+fn time_calls(iterations: u64, mut f: impl FnMut(u64) -> usize) -> (Vec<u64>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(READ_SECONDS_MAX);
+    let mut ns = Vec::with_capacity(iterations.min(READ_ITERATIONS_MAX) as usize);
+    let mut bytes = 0u64;
+    for i in 0..iterations {
+        let t = Instant::now();
+        let n = f(i);
+        ns.push(t.elapsed().as_nanos() as u64);
+        bytes += n as u64;
+        if i.is_multiple_of(1024) && Instant::now() > deadline {
+            break;
+        }
+    }
+    (ns, bytes)
+}
+
+/// `bench read`: statement and balance reads from the projections of the log at `url`,
+/// and what opening costs (store index, write state, projections from the snapshot).
+pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
+    if a.iterations == 0 || a.iterations > READ_ITERATIONS_MAX {
+        return Err(usage(format!("--iterations must be 1 to {READ_ITERATIONS_MAX}")));
+    }
+    let rss_reset = reset_peak_rss();
+    let t = Instant::now();
+    let store = store::open(url, Access::Read).await?;
+    let store_open = t.elapsed();
+    let ledger_open = if a.no_ledger {
+        None
+    } else {
+        let t = Instant::now();
+        let l = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+        let d = t.elapsed();
+        drop(l);
+        Some(d)
+    };
+    let snap = snapshot_path_for(url);
+    let snap_exists = snap.exists();
+    let t = Instant::now();
+    let p = Projections::open(store.clone(), Some(snap)).await?;
+    let proj_open = t.elapsed();
+    let peak_rss_open = peak_rss_bytes();
+    let events = p.position();
+    let (pairs, accounts, lines) = p.read(|b| {
+        let pairs: Vec<(String, crate::domain::time::Period)> = b
+            .statements
+            .iter()
+            .flat_map(|(t, by)| {
+                by.keys()
+                    .filter_map(|k| crate::domain::time::Period::parse(k).ok())
+                    .map(move |per| (t.clone(), per))
+            })
+            .collect();
+        let accounts: Vec<String> = b.accounts.keys().take(10_000).cloned().collect();
+        let lines = b
+            .statements
+            .values()
+            .flat_map(|by| by.values())
+            .map(|s| s.consumption.len() + s.entries.len())
+            .max()
+            .unwrap_or(0);
+        (pairs, accounts, lines)
+    });
+    if pairs.is_empty() || accounts.is_empty() {
+        return Err(usage(format!(
+            "{} has no statements or accounts to read",
+            store::redact_url(url)
+        )));
+    }
+    // The JSON body the API would send (`GET /v1/tenants/{t}/statements/{p}`, `GET /v1/accounts/{a}`).
+    let (mut st_ns, st_bytes) = time_calls(a.iterations, |i| {
+        let (t, per) = &pairs[(i as usize) % pairs.len()];
+        p.read(|b| b.statement(t, *per))
+            .map_or(0, |s| serde_json::to_string(&s.to_json()).expect("json").len())
+    });
+    let (mut bal_ns, bal_bytes) = time_calls(a.iterations, |i| {
+        let acc = &accounts[(i as usize) % accounts.len()];
+        p.read(|b| b.balance(acc))
+            .map_or(0, |v| serde_json::to_string(&v).expect("json").len())
+    });
+    let st_n = st_ns.len() as u64;
+    let bal_n = bal_ns.len() as u64;
+    let st = percentiles(&mut st_ns);
+    let bal = percentiles(&mut bal_ns);
+    let ready = store_open + ledger_open.unwrap_or_default() + proj_open;
+    let mut rep = Report::new(
+        "wattledger bench read",
+        json!({
+            "bench": "read",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": store::redact_url(url),
+                "events": events,
+                "statements": pairs.len(),
+                "accounts": accounts.len(),
+                "largest_statement_lines": lines,
+                "iterations": a.iterations,
+                "what": "Books::statement + Statement::to_json + serde_json::to_string, and Books::balance + to_string, under the projections' read lock, one thread",
+            },
+            "machine": machine(),
+            "figures": {
+                "statement": st,
+                "statement_avg_body_bytes": st_bytes / st_n.max(1),
+                "balance": bal,
+                "balance_avg_body_bytes": bal_bytes / bal_n.max(1),
+                "open": {
+                    "store_index_seconds": round3(store_open.as_secs_f64()),
+                    "write_state_replay_seconds": ledger_open.map(|d| round3(d.as_secs_f64())),
+                    "projections_seconds": round3(proj_open.as_secs_f64()),
+                    "projections_snapshot_found": snap_exists,
+                    "projections_snapshot_note": p.snapshot_note,
+                    "sum_seconds": round3(ready.as_secs_f64()),
+                },
+                "peak_rss_bytes_after_open": peak_rss_open,
+                "peak_rss_reset_at_start": rss_reset,
+            },
+        }),
+    );
+    rep.row("store", format!("{} ({events} events)", store::redact_url(url)));
+    rep.row("statement", latency_row(&rep.json["figures"]["statement"], false));
+    rep.row("balance", latency_row(&rep.json["figures"]["balance"], false));
+    rep.row(
+        "open",
+        format!(
+            "store index {:.2} s, write state {}, projections {:.2} s (snapshot {})",
+            store_open.as_secs_f64(),
+            ledger_open.map_or("skipped".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
+            proj_open.as_secs_f64(),
+            if snap_exists { "found" } else { "absent" }
+        ),
+    );
+    if let Some(r) = peak_rss_open {
+        rep.row("peak RSS after open", mib(r));
+    }
+    Ok(rep)
+}
+
+// ---------------------------------------------------------------------------------------
+// bench http
+// ---------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 keep-alive client connection (Content-Length or chunked answers).
+struct HttpConn {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+/// Largest answer body read.
+const HTTP_BODY_BYTES_MAX: usize = 256 << 20;
+/// Most header lines read.
+const HTTP_HEADERS_MAX: usize = 100;
+
+impl HttpConn {
+    async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            r: tokio::io::BufReader::with_capacity(64 * 1024, r),
+            w,
+        })
+    }
+
+    /// Sends one request and reads its answer into `body`; returns the status.
+    async fn roundtrip(&mut self, req: &[u8], body: &mut Vec<u8>) -> std::io::Result<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        self.w.write_all(req).await?;
+        body.clear();
+        let mut line = String::new();
+        if self.r.read_line(&mut line).await? == 0 {
+            return Err(bad("the server closed the connection"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let (mut length, mut chunked) = (None, false);
+        for _ in 0..HTTP_HEADERS_MAX {
+            line.clear();
+            self.r.read_line(&mut line).await?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    length = v.parse::<usize>().ok();
+                } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                    chunked = true;
+                }
+            }
+        }
+        if chunked {
+            loop {
+                line.clear();
+                self.r.read_line(&mut line).await?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad("bad chunk size"))?;
+                if size == 0 {
+                    for _ in 0..HTTP_HEADERS_MAX {
+                        line.clear();
+                        if self.r.read_line(&mut line).await? == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                if body.len() + size > HTTP_BODY_BYTES_MAX {
+                    return Err(bad("answer too large"));
+                }
+                let at = body.len();
+                body.resize(at + size, 0);
+                self.r.read_exact(&mut body[at..]).await?;
+                let mut crlf = [0u8; 2];
+                self.r.read_exact(&mut crlf).await?;
+            }
+        } else {
+            let n = length.ok_or_else(|| bad("neither content-length nor chunked"))?;
+            if n > HTTP_BODY_BYTES_MAX {
+                return Err(bad("answer too large"));
+            }
+            body.resize(n, 0);
+            self.r.read_exact(body).await?;
+        }
+        Ok(status)
+    }
+}
+
+#[derive(Default)]
+struct ClientResult {
+    latencies_ns: Vec<u64>,
+    ok: u64,
+    failed: u64,
+    first_failure: Option<String>,
+}
+
+/// `bench http`: the API in process on loopback over a temporary store; see the module docs.
+pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
+    use crate::api::auth::{AuthConfig, Claims, Role};
+    if a.readings == 0 || a.readings > READINGS_MAX {
+        return Err(usage(format!("--readings must be 1 to {READINGS_MAX}")));
+    }
+    if a.meters == 0 || a.meters > METERS_MAX {
+        return Err(usage(format!("--meters must be 1 to {METERS_MAX}")));
+    }
+    if a.clients == 0 || a.clients > CLIENTS_MAX {
+        return Err(usage(format!("--clients must be 1 to {CLIENTS_MAX}")));
+    }
+    if a.batch == 0 || a.batch > crate::api::body::NDJSON_LINES_MAX {
+        return Err(usage(format!(
+            "--batch must be 1 to {}",
+            crate::api::body::NDJSON_LINES_MAX
+        )));
+    }
+    let temp = TempDir::new(a.dir.as_deref(), "http")?;
+    let db = temp.0.join("http.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = store::open(&url, Access::Write).await?;
+    let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+    let w = Arc::new(Workload::new(a.readings, a.meters, Utc::now()));
+    tracing::info!("bench http: registering {} meters", a.meters);
+    let setup_events = setup(&ledger, &w, 4_096).await?;
+    let projections = Projections::open(store.clone(), Some(snapshot_path_for(&url))).await?;
+    let secret: String = {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        (0..48).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
+    };
+    let auth = AuthConfig::hs256(secret.as_bytes(), "bench").map_err(usage)?;
+    let now = Utc::now().timestamp() as u64;
+    let token = auth
+        .mint(Claims {
+            sub: "bench".into(),
+            role: Role::Operator,
+            exp: now + 24 * 3600,
+            iat: Some(now),
+            tenant_id: None,
+            sites: None,
+            meters: None,
+            iss: None,
+            aud: None,
+        })
+        .map_err(usage)?;
+    let server = crate::api::start("127.0.0.1:0", ledger.clone(), projections, auth).await?;
+    let addr = server.addr;
+    let g0 = group_stats(store.as_ref());
+    let cpu0 = process_cpu_s();
+    let m0 = machine_cpu_s();
+    let th0 = thread_cpu();
+    let (_, io_w0) = proc_io();
+    let clients = a.clients;
+    let (bulk, batch, n) = (a.bulk, a.batch as u64, a.readings);
+    let requests = if bulk { n.div_ceil(batch) } else { n };
+    tracing::info!("bench http: {requests} requests from {clients} clients");
+    let token = Arc::new(token);
+    let t = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients as u64 {
+        let w = w.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut res = ClientResult::default();
+            let mut conn = match HttpConn::connect(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    res.failed += 1;
+                    res.first_failure = Some(format!("connect: {e}"));
+                    return res;
+                }
+            };
+            let (mut body, mut req, mut answer) = (String::new(), Vec::new(), Vec::new());
+            // Request k of this client is request c + k·clients; bounded by `requests`.
+            let mut k = c;
+            while k < requests {
+                body.clear();
+                let (lines, ctype) = if bulk {
+                    let (lo, hi) = (k * batch, ((k + 1) * batch).min(n));
+                    for i in lo..hi {
+                        w.reading_line(i, &mut body);
+                        body.push('\n');
+                    }
+                    (hi - lo, "application/x-ndjson")
+                } else {
+                    w.reading_line(k, &mut body);
+                    (1, "application/json")
+                };
+                req.clear();
+                req.extend_from_slice(
+                    format!(
+                        "POST /v1/readings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                req.extend_from_slice(body.as_bytes());
+                let started = Instant::now();
+                let out = tokio::time::timeout(
+                    Duration::from_secs(HTTP_TIMEOUT_S),
+                    conn.roundtrip(&req, &mut answer),
+                )
+                .await;
+                res.latencies_ns.push(started.elapsed().as_nanos() as u64);
+                match out {
+                    Ok(Ok(status)) if (200..300).contains(&status) => {
+                        if bulk {
+                            let text = String::from_utf8_lossy(&answer);
+                            let ok = text.lines().filter(|l| l.contains("\"ok\":true")).count() as u64;
+                            res.ok += ok;
+                            if ok < lines {
+                                res.failed += lines - ok;
+                                if res.first_failure.is_none() {
+                                    res.first_failure = text
+                                        .lines()
+                                        .find(|l| !l.contains("\"ok\":true"))
+                                        .map(|l| l.chars().take(400).collect());
+                                }
+                            }
+                        } else {
+                            res.ok += 1;
+                        }
+                    }
+                    Ok(Ok(status)) => {
+                        res.failed += lines;
+                        if res.first_failure.is_none() {
+                            res.first_failure = Some(format!(
+                                "HTTP {status}: {}",
+                                String::from_utf8_lossy(&answer).chars().take(400).collect::<String>()
+                            ));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        res.failed += lines;
+                        res.first_failure.get_or_insert_with(|| format!("I/O: {e}"));
+                        return res;
+                    }
+                    Err(_) => {
+                        res.failed += lines;
+                        res.first_failure
+                            .get_or_insert_with(|| format!("no answer within {HTTP_TIMEOUT_S} s"));
+                        return res;
+                    }
+                }
+                k += clients as u64;
+            }
+            res
+        }));
+    }
+    let mut all = ClientResult::default();
+    for task in tasks {
+        let r = task.await.map_err(io_err)?;
+        all.latencies_ns.extend(r.latencies_ns);
+        all.ok += r.ok;
+        all.failed += r.failed;
+        if all.first_failure.is_none() {
+            all.first_failure = r.first_failure;
+        }
+    }
+    let elapsed = t.elapsed();
+    let cpu = process_cpu_s() - cpu0;
+    let m1 = machine_cpu_s();
+    let th1 = thread_cpu();
+    let (_, io_w1) = proc_io();
+    let g1 = group_stats(store.as_ref());
+    let peak_rss = peak_rss_bytes();
+    server.stop().await?;
+    drop(ledger);
+    drop(store);
+    let (commits, avg_group) = match (g0, g1) {
+        (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => (Some(c1 - c0), Some((s1 - s0) / (c1 - c0))),
+        _ => (None, None),
+    };
+    let threads = thread_cpu_delta(&th0, &th1);
+    let readings_per_s = per_s(all.ok, elapsed);
+    let latency = percentiles(&mut all.latencies_ns);
+    let mut rep = Report::new(
+        "wattledger bench http",
+        json!({
+            "bench": "http",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": "temporary SQLite file (WAL, synchronous=FULL)",
+                "filesystem": filesystem_of(&temp.0),
+                "readings": a.readings,
+                "meters": a.meters,
+                "clients": a.clients,
+                "mode": if bulk { "bulk NDJSON" } else { "one reading per request" },
+                "readings_per_request": if bulk { a.batch } else { 1 },
+                "requests": requests,
+                "server": "wattledger::api::start on 127.0.0.1:0, HS256, in this process; clients are tokio tasks of the same process (they share the cores)",
+                "client": "hand-rolled HTTP/1.1 keep-alive over tokio TcpStream, TCP_NODELAY, one request in flight per connection",
+                "log_filter": std::env::var("RUST_LOG").ok(),
+            },
+            "machine": machine(),
+            "figures": {
+                "setup_events": setup_events,
+                "readings_ok": all.ok,
+                "readings_failed": all.failed,
+                "first_failure": all.first_failure,
+                "seconds": round3(elapsed.as_secs_f64()),
+                "readings_per_s": round1(readings_per_s),
+                "requests_per_s": round1(per_s(requests, elapsed)),
+                "latency": latency,
+                "group_commit": {
+                    "commits": commits,
+                    "avg_requests_per_commit": avg_group.map(round1),
+                },
+                "cpu": {
+                    "process_seconds": round3(cpu),
+                    "us_per_reading": round3(cpu * 1e6 / a.readings as f64),
+                    "threads_seconds": cpu_json(&threads),
+                },
+                "disk_write_bytes_per_reading": round1(io_w1.saturating_sub(io_w0) as f64 / a.readings as f64),
+                "peak_rss_bytes": peak_rss,
+                "machine_load_during_run": others_json(m0, m1, cpu, elapsed),
+            },
+        }),
+    );
+    rep.row(
+        "load",
+        format!(
+            "{} readings, {} clients, {}",
+            a.readings,
+            a.clients,
+            if bulk {
+                format!("NDJSON bulk of {}", a.batch)
+            } else {
+                "one reading per request".into()
+            }
+        ),
+    );
+    rep.row(
+        "throughput",
+        format!(
+            "{} readings/s ({} ok, {} failed, {:.2} s)",
+            fmt_rate(readings_per_s),
+            all.ok,
+            all.failed,
+            elapsed.as_secs_f64()
+        ),
+    );
+    rep.row("latency", latency_row(&rep.json["figures"]["latency"], true));
+    if let (Some(c), Some(g)) = (commits, avg_group) {
+        rep.row("group commit", format!("{c} commits, {g:.1} requests per commit"));
+    }
+    rep.row(
+        "CPU (server + clients)",
+        format!("{cpu:.2} s, {:.2} µs per reading", cpu * 1e6 / a.readings as f64),
+    );
+    for (k, v) in &threads {
+        rep.row(&format!("  {k}"), format!("{v:.2} s"));
+    }
+    rep.row(
+        "other processes' CPU",
+        format!("{:.2} s during the run", (m1.0 - m0.0 - cpu).max(0.0)),
+    );
+    if let Some(f) = rep.json["figures"]["first_failure"].as_str() {
+        rep.row("first failure", f.to_string());
+    }
+    drop(temp);
+    Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingest_reports_positive_figures_and_the_raw_ratio() {
+        let a = IngestArgs {
+            readings: 300,
+            meters: 10,
+            batch: 64,
+            projections: ProjectionMode::Live,
+            raw_rows_per_tx: None,
+            dir: None,
+            json: true,
+        };
+        let r = ingest(None, &a).await.unwrap();
+        let f = &r.json["figures"];
+        assert_eq!(f["write"]["accepted"], 300, "{f}");
+        assert_eq!(f["write"]["refused"], 0, "{f}");
+        assert!(f["readings_per_s"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["write"]["readings_per_s"].as_f64().unwrap() > 0.0, "{f}");
+        assert_eq!(f["raw_limit"]["rows"], 300, "{f}");
+        assert!(f["raw_limit"]["rows_per_s"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["ratio_to_raw"].as_f64().unwrap() > 0.0, "{f}");
+        assert_eq!(f["projections"]["position"], f["write"]["head_position"], "{f}");
+        assert!(r.human().contains("ratio to raw"));
+    }
+
+    #[test]
+    fn readings_are_valid_commands_and_stay_in_the_past() {
+        let now = Utc::now();
+        let w = Workload::new(1_000, 7, now);
+        let mut s = String::new();
+        w.reading_line(999, &mut s);
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert!(Command::from_json(&v).is_ok(), "{s}");
+        let end = crate::domain::time::parse_time(v["end"].as_str().unwrap()).unwrap();
+        assert!(end <= now);
+    }
+}
