@@ -419,14 +419,6 @@ pub struct ImportArgs {
 /// Imports a meter's readings from a file through the ledger, like `apply`: one JSON result
 /// per reading on `out`, in time order.
 pub async fn import(url: &str, args: &ImportArgs, out: impl Write + Send + 'static) -> Result<ApplySummary, AppError> {
-    use crate::domain::events::MeterKind;
-    use crate::domain::tariff::Flow;
-    let interval = args
-        .interval
-        .as_deref()
-        .map(crate::import::parse_interval)
-        .transpose()
-        .map_err(AppError::Usage)?;
     let meta = std::fs::metadata(&args.file).map_err(|e| AppError::Usage(format!("cannot open {}: {e}", args.file)))?;
     if meta.len() > crate::import::IMPORT_FILE_BYTES_MAX {
         return Err(AppError::Usage(format!(
@@ -437,53 +429,15 @@ pub async fn import(url: &str, args: &ImportArgs, out: impl Write + Send + 'stat
     }
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| AppError::Usage(format!("cannot read {}: {e}", args.file)))?;
-    let readings = match args.format.as_str() {
-        "csv" => crate::import::parse_csv(&text, interval),
-        "greenbutton" | "green-button" | "espi" => {
-            if interval.is_some() {
-                return Err(AppError::Usage(
-                    "--interval is for CSV files; Green Button readings carry their duration".into(),
-                ));
-            }
-            crate::import::parse_green_button(&text)
-        }
-        other => {
-            return Err(AppError::Usage(format!(
-                "--format {other:?} is not supported; use csv or greenbutton"
-            )));
-        }
-    }
-    .map_err(|m| AppError::Usage(format!("{}: {m}", args.file)))?;
+    let readings = crate::import::parse_file(&args.format, &text, args.interval.as_deref())
+        .map_err(|m| AppError::Usage(format!("{}: {m}", args.file)))?;
     let ledger = open_ledger(url).await?;
     let meter = crate::domain::ids::MeterId::parse(&args.meter).map_err(|m| AppError::Usage(format!("--meter {m}")))?;
     let kind = ledger
         .with_state(|st| st.meters.get(&meter).map(|m| m.reg.kind))
         .await
         .ok_or_else(|| AppError::Usage(format!("no meter {:?} is registered", args.meter)))?;
-    let given = args
-        .flow
-        .as_deref()
-        .map(Flow::parse)
-        .transpose()
-        .map_err(|m| AppError::Usage(format!("--flow {m}")))?;
-    let flow = match (kind, given) {
-        (MeterKind::Storage, None) => {
-            return Err(AppError::Usage(format!(
-                "meter {:?} is a storage meter: say which way the file's energy went with --flow stored|dispatched",
-                args.meter
-            )));
-        }
-        (MeterKind::Generation, None) => Flow::Generated,
-        (MeterKind::Load, None) => Flow::Consumed,
-        (k, Some(f)) if k.allows(f) => f,
-        (k, Some(f)) => {
-            return Err(AppError::Usage(format!(
-                "meter {:?} is a {} meter and cannot post {f} energy",
-                args.meter,
-                k.as_str()
-            )));
-        }
-    };
+    let flow = crate::import::flow_for(&args.meter, kind, args.flow.as_deref()).map_err(AppError::Usage)?;
     let mut text = String::new();
     for r in &readings {
         text.push_str(&r.command(meter.as_str(), flow).to_string());

@@ -615,6 +615,41 @@ fn interval_reading(r: &Element, multiplier: i64) -> Result<ImportedReading, Str
     })
 }
 
+/// Reads a meter file: `csv` (with `interval`, such as `15m`, for `start,wh` files) or
+/// `greenbutton` (ESPI XML; its readings carry their durations).
+pub fn parse_file(format: &str, text: &str, interval: Option<&str>) -> Result<Vec<ImportedReading>, String> {
+    let interval = interval.map(parse_interval).transpose()?;
+    match format {
+        "csv" => parse_csv(text, interval),
+        "greenbutton" | "green-button" | "espi" => {
+            if interval.is_some() {
+                return Err("an interval is for CSV files; Green Button readings carry their duration".into());
+            }
+            parse_green_button(text)
+        }
+        other => Err(format!("format {other:?} is not supported; use csv or greenbutton")),
+    }
+}
+
+/// The flow a meter's file posts: from the meter's kind, or `given` (which a storage meter
+/// needs: its files do not say which way the energy went).
+pub fn flow_for(meter: &str, kind: crate::domain::events::MeterKind, given: Option<&str>) -> Result<Flow, String> {
+    use crate::domain::events::MeterKind;
+    let given = given.map(Flow::parse).transpose()?;
+    match (kind, given) {
+        (MeterKind::Storage, None) => Err(format!(
+            "meter {meter:?} is a storage meter: say which way the file's energy went with --flow stored|dispatched (?flow= over the API)"
+        )),
+        (MeterKind::Generation, None) => Ok(Flow::Generated),
+        (MeterKind::Load, None) => Ok(Flow::Consumed),
+        (k, Some(f)) if k.allows(f) => Ok(f),
+        (k, Some(f)) => Err(format!(
+            "meter {meter:?} is a {} meter and cannot post {f} energy",
+            k.as_str()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

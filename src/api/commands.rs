@@ -240,11 +240,22 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
             lines.len()
         )));
     }
-    // Decide every line in order (each queued to the writer as it is decided), then answer
-    // each as it becomes durable, in order.
-    let mut pending: Vec<(usize, Result<Pending, ApiError>)> = Vec::with_capacity(lines.len());
-    for (n, line) in lines {
-        let p = match body::parse_object(line.as_bytes()) {
+    let items = lines
+        .into_iter()
+        .map(|(n, line)| (n, body::parse_object(line.as_bytes())))
+        .collect();
+    Ok(answer_lines(s, c, items).await)
+}
+
+/// Decides every item in order (each queued to the writer as it is decided), then answers
+/// each as it becomes durable, in order, one NDJSON line per item.
+/// A numbered reading (its line in the request or file), or why it could not be read.
+type Item = (usize, Result<Map<String, Value>, ApiError>);
+
+async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> Response {
+    let mut pending: Vec<(usize, Result<Pending, ApiError>)> = Vec::with_capacity(items.len());
+    for (n, item) in items {
+        let p = match item {
             Ok(obj) => submit_reading(&s, &c, &obj).await,
             Err(e) => Err(e),
         };
@@ -266,7 +277,70 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
     let mut res = Response::new(Body::from_stream(stream));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    Ok(res)
+    res
+}
+
+#[derive(serde::Deserialize)]
+pub struct ImportQuery {
+    pub format: Option<String>,
+    pub interval: Option<String>,
+    pub flow: Option<String>,
+}
+
+/// A meter's file (CSV or Green Button XML) as one bulk request: one NDJSON result line per
+/// reading of the file, in order, exactly as `wattledger import` does.
+pub async fn import_readings(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(meter_id): Path<String>,
+    body::Query(q): body::Query<ImportQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Meter])?;
+    let format = match (q.format.as_deref(), body::media_type(&headers).as_deref()) {
+        (Some(f), _) => f.to_string(),
+        (None, Some("text/csv")) => "csv".into(),
+        (None, Some("application/xml" | "text/xml" | "application/atom+xml")) => "greenbutton".into(),
+        (None, other) => {
+            return Err(ApiError::unsupported_media(format!(
+                "content type {} is not a meter file; send text/csv or application/xml (or say ?format=)",
+                other.unwrap_or("(none)")
+            )));
+        }
+    };
+    let meter = crate::domain::ids::MeterId::parse(&meter_id).map_err(|m| ApiError::invalid("meter_id", m))?;
+    if !meter_allowed(&s, &c, meter.as_str()).await {
+        return Err(forbidden_meter(meter.as_str()));
+    }
+    let kind = s
+        .ledger
+        .with_state(|st| st.meters.get(&meter).map(|m| m.reg.kind))
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no meter {meter_id:?} is registered")))?;
+    let flow = crate::import::flow_for(&meter_id, kind, q.flow.as_deref()).map_err(|m| ApiError::invalid("flow", m))?;
+    let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let readings =
+        crate::import::parse_file(&format, text, q.interval.as_deref()).map_err(|m| ApiError::invalid("body", m))?;
+    if readings.len() > NDJSON_LINES_MAX {
+        return Err(ApiError::too_large(format!(
+            "{} readings; one import carries at most {NDJSON_LINES_MAX}",
+            readings.len()
+        )));
+    }
+    let items = readings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let obj = match r.command(meter.as_str(), flow) {
+                Value::Object(m) => m,
+                _ => unreachable!("a command is an object"),
+            };
+            (i + 1, Ok(obj))
+        })
+        .collect();
+    Ok(answer_lines(s, c, items).await)
 }
 
 pub async fn correct_reading(

@@ -60,6 +60,7 @@ routes! {
     post "/v1/sites/{site_id}/tariffs" => commands::publish_tariff,
     post "/v1/readings" => commands::post_readings,
     post "/v1/readings/{event_id}/corrections" => commands::correct_reading,
+    post "/v1/meters/{meter_id}/imports" => commands::import_readings,
     post "/v1/tenants/{tenant_id}/credits" => commands::issue_credits,
     post "/v1/transfers" => commands::transfer_credits,
     post "/v1/periods/{period}/close" => commands::close_period,
