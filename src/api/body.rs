@@ -119,3 +119,22 @@ where
         }
     }
 }
+
+/// Path parameters, parsed with problem+json on failure (axum's own rejection is plain text,
+/// for instance for a parameter that is not UTF-8).
+pub struct Path<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(t)) => Ok(Path(t)),
+            Err(e) => Err(ApiError::bad_request(format!("invalid path: {}", e.body_text()))),
+        }
+    }
+}

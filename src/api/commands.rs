@@ -8,7 +8,8 @@ use super::error::ApiError;
 use crate::domain::Command;
 use crate::ledger::{Outcome, Pending};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use super::body::Path;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -227,11 +228,11 @@ fn line_answer(line: usize, r: Result<crate::ledger::Accepted, ApiError>) -> Val
 
 async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
-    let lines: Vec<(usize, &str)> = text
-        .lines()
+    // Each line is decoded on its own: a line that is not UTF-8 is refused alone.
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|b| *b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
         .map(|(i, l)| (i + 1, l))
         .collect();
     if lines.len() > NDJSON_LINES_MAX {
@@ -240,10 +241,7 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
             lines.len()
         )));
     }
-    let items = lines
-        .into_iter()
-        .map(|(n, line)| (n, body::parse_object(line.as_bytes())))
-        .collect();
+    let items = lines.into_iter().map(|(n, line)| (n, body::parse_object(line))).collect();
     Ok(answer_lines(s, c, items).await)
 }
 
