@@ -12,8 +12,16 @@ use wattledger::api::auth::Role;
 
 const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 const HTTP_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
-/// The routes anyone may call, without a token.
-const ANONYMOUS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.yaml"];
+/// The routes anyone may call, without a token (the dashboard page and its assets too: the
+/// page asks for a token and sends it with its own calls).
+const ANONYMOUS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.yaml",
+    "/",
+    "/assets/{file}",
+];
 
 fn spec_path() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("api.yaml")

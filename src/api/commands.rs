@@ -3,12 +3,12 @@
 
 use super::AppState;
 use super::auth::{Auth, Role};
+use super::body::Path;
 use super::body::{self, Kind, NDJSON_BODY_BYTES_MAX, NDJSON_LINES_MAX};
 use super::error::ApiError;
 use crate::domain::Command;
 use crate::ledger::{Outcome, Pending};
 use axum::body::Body;
-use super::body::Path;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -241,7 +241,10 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
             lines.len()
         )));
     }
-    let items = lines.into_iter().map(|(n, line)| (n, body::parse_object(line))).collect();
+    let items = lines
+        .into_iter()
+        .map(|(n, line)| (n, body::parse_object(line)))
+        .collect();
     Ok(answer_lines(s, c, items).await)
 }
 

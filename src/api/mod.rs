@@ -11,6 +11,7 @@ pub mod error;
 pub mod ops;
 pub mod reads;
 pub mod stream;
+pub mod web;
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -69,6 +70,8 @@ routes! {
     get "/v1/sites/{site_id}/energy-balance" => reads::energy_balance,
     get "/v1/settlements/{period}" => reads::settlement,
     get "/v1/storage" => reads::storage,
+    get "/v1/sites" => reads::sites,
+    get "/v1/sites/{site_id}/flows" => reads::flows,
     get "/v1/streams/{stream}" => stream::read_stream,
     get "/v1/events" => stream::read_events,
     get "/v1/events/live" => stream::live,
@@ -77,6 +80,8 @@ routes! {
     get "/readyz" => ops::readyz,
     get "/metrics" => ops::metrics,
     get "/openapi.yaml" => ops::openapi,
+    get "/" => web::index,
+    get "/assets/{file}" => web::asset,
 }
 
 /// The router with its middleware: request ids, one span per request, metrics.
@@ -172,6 +177,8 @@ impl RunningServer {
         let served = self.join.await.map_err(std::io::Error::other)?;
         self.state.ledger.store().shutdown().await;
         self.follower.abort();
+        // Wait for it to let go of the store, so that the store can be reopened at once.
+        let _ = self.follower.await;
         let _ = self.state.projections.catch_up().await;
         if let Err(e) = self.state.projections.save() {
             tracing::warn!(error = %e, "could not save the projection snapshot");

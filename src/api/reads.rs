@@ -3,12 +3,13 @@
 
 use super::AppState;
 use super::auth::{Auth, Role};
+use super::body::Path;
 use super::body::Query;
 use super::error::ApiError;
 use crate::domain::postings::parse_account;
 use crate::domain::time::{Period, parse_time};
 use crate::projections::render::{statement_csv, statement_html};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -157,4 +158,43 @@ pub async fn storage(
     c.require(&[Role::Operator, Role::Auditor])?;
     wait_min_position(&s, q.min_position).await?;
     Ok(json(s.projections.read(|b| b.storage())))
+}
+
+/// Every registered site, with the span of time its energy covers (for pickers).
+pub async fn sites(State(s): State<AppState>, Auth(c): Auth, Query(q): Query<ReadQuery>) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor])?;
+    wait_min_position(&s, q.min_position).await?;
+    Ok(json(s.projections.read(|b| b.sites_list())))
+}
+
+/// A site's energy flows per grid interval: generation by source, battery charge and
+/// discharge, consumption by tenant, losses. Without `to`: the end of the site's last
+/// interval with energy (now, before any); without `from`: `FLOWS_DEFAULT_DAYS` before `to`.
+pub async fn flows(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(site_id): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    use crate::projections::FLOWS_DEFAULT_DAYS;
+    c.require(&[Role::Operator, Role::Auditor])?;
+    let time = |field: &'static str, v: &Option<String>| {
+        v.as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|m| ApiError::invalid(field, m))
+    };
+    let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
+    wait_min_position(&s, q.min_position).await?;
+    s.projections
+        .read(|b| {
+            let to = to.unwrap_or_else(|| b.site_extent(&site_id).map_or_else(Utc::now, |(_, end)| end));
+            let from = from.unwrap_or(to - chrono::Duration::days(FLOWS_DEFAULT_DAYS));
+            if from >= to {
+                return Some(Err(ApiError::invalid("to", "must be after from")));
+            }
+            b.flows(&site_id, from, to).map(Ok)
+        })
+        .ok_or_else(|| ApiError::not_found(format!("no site {site_id:?} is registered")))?
+        .map(json)
 }

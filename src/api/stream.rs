@@ -2,11 +2,11 @@
 
 use super::AppState;
 use super::auth::{Auth, Role};
+use super::body::Path;
 use super::body::Query;
 use super::error::ApiError;
 use crate::audit::{Live, audit as run_audit};
 use crate::store::{RecordedEvent, Subscription};
-use super::body::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};

@@ -8,9 +8,10 @@ pub mod engine;
 pub mod render;
 
 use crate::domain::events::{Event, MeterKind};
+use crate::domain::ids::TenantId;
 use crate::domain::postings::{Side, credit_normal, postings};
 use crate::domain::quantity::{fmt_decimal, round_wh};
-use crate::domain::tariff::{Flow, Price};
+use crate::domain::tariff::{Flow, Price, Source};
 use crate::domain::time::{Period, fmt_time};
 use crate::store::RecordedEvent;
 use chrono::{DateTime, TimeZone, Utc};
@@ -120,6 +121,25 @@ pub struct SiteBooks {
     pub intervals: BTreeMap<i64, FlowTotals>,
 }
 
+/// One grid interval of a site, split further than [`FlowTotals`]: energy generated per
+/// source (`gas_turbine`, `solar`, …; `unspecified` for a meter registered without one) and
+/// consumed per tenant (`unassigned` for a load meter without one). Stored and dispatched
+/// energy are not split: [`SiteBooks::intervals`] has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowSplit {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generated_by_source: BTreeMap<String, Decimal>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumed_by_tenant: BTreeMap<String, Decimal>,
+}
+
+/// What a generation reading without a source is counted under in [`FlowSplit`].
+pub const SOURCE_UNSPECIFIED: &str = "unspecified";
+/// What a consumption reading without a tenant is counted under in [`FlowSplit`].
+pub const TENANT_UNASSIGNED: &str = "unassigned";
+/// The default span of a flows read without `from`, in days.
+pub const FLOWS_DEFAULT_DAYS: i64 = 7;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatteryBooks {
     pub meter_id: String,
@@ -161,6 +181,11 @@ pub struct Books {
     /// Generation and storage assets registered (their accounts exist before any posting).
     #[serde(default)]
     pub assets: BTreeMap<String, String>,
+    /// Site → grid interval start (Unix seconds) → generation by source and consumption by
+    /// tenant, on the energy balance's grid (one entry per interval with such energy, like
+    /// [`SiteBooks::intervals`]; a snapshot written before this field existed reads empty).
+    #[serde(default)]
+    pub flows: BTreeMap<String, BTreeMap<i64, FlowSplit>>,
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -175,6 +200,15 @@ fn spread(
     end: DateTime<Utc>,
     wh: Decimal,
 ) {
+    grid_shares(start, end, wh, |key, share| {
+        intervals.entry(key).or_default().add(flow, share)
+    });
+}
+
+/// Calls `add(grid interval start in Unix seconds, share of wh)` for each grid interval
+/// `[start, end)` touches, pro rata by time: the one rule of [`spread`], so every split of a
+/// reading adds up to what the energy balance counts.
+fn grid_shares(start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal, mut add: impl FnMut(i64, Decimal)) {
     let (s, e) = (start.timestamp_millis(), end.timestamp_millis());
     let total = Decimal::from(e - s);
     let step = ENERGY_BALANCE_INTERVAL_S * 1000;
@@ -186,7 +220,7 @@ fn spread(
         } else {
             wh * Decimal::from(overlap) / total
         };
-        intervals.entry(b / 1000).or_default().add(flow, share);
+        add(b / 1000, share);
         b += step;
     }
 }
@@ -279,6 +313,8 @@ impl Books {
                     r.end,
                     wh,
                 );
+                let series = split_series(r.flow, r.source, r.tenant_id.as_ref());
+                self.split_flow(r.site_id.as_str(), series, r.start, r.end, wh);
                 if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
                     let st = self.statement_mut(t.as_str(), r.booked_period);
                     st.touch(rec);
@@ -313,6 +349,8 @@ impl Books {
                     c.end,
                     c.delta_wh,
                 );
+                let series = split_series(c.flow, c.source, c.tenant_id.as_ref());
+                self.split_flow(c.site_id.as_str(), series, c.start, c.end, c.delta_wh);
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     let st = self.statement_mut(t.as_str(), c.booked_period);
                     st.touch(rec);
@@ -404,6 +442,30 @@ impl Books {
                 _ => {}
             }
         }
+    }
+
+    /// Adds a reading's energy to its [`split_series`] on the site's grid (nothing for
+    /// storage flows, which `SiteBooks::intervals` already holds).
+    fn split_flow(
+        &mut self,
+        site: &str,
+        series: Option<(Flow, &str)>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        wh: Decimal,
+    ) {
+        let Some((flow, key)) = series else {
+            return;
+        };
+        let grid = self.flows.entry(site.to_string()).or_default();
+        grid_shares(start, end, wh, |at, share| {
+            let split = grid.entry(at).or_default();
+            let by = match flow {
+                Flow::Generated => &mut split.generated_by_source,
+                _ => &mut split.consumed_by_tenant,
+            };
+            *by.entry(key.to_string()).or_default() += share;
+        });
     }
 
     // ----- reads -----
@@ -532,6 +594,89 @@ impl Books {
         }))
     }
 
+    /// The first and last grid interval of a site with any energy, as `[start, end)` of
+    /// the whole span; `None` before its first reading.
+    pub fn site_extent(&self, site: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let s = self.sites.get(site)?;
+        let (first, last) = (s.intervals.keys().next()?, s.intervals.keys().next_back()?);
+        Some((grid_time(*first), grid_time(*last + ENERGY_BALANCE_INTERVAL_S)))
+    }
+
+    /// Every registered site, with the span its energy covers.
+    pub fn sites_list(&self) -> Value {
+        let list: Vec<Value> = self
+            .sites
+            .iter()
+            .map(|(id, s)| {
+                let extent = self.site_extent(id);
+                json!({
+                    "site_id": id,
+                    "time_zone": s.time_zone,
+                    "loss_tolerance_pct": fmt_decimal(&s.loss_tolerance_pct),
+                    "intervals": s.intervals.len(),
+                    "data_from": extent.map(|(a, _)| fmt_time(&a)),
+                    "data_to": extent.map(|(_, b)| fmt_time(&b)),
+                })
+            })
+            .collect();
+        json!({"sites": list, "position": self.position})
+    }
+
+    /// A site's flows over `[from, to)` per grid interval: generation by source, battery
+    /// charge and discharge, consumption by tenant, and losses (at most
+    /// [`ENERGY_BALANCE_INTERVALS_MAX`] intervals; `truncated` says when there were more).
+    pub fn flows(&self, site: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Value> {
+        let s = self.sites.get(site)?;
+        let empty = BTreeMap::new();
+        let splits = self.flows.get(site).unwrap_or(&empty);
+        let (a, b) = (from.timestamp(), to.timestamp());
+        let none = FlowSplit::default();
+        let mut sources = std::collections::BTreeSet::new();
+        let mut tenants = std::collections::BTreeSet::new();
+        let by = |m: &BTreeMap<String, Decimal>| -> serde_json::Map<String, Value> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), json!(fmt_decimal(&round_wh(*v)))))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (start, f) in s.intervals.range(a..b).take(ENERGY_BALANCE_INTERVALS_MAX) {
+            let split = splits.get(start).unwrap_or(&none);
+            sources.extend(split.generated_by_source.keys().cloned());
+            tenants.extend(split.consumed_by_tenant.keys().cloned());
+            let losses = f.generated_wh + f.dispatched_wh - f.stored_wh - f.consumed_wh;
+            out.push(json!({
+                "start": fmt_time(&grid_time(*start)),
+                "end": fmt_time(&grid_time(*start + ENERGY_BALANCE_INTERVAL_S)),
+                "generated_wh": fmt_decimal(&round_wh(f.generated_wh)),
+                "generated_by_source_wh": by(&split.generated_by_source),
+                "dispatched_wh": fmt_decimal(&round_wh(f.dispatched_wh)),
+                "stored_wh": fmt_decimal(&round_wh(f.stored_wh)),
+                "consumed_wh": fmt_decimal(&round_wh(f.consumed_wh)),
+                "consumed_by_tenant_wh": by(&split.consumed_by_tenant),
+                "losses_wh": fmt_decimal(&round_wh(losses)),
+            }));
+        }
+        let truncated = s.intervals.range(a..b).nth(ENERGY_BALANCE_INTERVALS_MAX).is_some();
+        let tenants: Vec<Value> = tenants
+            .iter()
+            .map(|t| json!({"tenant_id": t, "name": self.tenants.get(t)}))
+            .collect();
+        let extent = self.site_extent(site);
+        Some(json!({
+            "site_id": site,
+            "interval_s": ENERGY_BALANCE_INTERVAL_S,
+            "from": fmt_time(&from),
+            "to": fmt_time(&to),
+            "data_from": extent.map(|(a, _)| fmt_time(&a)),
+            "data_to": extent.map(|(_, b)| fmt_time(&b)),
+            "sources": sources,
+            "tenants": tenants,
+            "intervals": out,
+            "truncated": truncated,
+            "position": self.position,
+        }))
+    }
+
     /// Every battery's state.
     pub fn storage(&self) -> Value {
         let list: Vec<Value> = self
@@ -577,6 +722,21 @@ impl Books {
             "position": self.position,
         })
     }
+}
+
+/// The [`FlowSplit`] series a reading adds to: generation to its source, consumption to its
+/// tenant; `None` for storage flows.
+fn split_series(flow: Flow, source: Option<Source>, tenant: Option<&TenantId>) -> Option<(Flow, &str)> {
+    match flow {
+        Flow::Generated => Some((flow, source.map_or(SOURCE_UNSPECIFIED, Source::as_str))),
+        Flow::Consumed => Some((flow, tenant.map_or(TENANT_UNASSIGNED, TenantId::as_str))),
+        Flow::Stored | Flow::Dispatched => None,
+    }
+}
+
+/// The time of a grid key (Unix seconds).
+fn grid_time(key: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(key, 0).single().unwrap_or_default()
 }
 
 fn booked_period(ev: &Event) -> Option<Period> {
