@@ -55,7 +55,7 @@ pub struct PgStore {
 }
 
 /// Splits wattledger's own URL parameters from the ones PostgreSQL (sqlx) understands.
-fn connect_options(url: &str) -> Result<(PgConnectOptions, u32), StoreError> {
+pub fn connect_options(url: &str) -> Result<(PgConnectOptions, u32), StoreError> {
     let invalid = |m: String| StoreError::Invalid(format!("{}: {m}", redact_url(url)));
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut pool = POOL_CONNECTIONS_DEFAULT;
