@@ -217,6 +217,10 @@ pub async fn start(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
     let join = tokio::spawn(async move {
+        // Streamed answers (NDJSON, SSE) must not wait on delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;

@@ -63,7 +63,11 @@ pub fn write_snapshot(path: &Path, books: &Books) -> std::io::Result<()> {
         checksum: hex::encode(Sha256::digest(text.as_bytes())),
         books: text,
     };
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write: two saves at once (the follower's and a shutdown's) must
+    // not write through the same temporary file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{seq}.tmp", std::process::id()));
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
