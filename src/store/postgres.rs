@@ -348,7 +348,7 @@ impl Writer {
             );
         }
         let mut versions: HashMap<String, u64> = HashMap::new();
-        for r in sqlx::query("SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream")
+        for r in sqlx::query("SELECT s.stream, v.version FROM UNNEST($1::text[]) AS s(stream) CROSS JOIN LATERAL (SELECT version FROM events e WHERE e.stream = s.stream ORDER BY version DESC LIMIT 1) AS v")
             .bind(&streams)
             .fetch_all(&mut *tx)
             .await
