@@ -43,6 +43,14 @@ pub async fn wait_min_position(s: &AppState, min: Option<u64>) -> Result<(), Api
     Ok(())
 }
 
+/// An optional RFC 3339 query parameter.
+fn opt_time(field: &'static str, v: &Option<String>) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    v.as_deref()
+        .map(parse_time)
+        .transpose()
+        .map_err(|m| ApiError::invalid(field, m))
+}
+
 fn json(v: Value) -> Response {
     axum::Json(v).into_response()
 }
@@ -120,14 +128,8 @@ pub async fn energy_balance(
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Auditor])?;
-    let to = match &q.to {
-        Some(t) => parse_time(t).map_err(|m| ApiError::invalid("to", m))?,
-        None => Utc::now(),
-    };
-    let from = match &q.from {
-        Some(t) => parse_time(t).map_err(|m| ApiError::invalid("from", m))?,
-        None => to - chrono::Duration::days(1),
-    };
+    let to = opt_time("to", &q.to)?.unwrap_or_else(Utc::now);
+    let from = opt_time("from", &q.from)?.unwrap_or(to - chrono::Duration::days(1));
     if from >= to {
         return Err(ApiError::invalid("to", "must be after from"));
     }
@@ -178,13 +180,7 @@ pub async fn flows(
 ) -> Result<Response, ApiError> {
     use crate::projections::FLOWS_DEFAULT_DAYS;
     c.require(&[Role::Operator, Role::Auditor])?;
-    let time = |field: &'static str, v: &Option<String>| {
-        v.as_deref()
-            .map(parse_time)
-            .transpose()
-            .map_err(|m| ApiError::invalid(field, m))
-    };
-    let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
+    let (from, to) = (opt_time("from", &q.from)?, opt_time("to", &q.to)?);
     wait_min_position(&s, q.min_position).await?;
     s.projections
         .read(|b| {
