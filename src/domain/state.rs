@@ -653,7 +653,16 @@ impl LedgerState {
                 format!("the reading already holds {wh} Wh; a correction must change it"),
             ));
         }
-        let meter = &self.meters[&r.meter_id].reg;
+        let meter = &self
+            .meters
+            .get(&r.meter_id)
+            .ok_or_else(|| {
+                Rejection::not_found(
+                    "event_id",
+                    format!("the reading's meter {:?} is not registered", r.meter_id),
+                )
+            })?
+            .reg;
         self.check_rated_power(meter, &r.interval, wh)?;
         let delta_wh = wh.value() - r.current_wh.value();
         self.check_battery(meter, r.flow, delta_wh)?;
