@@ -11,14 +11,15 @@
 //!
 //! The seed is printed; set `WATTLEDGER_CRASH_SEED` to replay one run's delays.
 
+mod support;
+
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wattledger::api::auth::{AuthConfig, Claims, Role};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wattledger");
 const SECRET: &str = "crash-http-test-secret-0123456789abcdef";
 const ROUNDS: usize = 20;
 const METERS: u64 = 4;
@@ -30,17 +31,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(60);
 const TENANT: &str = "crash-tenant";
 const SITE: &str = "crash-site";
 const PERIOD: &str = "2025-01";
-
-const FOREIGN_ENV: [&str; 8] = [
-    "WATTLEDGER_JWT_PUBLIC_KEY_FILE",
-    "WATTLEDGER_JWT_PRIVATE_KEY_FILE",
-    "WATTLEDGER_JWT_ALGORITHM",
-    "WATTLEDGER_JWT_SECRET",
-    "WATTLEDGER_JWT_ISSUER",
-    "WATTLEDGER_JWT_AUDIENCE",
-    "WATTLEDGER_STORE",
-    "WATTLEDGER_LISTEN",
-];
 
 /// xorshift64*: reproducible from its seed.
 struct Rng(u64);
@@ -68,12 +58,8 @@ fn seed() -> u64 {
 }
 
 fn command() -> Command {
-    let mut c = Command::new(BIN);
-    for k in FOREIGN_ENV {
-        c.env_remove(k);
-    }
+    let mut c = support::process::command();
     c.env("WATTLEDGER_JWT_SECRET", SECRET);
-    c.env("RUST_LOG", "info");
     c
 }
 
@@ -97,80 +83,11 @@ fn token() -> String {
     .unwrap()
 }
 
-/// A `wattledger serve` child; killed (SIGKILL) if the test fails while it runs.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::process::Server;
 
 /// Starts `wattledger serve` on a free port and waits (bounded) for /readyz.
 async fn serve(dir: &Path, store: &str, log_name: &str) -> Server {
-    let port = free_port();
-    let log = dir.join(log_name);
-    let child = command()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", store])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start wattledger serve");
-    let mut server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + START_WAIT;
-    loop {
-        if let Ok(r) = client.get(server.url("/readyz")).send().await
-            && r.status().is_success()
-        {
-            return server;
-        }
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!(
-                "wattledger serve exited ({status}) before it was ready:\n{}",
-                server.log()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready within {START_WAIT:?}:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::process::serve(command(), dir, store, log_name, "/readyz", START_WAIT).await
 }
 
 /// Runs a CLI command to completion: (exit code, stdout, stderr).

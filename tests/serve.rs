@@ -7,11 +7,10 @@ mod support;
 
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wattledger");
 /// Readings in the bulk request that SIGTERM interrupts.
 const READINGS: usize = 20_000;
 /// Events recorded before the bulk request: site, tenant, meter, tariff.
@@ -21,121 +20,11 @@ const START_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait for the server to exit after SIGTERM.
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
-/// Variables that would make the binary use another key or store than the test's.
-const FOREIGN_ENV: [&str; 8] = [
-    "WATTLEDGER_JWT_PUBLIC_KEY_FILE",
-    "WATTLEDGER_JWT_PRIVATE_KEY_FILE",
-    "WATTLEDGER_JWT_ALGORITHM",
-    "WATTLEDGER_JWT_SECRET",
-    "WATTLEDGER_JWT_ISSUER",
-    "WATTLEDGER_JWT_AUDIENCE",
-    "WATTLEDGER_STORE",
-    "WATTLEDGER_LISTEN",
-];
-
-fn command() -> Command {
-    let mut c = Command::new(BIN);
-    for k in FOREIGN_ENV {
-        c.env_remove(k);
-    }
-    c.env("RUST_LOG", "info");
-    c
-}
-
-/// A `wattledger serve` child; killed (SIGKILL) if a test fails while it runs.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -TERM {}", self.child.id());
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::process::{Server, command};
 
 /// Starts `wattledger serve` on a free port and waits (bounded) for /healthz.
 async fn serve(dir: &Path, store: &str, log_name: &str) -> Server {
-    let port = free_port();
-    let log = dir.join(log_name);
-    let child = command()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", store])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start wattledger serve");
-    let mut server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + START_WAIT;
-    loop {
-        if let Ok(r) = client.get(server.url("/healthz")).send().await
-            && r.status().is_success()
-        {
-            return server;
-        }
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!(
-                "wattledger serve exited ({status}) before it was healthy:\n{}",
-                server.log()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not healthy within {START_WAIT:?}:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::process::serve(command(), dir, store, log_name, "/healthz", START_WAIT).await
 }
 
 /// Runs a CLI command to completion: (exit status, stdout, stderr).

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 use wattledger::api::auth::{AuthConfig, Claims, Role};
