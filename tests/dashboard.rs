@@ -12,12 +12,12 @@ mod support;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+use support::process::Server;
 use wattledger::api::auth::{AuthConfig, Role};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wattledger");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The HS256 secret the test server verifies with (not a real secret).
 const SECRET: &str = "dashboard-test-secret-0123456789-abcdefghijklmnop";
@@ -31,105 +31,44 @@ const VIRTUAL_TIME_BUDGET_MS: u32 = 20_000;
 /// How many of the log's last events the page is asked to replay through its live feed.
 const LIVE_REPLAY_EVENTS: u64 = 5;
 
-/// Variables that would make the binary use another key, store or address than the test's.
-const FOREIGN_ENV: [&str; 8] = [
-    "WATTLEDGER_JWT_PUBLIC_KEY_FILE",
-    "WATTLEDGER_JWT_PRIVATE_KEY_FILE",
-    "WATTLEDGER_JWT_ALGORITHM",
-    "WATTLEDGER_JWT_SECRET",
-    "WATTLEDGER_JWT_ISSUER",
-    "WATTLEDGER_JWT_AUDIENCE",
-    "WATTLEDGER_STORE",
-    "WATTLEDGER_LISTEN",
-];
-
 /// A `wattledger serve --demo` child in its own folder; killed when dropped.
 struct Demo {
-    child: Child,
-    base: String,
-    log: PathBuf,
+    server: Server,
     auth: AuthConfig,
     client: reqwest::Client,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl Demo {
     async fn start() -> Demo {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = dir.path().join("serve.log");
-        let mut c = Command::new(BIN);
-        for k in FOREIGN_ENV {
-            c.env_remove(k);
-        }
         let store = format!("sqlite://{}", dir.path().join("demo.db").display());
-        let child = c
-            .env("WATTLEDGER_JWT_SECRET", SECRET)
+        let mut cmd = support::process::command();
+        cmd.env("WATTLEDGER_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--demo",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                &store,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start wattledger serve --demo");
-        let mut demo = Demo {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
+            .current_dir(dir.path());
+        let start = support::process::Start {
+            dir: dir.path(),
+            log_name: "serve.log",
+            store: &store,
+            extra_args: &["--demo"],
+            ready_path: "/healthz",
+            wait: START_WAIT,
+        };
+        let server = support::process::serve(cmd, start).await;
+        Demo {
+            server,
             auth: AuthConfig::hs256(SECRET.as_bytes(), "test").unwrap(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
             dir,
-        };
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            if let Ok(r) = demo.client.get(demo.url("/healthz")).send().await
-                && r.status().is_success()
-            {
-                return demo;
-            }
-            if let Some(status) = demo.child.try_wait().unwrap() {
-                panic!("serve --demo exited ({status}) before answering:\n{}", demo.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve --demo did not answer /healthz within {START_WAIT:?}:\n{}",
-                demo.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.server.url(path)
     }
 
     fn token(&self, role: Role, tenant: Option<&str>) -> String {
@@ -524,7 +463,7 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
     let live_from = head + 1 - LIVE_REPLAY_EVENTS;
 
     // The operator's view.
-    let url = format!("{}/#token={op}&live_from={live_from}", demo.base);
+    let url = format!("{}/#token={op}&live_from={live_from}", demo.server.base);
     let dom = chromium(
         &work.join("profile-op"),
         &url,
@@ -639,7 +578,7 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
 
     // A tenant's view: its own statement only; the site panels answer 403 and are not shown.
     let beta = demo.token(Role::Tenant, Some("beta-labs"));
-    let url = format!("{}/#token={beta}", demo.base);
+    let url = format!("{}/#token={beta}", demo.server.base);
     let dom = chromium(
         &work.join("profile-tenant"),
         &url,

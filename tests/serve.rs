@@ -24,7 +24,15 @@ use support::process::{Server, command};
 
 /// Starts `wattledger serve` on a free port and waits (bounded) for /healthz.
 async fn serve(dir: &Path, store: &str, log_name: &str) -> Server {
-    support::process::serve(command(), dir, store, log_name, "/healthz", START_WAIT).await
+    let start = support::process::Start {
+        dir,
+        log_name,
+        store,
+        extra_args: &[],
+        ready_path: "/healthz",
+        wait: START_WAIT,
+    };
+    support::process::serve(command(), start).await
 }
 
 /// Runs a CLI command to completion: (exit status, stdout, stderr).

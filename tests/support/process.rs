@@ -87,20 +87,27 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Starts `cmd serve` on a free port (stderr to `dir/log_name`) and waits, at most `wait`,
-/// until `ready_path` answers a success.
-pub async fn serve(
-    mut cmd: Command,
-    dir: &Path,
-    store: &str,
-    log_name: &str,
-    ready_path: &str,
-    wait: Duration,
-) -> Server {
+/// How a test starts `serve`.
+pub struct Start<'a> {
+    /// Where the log (stderr) goes.
+    pub dir: &'a Path,
+    pub log_name: &'a str,
+    pub store: &'a str,
+    /// More arguments for `serve` (such as `--demo`).
+    pub extra_args: &'a [&'a str],
+    /// What must answer a success before the server counts as started, and how long to wait.
+    pub ready_path: &'a str,
+    pub wait: Duration,
+}
+
+/// Starts `cmd serve` on a free port and waits (bounded) until the ready path answers.
+pub async fn serve(mut cmd: Command, s: Start<'_>) -> Server {
+    let (ready_path, wait) = (s.ready_path, s.wait);
     let port = free_port();
-    let log = dir.join(log_name);
+    let log = s.dir.join(s.log_name);
     let child = cmd
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", store])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", s.store])
+        .args(s.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
