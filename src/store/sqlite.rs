@@ -41,6 +41,22 @@ pub struct SqliteStore {
     failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Drop for SqliteStore {
+    /// Lets the writer finish what it holds, then releases the write lock explicitly: a
+    /// `flock` lives as long as any copy of its descriptor, and a process spawned by this one
+    /// at the wrong moment holds a copy until it execs, so merely closing the file could leave
+    /// the next opener refused.
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(h) = self.writer.get_mut().map(Option::take).unwrap_or(None) {
+            let _ = h.join();
+        }
+        if let Some(f) = &self._lock {
+            let _ = f.unlock();
+        }
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
