@@ -139,7 +139,7 @@ pub async fn statement(url: &str, tenant: &str, period: &str, format: StatementF
     let period = Period::parse(period).map_err(|m| AppError::Usage(format!("--period {m}")))?;
     let p = open_projections(url).await?;
     let s = p
-        .read(|b| b.statement(tenant, period))
+        .statement(tenant, period)
         .ok_or_else(|| AppError::Usage(format!("no tenant {tenant:?} is registered")))?;
     Ok(match format {
         StatementFormat::Json => serde_json::to_string_pretty(&s.to_json()).expect("json"),

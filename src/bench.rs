@@ -1615,7 +1615,7 @@ pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
     // The JSON body the API would send (`GET /v1/tenants/{t}/statements/{p}`, `GET /v1/accounts/{a}`).
     let (mut st_ns, st_bytes) = time_calls(a.iterations, |i| {
         let (t, per) = &pairs[(i as usize) % pairs.len()];
-        p.read(|b| b.statement(t, *per))
+        p.statement(t, *per)
             .map_or(0, |s| serde_json::to_string(&s.to_json()).expect("json").len())
     });
     let (mut bal_ns, bal_bytes) = time_calls(a.iterations, |i| {

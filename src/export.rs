@@ -120,6 +120,15 @@ fn header(rec: &RecordedEvent, ev: &Event) -> (NaiveDate, String) {
                 fmt_time(&t.effective_from)
             ),
         ),
+        Event::EmissionFactorsPublished(f) => (
+            day(at),
+            format!(
+                "emission factors version {} of site {} published, effective {}",
+                f.factors_version,
+                f.site_id,
+                fmt_time(&f.effective_from)
+            ),
+        ),
         Event::PeriodClosed(p) => (
             day(p.period.end() - Duration::days(1)),
             format!("period {} closed: balances booked through {}", p.period, p.period),

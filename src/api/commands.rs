@@ -101,6 +101,18 @@ pub async fn publish_tariff(
     run(&s, "publish_tariff", &obj).await
 }
 
+pub async fn publish_emission_factors(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(site_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "site_id", &site_id)?;
+    run(&s, "publish_emission_factors", &obj).await
+}
+
 pub async fn issue_credits(
     State(s): State<AppState>,
     Auth(c): Auth,

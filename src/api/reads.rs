@@ -6,13 +6,16 @@ use super::auth::{Auth, Role};
 use super::body::Path;
 use super::body::Query;
 use super::error::ApiError;
+use crate::domain::Event;
 use crate::domain::postings::parse_account;
-use crate::domain::time::{Period, parse_time};
+use crate::domain::time::{Period, fmt_time, parse_time};
+use crate::projections::attribution::{HOUR_READINGS_MAX, HOUR_S, MIX_DEFAULT_DAYS, MIX_HOURS_MAX, tenant_attribution};
 use crate::projections::render::{statement_csv, statement_html};
+use crate::store::READ_PAGE_EVENTS_MAX;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -108,7 +111,7 @@ pub async fn statement(
     wait_min_position(&s, q.min_position).await?;
     let st = s
         .projections
-        .read(|b| b.statement(&tenant_id, period))
+        .statement(&tenant_id, period)
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id:?} is registered")))?;
     let (body, ctype) = match format.as_str() {
         "csv" => (statement_csv(&st), "text/csv; charset=utf-8"),
@@ -193,4 +196,129 @@ pub async fn flows(
         })
         .ok_or_else(|| ApiError::not_found(format!("no site {site_id:?} is registered")))?
         .map(json)
+}
+
+/// A tenant's supply-mix attribution for a period: Wh by source, carbon, carbon-free share,
+/// hourly carbon-free score, the positions of the readings behind it, and every hour.
+pub async fn attribution(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((tenant_id, period)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    let period = Period::parse(&period).map_err(|m| ApiError::invalid("period", m))?;
+    wait_min_position(&s, q.min_position).await?;
+    s.projections
+        .read_attribution(|b, sites| {
+            b.tenants
+                .contains_key(&tenant_id)
+                .then(|| tenant_attribution(b, sites, &tenant_id, period).to_json(b.position))
+        })
+        .map(json)
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id:?} is registered")))
+}
+
+/// A site's supply mix per UTC hour over `[from, to)` (at most `MIX_HOURS_MAX` hours).
+/// Without `to`: the end of the site's last hour with energy (now, before any); without
+/// `from`: `MIX_DEFAULT_DAYS` before `to`.
+pub async fn mix(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(site_id): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor])?;
+    let (from, to) = (opt_time("from", &q.from)?, opt_time("to", &q.to)?);
+    wait_min_position(&s, q.min_position).await?;
+    s.projections
+        .read_attribution(|b, sites| {
+            let site = sites.iter().find(|a| a.site_id == site_id)?;
+            let last = site.hours.last().map(|h| h.hour + HOUR_S);
+            let to = to.unwrap_or_else(|| {
+                last.and_then(|t| Utc.timestamp_opt(t, 0).single())
+                    .unwrap_or_else(Utc::now)
+            });
+            let from = from.unwrap_or(to - chrono::Duration::days(MIX_DEFAULT_DAYS));
+            if from >= to {
+                return Some(Err(ApiError::invalid("to", "must be after from")));
+            }
+            if (to - from).num_seconds() > MIX_HOURS_MAX as i64 * HOUR_S {
+                return Some(Err(ApiError::invalid(
+                    "to",
+                    format!("a mix read spans at most {MIX_HOURS_MAX} hours"),
+                )));
+            }
+            Some(Ok(site.mix_json(b, from, to)))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("no site {site_id:?} is registered")))?
+        .map(json)
+}
+
+/// The readings (and corrections) behind one site-hour of the mix, read back from the log:
+/// every figure of the attribution can be traced to them.
+pub async fn hour_readings(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((site_id, hour)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor])?;
+    let at = parse_time(&hour).map_err(|m| ApiError::invalid("hour", m))?;
+    if at.timestamp().rem_euclid(HOUR_S) != 0 || at.timestamp_subsec_nanos() != 0 {
+        return Err(ApiError::invalid(
+            "hour",
+            "must be the start of a UTC clock hour (HH:00:00Z)",
+        ));
+    }
+    wait_min_position(&s, q.min_position).await?;
+    let h = at.timestamp();
+    let range = s.projections.read(|b| {
+        b.sites.contains_key(&site_id).then(|| {
+            b.hours
+                .get(&site_id)
+                .and_then(|m| m.get(&h))
+                .map(|f| (f.first_position, f.last_position))
+        })
+    });
+    let Some(range) = range else {
+        return Err(ApiError::not_found(format!("no site {site_id:?} is registered")));
+    };
+    let (first, last) = range.unwrap_or((0, 0));
+    let (mut readings, mut truncated, mut after) = (Vec::new(), false, first.saturating_sub(1));
+    let hour_end = at + chrono::Duration::seconds(HOUR_S);
+    while first > 0 && after < last && !truncated {
+        let page = s.ledger.store().read_all(after, READ_PAGE_EVENTS_MAX).await?;
+        let Some(end) = page.last().map(|r| r.position) else {
+            break;
+        };
+        for r in page.iter().take_while(|r| r.position <= last) {
+            let Ok(ev) = Event::from_parts(&r.event_type, &r.data) else {
+                continue;
+            };
+            let behind = match &ev {
+                Event::ReadingCorrected(c) => c.site_id.as_str() == site_id && c.start < hour_end && c.end > at,
+                e => e
+                    .as_reading()
+                    .is_some_and(|x| x.site_id.as_str() == site_id && x.start < hour_end && x.end > at),
+            };
+            if behind {
+                if readings.len() == HOUR_READINGS_MAX {
+                    truncated = true;
+                    break;
+                }
+                readings.push(r.to_json());
+            }
+        }
+        after = end;
+    }
+    Ok(json(serde_json::json!({
+        "site_id": site_id,
+        "hour": fmt_time(&at),
+        "first_position": first,
+        "last_position": last,
+        "readings": readings,
+        "truncated": truncated,
+    })))
 }

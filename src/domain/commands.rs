@@ -2,7 +2,7 @@
 //! Every field problem is collected, so a caller sees them all at once.
 
 use super::error::{FieldError, Rejection};
-use super::events::{MeterKind, MeterRegistered, Quality};
+use super::events::{EmissionFactorsPublished, MeterKind, MeterRegistered, Quality};
 use super::ids::{AssetId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, decimal_from_json, json_kind};
 use super::tariff::{Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day};
@@ -65,9 +65,14 @@ pub enum Command {
     ClosePeriod {
         period: Period,
     },
+    /// `factors_version` is assigned when the command is decided.
+    PublishEmissionFactors(EmissionFactorsPublished),
 }
 
-pub const COMMAND_NAMES: [&str; 9] = [
+/// The largest emission factor accepted, in gCO2e per kWh (coal is about 1,000).
+pub const EMISSION_FACTOR_MAX: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+
+pub const COMMAND_NAMES: [&str; 10] = [
     "register_site",
     "register_tenant",
     "register_meter",
@@ -77,6 +82,7 @@ pub const COMMAND_NAMES: [&str; 9] = [
     "issue_credits",
     "transfer_credits",
     "close_period",
+    "publish_emission_factors",
 ];
 
 /// Reads the fields of one JSON object, collecting every problem.
@@ -401,6 +407,7 @@ impl Command {
                 }
             }
             "close_period" => f.req("period", period).map(|period| Command::ClosePeriod { period }),
+            "publish_emission_factors" => parse_emission_factors(&mut f),
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(Rejection::validation(
@@ -430,6 +437,7 @@ impl Command {
             Command::IssueCredits { .. } => "issue_credits",
             Command::TransferCredits { .. } => "transfer_credits",
             Command::ClosePeriod { .. } => "close_period",
+            Command::PublishEmissionFactors(_) => "publish_emission_factors",
         }
     }
 }
@@ -535,6 +543,71 @@ fn parse_register_meter(f: &mut Fields<'_>) -> Option<Command> {
 
 fn asset_id_of(v: &Value) -> Result<AssetId, String> {
     asset_id(v)
+}
+
+/// `publish_emission_factors`: a factor for every source kind (so no source is ever
+/// attributed without one) and the list of kinds that count as carbon-free.
+fn parse_emission_factors(f: &mut Fields<'_>) -> Option<Command> {
+    let site_id = f.req("site_id", site_id);
+    let effective_from = f.req("effective_from", time);
+    let factors = f.req("gco2e_per_kwh", object).map(|m| {
+        let mut g = Fields::new(m, "gco2e_per_kwh.");
+        let mut out = BTreeMap::new();
+        for source in Source::ALL {
+            let parsed = g.req(source.as_str(), |v| {
+                let d = decimal_from_json(v)?;
+                if d.is_sign_negative() && !d.is_zero() {
+                    return Err(format!("must not be negative, got {d}"));
+                }
+                if d > EMISSION_FACTOR_MAX {
+                    return Err(format!("must be at most {EMISSION_FACTOR_MAX} gCO2e per kWh, got {d}"));
+                }
+                if d.scale() > 3 {
+                    return Err(format!("must have at most 3 decimals, got {d}"));
+                }
+                Ok(d.normalize())
+            });
+            if let Some(d) = parsed {
+                out.insert(source, d);
+            }
+        }
+        (out, g.finish())
+    });
+    let factors = match factors {
+        Some((m, errs)) if errs.is_empty() && m.len() == Source::ALL.len() => Some(m),
+        Some((_, errs)) => {
+            f.errors.extend(errs);
+            None
+        }
+        None => None,
+    };
+    let carbon_free = f.req("carbon_free", |v| {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| format!("must be an array of source kinds, got {}", json_kind(v)))?;
+        let mut out = Vec::new();
+        for x in arr {
+            let s = Source::parse(string(x)?)?;
+            if out.contains(&s) {
+                return Err(format!("must not list {:?} twice", s.as_str()));
+            }
+            out.push(s);
+        }
+        out.sort();
+        Ok(out)
+    });
+    match (site_id, effective_from, factors, carbon_free) {
+        (Some(site_id), Some(effective_from), Some(gco2e_per_kwh), Some(carbon_free)) => {
+            Some(Command::PublishEmissionFactors(EmissionFactorsPublished {
+                site_id,
+                factors_version: 0,
+                effective_from,
+                gco2e_per_kwh,
+                carbon_free,
+            }))
+        }
+        _ => None,
+    }
 }
 
 fn parse_tariff(f: &mut Fields<'_>) -> Option<Command> {

@@ -8,6 +8,7 @@ use super::time::{Interval, Period, opt_time_str, time_str};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The schema version every event type is written with today.
@@ -155,6 +156,45 @@ pub struct ReadingCorrected {
     pub booked_period: Period,
 }
 
+/// A site's emission factors: grams of CO2e per kWh for every source kind, and which kinds
+/// count as carbon-free. Versioned like tariffs: each version applies from `effective_from`
+/// until the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmissionFactorsPublished {
+    pub site_id: SiteId,
+    /// 1, 2, … per site; assigned when the command is decided.
+    pub factors_version: u32,
+    #[serde(with = "time_str")]
+    pub effective_from: DateTime<Utc>,
+    #[serde(with = "source_decimals")]
+    pub gco2e_per_kwh: BTreeMap<Source, Decimal>,
+    /// Sorted, without repeats.
+    pub carbon_free: Vec<Source>,
+}
+
+/// Serde for a map of source kind → decimal carried as a JSON string.
+mod source_decimals {
+    use super::*;
+    use crate::domain::quantity::{decimal_from_json, fmt_decimal};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Source, Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        let out: BTreeMap<&str, String> = m.iter().map(|(k, v)| (k.as_str(), fmt_decimal(v))).collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Source, Decimal>, D::Error> {
+        let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                let k = Source::parse(&k).map_err(serde::de::Error::custom)?;
+                let v = decimal_from_json(&v).map_err(serde::de::Error::custom)?;
+                Ok((k, v))
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditsIssued {
     pub tenant_id: TenantId,
@@ -197,10 +237,11 @@ pub enum Event {
     TenantRegistered(TenantRegistered),
     CreditsIssued(CreditsIssued),
     CreditsTransferred(CreditsTransferred),
+    EmissionFactorsPublished(EmissionFactorsPublished),
 }
 
 /// All event type names, in the order of the catalog.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "SiteRegistered",
     "TariffPublished",
     "PeriodClosed",
@@ -213,6 +254,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     "TenantRegistered",
     "CreditsIssued",
     "CreditsTransferred",
+    "EmissionFactorsPublished",
 ];
 
 impl ReadingRecorded {
@@ -248,6 +290,7 @@ impl Event {
             Event::TenantRegistered(_) => "TenantRegistered",
             Event::CreditsIssued(_) => "CreditsIssued",
             Event::CreditsTransferred(_) => "CreditsTransferred",
+            Event::EmissionFactorsPublished(_) => "EmissionFactorsPublished",
         }
     }
 
@@ -300,6 +343,7 @@ impl Event {
             "TenantRegistered" => p(data).map(Event::TenantRegistered),
             "CreditsIssued" => p(data).map(Event::CreditsIssued),
             "CreditsTransferred" => p(data).map(Event::CreditsTransferred),
+            "EmissionFactorsPublished" => p(data).map(Event::EmissionFactorsPublished),
             other => return Err(format!("unknown event type {other:?}")),
         };
         ev.map_err(|e| format!("{event_type}: {e}"))

@@ -90,7 +90,8 @@ fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&st
     }
 }
 
-/// The postings an event makes. Registrations, tariffs and period closes post nothing.
+/// The postings an event makes. Registrations, tariffs, emission factors and period closes
+/// post nothing.
 pub fn postings(event: &Event) -> Vec<Posting> {
     match event {
         Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
@@ -127,7 +128,8 @@ pub fn postings(event: &Event) -> Vec<Posting> {
         | Event::TariffPublished(_)
         | Event::PeriodClosed(_)
         | Event::MeterRegistered(_)
-        | Event::TenantRegistered(_) => Vec::new(),
+        | Event::TenantRegistered(_)
+        | Event::EmissionFactorsPublished(_) => Vec::new(),
     }
 }
 

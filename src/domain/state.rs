@@ -61,6 +61,56 @@ pub struct SiteState {
     pub tz: Tz,
     /// Published versions, in order: `tariffs[v - 1]` is version `v`.
     pub tariffs: Vec<Tariff>,
+    /// Published versions of the site's emission factors, in order.
+    pub emission_factors: Vec<EmissionFactorsPublished>,
+}
+
+/// Terms published in versions that apply forward from an `effective_from`.
+trait Versioned: Clone + PartialEq {
+    /// What the event id is derived from: `{ID_KIND}/{site}/{version}`.
+    const ID_KIND: &'static str;
+    const NOUN: &'static str;
+    const PLURAL: &'static str;
+    fn site_id(&self) -> &SiteId;
+    fn effective_from(&self) -> DateTime<Utc>;
+    fn version(&self) -> u32;
+    fn set_version(&mut self, v: u32);
+}
+
+impl Versioned for Tariff {
+    const ID_KIND: &'static str = "tariff";
+    const NOUN: &'static str = "tariff";
+    const PLURAL: &'static str = "tariffs";
+    fn site_id(&self) -> &SiteId {
+        &self.site_id
+    }
+    fn effective_from(&self) -> DateTime<Utc> {
+        self.effective_from
+    }
+    fn version(&self) -> u32 {
+        self.tariff_version
+    }
+    fn set_version(&mut self, v: u32) {
+        self.tariff_version = v;
+    }
+}
+
+impl Versioned for EmissionFactorsPublished {
+    const ID_KIND: &'static str = "emission-factors";
+    const NOUN: &'static str = "emission factors";
+    const PLURAL: &'static str = "emission factors";
+    fn site_id(&self) -> &SiteId {
+        &self.site_id
+    }
+    fn effective_from(&self) -> DateTime<Utc> {
+        self.effective_from
+    }
+    fn version(&self) -> u32 {
+        self.factors_version
+    }
+    fn set_version(&mut self, v: u32) {
+        self.factors_version = v;
+    }
 }
 
 impl SiteState {
@@ -225,6 +275,7 @@ impl LedgerState {
             }
             Command::RegisterMeter(reg) => self.decide_register_meter(reg, ctx),
             Command::PublishTariff(t) => self.decide_tariff(t, ctx),
+            Command::PublishEmissionFactors(f) => self.decide_emission_factors(f, ctx),
             Command::PostReading {
                 event_id,
                 meter_id,
@@ -399,14 +450,37 @@ impl LedgerState {
         if let Err((field, msg)) = t.check() {
             return Err(Rejection::validation(field, msg));
         }
-        if let Some(last) = site.tariffs.last()
-            && t.effective_from <= last.effective_from
+        self.decide_versioned(&site.tariffs, t, ctx, Event::TariffPublished)
+    }
+
+    fn decide_emission_factors(
+        &self,
+        f: &EmissionFactorsPublished,
+        ctx: &DecideContext,
+    ) -> Result<Decision, Rejection> {
+        let site = self.site(&f.site_id)?;
+        self.decide_versioned(&site.emission_factors, f, ctx, Event::EmissionFactorsPublished)
+    }
+
+    /// Publishes the next version of something versioned forward by `effective_from`
+    /// (tariffs, emission factors): the same terms at the same `effective_from` again are a
+    /// duplicate, other terms there a conflict, an earlier `effective_from` a refusal.
+    fn decide_versioned<T: Versioned>(
+        &self,
+        published: &[T],
+        t: &T,
+        ctx: &DecideContext,
+        wrap: impl FnOnce(T) -> Event,
+    ) -> Result<Decision, Rejection> {
+        let site_id = t.site_id();
+        let id_of = |version: u32| v5(&format!("{}/{}/{}", T::ID_KIND, site_id, version));
+        if let Some(last) = published.last()
+            && t.effective_from() <= last.effective_from()
         {
-            let same = site.tariffs.iter().find(|x| x.effective_from == t.effective_from);
-            if let Some(x) = same {
+            if let Some(x) = published.iter().find(|x| x.effective_from() == t.effective_from()) {
                 let mut candidate = t.clone();
-                candidate.tariff_version = x.tariff_version;
-                let id = v5(&format!("tariff/{}/{}", t.site_id, x.tariff_version));
+                candidate.set_version(x.version());
+                let id = id_of(x.version());
                 if candidate == *x {
                     let (stream, version) = self.events.get(&id).cloned().unwrap_or_default();
                     return Ok(Decision::Duplicate {
@@ -418,10 +492,11 @@ impl LedgerState {
                 return Err(Rejection::conflict(
                     "effective_from",
                     format!(
-                        "tariff version {} of site {:?} is already effective from {} with other terms; publish a new version with a later effective_from",
-                        x.tariff_version,
-                        t.site_id,
-                        fmt_time(&x.effective_from)
+                        "{} version {} of site {:?} is already effective from {} with other terms; publish a new version with a later effective_from",
+                        T::NOUN,
+                        x.version(),
+                        site_id.as_str(),
+                        fmt_time(&x.effective_from())
                     ),
                     Some(id),
                 ));
@@ -429,15 +504,18 @@ impl LedgerState {
             return Err(Rejection::validation(
                 "effective_from",
                 format!(
-                    "must be after the latest tariff's effective_from ({}): tariffs are versioned forward, never rewritten",
-                    fmt_time(&last.effective_from)
+                    "must be after the latest {} effective_from ({}): {} are versioned forward, never rewritten",
+                    T::NOUN,
+                    fmt_time(&last.effective_from()),
+                    T::PLURAL
                 ),
             ));
         }
         let mut t = t.clone();
-        t.tariff_version = site.tariffs.len() as u32 + 1;
-        let id = v5(&format!("tariff/{}/{}", t.site_id, t.tariff_version));
-        Ok(self.new_event(id, site_stream(&t.site_id), ctx, Event::TariffPublished(t)))
+        let version = published.len() as u32 + 1;
+        t.set_version(version);
+        let stream = site_stream(site_id);
+        Ok(self.new_event(id_of(version), stream, ctx, wrap(t)))
     }
 
     fn check_rated_power(&self, meter: &MeterRegistered, interval: &Interval, wh: EnergyWh) -> Result<(), Rejection> {
@@ -717,12 +795,18 @@ impl LedgerState {
                         reg: e.clone(),
                         tz,
                         tariffs: Vec::new(),
+                        emission_factors: Vec::new(),
                     },
                 );
             }
             Event::TariffPublished(t) => {
                 if let Some(s) = self.sites.get_mut(&t.site_id) {
                     s.tariffs.push(t.clone());
+                }
+            }
+            Event::EmissionFactorsPublished(f) => {
+                if let Some(s) = self.sites.get_mut(&f.site_id) {
+                    s.emission_factors.push(f.clone());
                 }
             }
             Event::PeriodClosed(e) => {

@@ -2,16 +2,17 @@
 //! log, catch up, follow live appends, and snapshot again.
 
 use super::Books;
+use super::attribution::{SiteAttribution, all_sites};
 use crate::domain::Event;
 use crate::store::{EventStore, READ_PAGE_EVENTS_MAX, StoreError, Subscription};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 /// The snapshot file format; a file with another format is ignored and rebuilt.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 /// A live follower snapshots after applying this many events.
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 50_000;
 
@@ -114,6 +115,8 @@ pub struct Projections {
     applied_tx: watch::Sender<u64>,
     /// Why the snapshot was not used on start, if it was not.
     pub snapshot_note: Option<String>,
+    /// Every site's supply-mix attribution, as of the position it was computed at.
+    attribution: Mutex<Option<(u64, Arc<Vec<SiteAttribution>>)>>,
 }
 
 impl Projections {
@@ -147,6 +150,7 @@ impl Projections {
         let (applied_tx, _) = watch::channel(books.position);
         let p = Arc::new(Self {
             books: RwLock::new(books),
+            attribution: Mutex::new(None),
             store,
             snapshot,
             applied_tx,
@@ -219,6 +223,34 @@ impl Projections {
 
     pub fn read<T>(&self, f: impl FnOnce(&Books) -> T) -> T {
         f(&self.books.read().expect("books lock"))
+    }
+
+    /// Reads the books together with every site's attribution, computed once per position
+    /// (a site's attribution depends on all its hours, so it is recomputed, not folded).
+    pub fn read_attribution<T>(&self, f: impl FnOnce(&Books, &[SiteAttribution]) -> T) -> T {
+        let books = self.books.read().expect("books lock");
+        let sites = {
+            let mut cache = self.attribution.lock().expect("attribution lock");
+            match &*cache {
+                Some((p, sites)) if *p == books.position => sites.clone(),
+                _ => {
+                    let sites = Arc::new(all_sites(&books));
+                    *cache = Some((books.position, sites.clone()));
+                    sites
+                }
+            }
+        };
+        f(&books, &sites)
+    }
+
+    /// A tenant's statement with its supply-mix attribution, or `None` for an unknown tenant.
+    pub fn statement(&self, tenant: &str, period: crate::domain::time::Period) -> Option<super::Statement> {
+        self.read_attribution(|b, sites| {
+            b.statement(tenant, period).map(|mut st| {
+                st.attribution = Some(super::attribution::tenant_attribution(b, sites, tenant, period));
+                st
+            })
+        })
     }
 
     /// Writes the snapshot (if this engine has a snapshot path).

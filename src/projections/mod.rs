@@ -4,10 +4,13 @@
 //! balance of each site, battery state, settlement per period — and folds one event at a
 //! time with no I/O. [`engine`] keeps a live copy caught up with the log and snapshotted.
 
+pub mod attribution;
 pub mod engine;
 pub mod render;
 
-use crate::domain::events::{Event, MeterKind};
+pub use attribution::HourFlows;
+
+use crate::domain::events::{EmissionFactorsPublished, Event, MeterKind};
 use crate::domain::ids::TenantId;
 use crate::domain::postings::{Side, credit_normal, postings};
 use crate::domain::quantity::{fmt_decimal, round_wh};
@@ -186,6 +189,12 @@ pub struct Books {
     /// [`SiteBooks::intervals`]; a snapshot written before this field existed reads empty).
     #[serde(default)]
     pub flows: BTreeMap<String, BTreeMap<i64, FlowSplit>>,
+    /// Site → UTC clock hour (Unix seconds) → energy by source, tenant and battery, with the
+    /// positions of the readings behind it: the input of the supply-mix attribution
+    /// ([`attribution`]).
+    pub hours: BTreeMap<String, BTreeMap<i64, HourFlows>>,
+    /// Site → its published emission factors, in version order.
+    pub emission_factors: BTreeMap<String, Vec<EmissionFactorsPublished>>,
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -208,10 +217,15 @@ fn spread(
 /// Calls `add(grid interval start in Unix seconds, share of wh)` for each grid interval
 /// `[start, end)` touches, pro rata by time: the one rule of [`spread`], so every split of a
 /// reading adds up to what the energy balance counts.
-fn grid_shares(start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal, mut add: impl FnMut(i64, Decimal)) {
+fn grid_shares(start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal, add: impl FnMut(i64, Decimal)) {
+    step_shares(ENERGY_BALANCE_INTERVAL_S, start, end, wh, add)
+}
+
+/// [`grid_shares`] on a grid of `step_s` seconds.
+fn step_shares(step_s: i64, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decimal, mut add: impl FnMut(i64, Decimal)) {
     let (s, e) = (start.timestamp_millis(), end.timestamp_millis());
     let total = Decimal::from(e - s);
-    let step = ENERGY_BALANCE_INTERVAL_S * 1000;
+    let step = step_s * 1000;
     let mut b = s.div_euclid(step) * step;
     while b < e {
         let overlap = (b + step).min(e) - b.max(s);
@@ -290,6 +304,12 @@ impl Books {
                 }
             }
             Event::TariffPublished(_) => {}
+            Event::EmissionFactorsPublished(f) => {
+                self.emission_factors
+                    .entry(f.site_id.to_string())
+                    .or_default()
+                    .push(f.clone());
+            }
             Event::PeriodClosed(c) => {
                 self.closed.insert(
                     c.period.to_string(),
@@ -315,6 +335,8 @@ impl Books {
                 );
                 let series = split_series(r.flow, r.source, r.tenant_id.as_ref());
                 self.split_flow(r.site_id.as_str(), series, r.start, r.end, wh);
+                let key = hour_key(r.flow, r.source, r.tenant_id.as_ref(), r.asset_id.as_ref());
+                self.hour_flow(r.site_id.as_str(), r.flow, key, r.start, r.end, wh, rec.position);
                 if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
                     let st = self.statement_mut(t.as_str(), r.booked_period);
                     st.touch(rec);
@@ -351,6 +373,16 @@ impl Books {
                 );
                 let series = split_series(c.flow, c.source, c.tenant_id.as_ref());
                 self.split_flow(c.site_id.as_str(), series, c.start, c.end, c.delta_wh);
+                let key = hour_key(c.flow, c.source, c.tenant_id.as_ref(), c.asset_id.as_ref());
+                self.hour_flow(
+                    c.site_id.as_str(),
+                    c.flow,
+                    key,
+                    c.start,
+                    c.end,
+                    c.delta_wh,
+                    rec.position,
+                );
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     let st = self.statement_mut(t.as_str(), c.booked_period);
                     st.touch(rec);
@@ -468,6 +500,24 @@ impl Books {
         });
     }
 
+    /// Adds a reading's (or correction's) energy to the hours it spans, pro rata by time.
+    #[allow(clippy::too_many_arguments)]
+    fn hour_flow(
+        &mut self,
+        site: &str,
+        flow: Flow,
+        key: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        wh: Decimal,
+        position: u64,
+    ) {
+        let hours = self.hours.entry(site.to_string()).or_default();
+        step_shares(attribution::HOUR_S, start, end, wh, |at, share| {
+            hours.entry(at).or_default().add(flow, key, share, position);
+        });
+    }
+
     // ----- reads -----
 
     /// Whether an account exists: registered (tenant, asset, battery, site bus) or posted to.
@@ -539,6 +589,7 @@ impl Books {
             last_position: acc.last_position,
             chain_hash: acc.chain_hash,
             is_final: self.closed.contains_key(&key),
+            attribution: None,
         })
     }
 
@@ -734,6 +785,21 @@ fn split_series(flow: Flow, source: Option<Source>, tenant: Option<&TenantId>) -
     }
 }
 
+/// What a reading is counted under in [`HourFlows`]: its source (generation), tenant
+/// (consumption) or battery (storage flows).
+fn hour_key<'a>(
+    flow: Flow,
+    source: Option<Source>,
+    tenant: Option<&'a TenantId>,
+    asset: Option<&'a crate::domain::ids::AssetId>,
+) -> &'a str {
+    match flow {
+        Flow::Generated => source.map_or(SOURCE_UNSPECIFIED, Source::as_str),
+        Flow::Consumed => tenant.map_or(TENANT_UNASSIGNED, TenantId::as_str),
+        Flow::Stored | Flow::Dispatched => asset.map_or(TENANT_UNASSIGNED, |a| a.as_str()),
+    }
+}
+
 /// The time of a grid key (Unix seconds).
 fn grid_time(key: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(key, 0).single().unwrap_or_default()
@@ -793,6 +859,9 @@ pub struct Statement {
     pub last_position: u64,
     pub chain_hash: String,
     pub is_final: bool,
+    /// Which sources powered the consumption ([`attribution`]); filled by
+    /// [`engine::Projections::statement`], absent from [`Books::statement`].
+    pub attribution: Option<attribution::TenantAttribution>,
 }
 
 fn opt_dec(d: &Option<Decimal>) -> Value {
@@ -841,6 +910,7 @@ impl Statement {
             "last_position": self.last_position,
             "chain_hash": self.chain_hash,
             "final": self.is_final,
+            "attribution": self.attribution.as_ref().map(|a| a.summary_json()),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Statements as CSV and as a printable HTML page.
 
 use super::Statement;
+use super::attribution::{METHOD, TenantAttribution, fmt_wh};
 use crate::domain::quantity::fmt_decimal;
 
 fn csv_field(s: &str) -> String {
@@ -60,6 +61,48 @@ pub fn statement_csv(s: &Statement) -> String {
     out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
     out.push_str(&total("total_adjustments", &s.adjustments_eu, Some(&s.adjustments_wh)));
     out.push_str(&total("closing_balance", &s.closing_balance_eu, None));
+    if let Some(a) = &s.attribution {
+        // The supply mix: one row per source (`energy_wh`, the source in `memo`), then the
+        // carbon-free energy and the carbon, with the positions behind them.
+        let note = |kind: &str, wh: String, memo: String| {
+            row(
+                kind,
+                [
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    wh,
+                    String::new(),
+                    memo,
+                    String::new(),
+                    String::new(),
+                    format!("{}-{}", a.first_position, a.last_position),
+                ],
+            )
+        };
+        for (source, wh) in &a.by_source_wh {
+            out.push_str(&note("attributed_source", fmt_wh(wh), source.clone()));
+        }
+        let share =
+            |d: Option<rust_decimal::Decimal>| d.map(|d| fmt_decimal(&d.round_dp(6).normalize())).unwrap_or_default();
+        out.push_str(&note(
+            "carbon_free",
+            fmt_wh(&a.carbon_free_wh),
+            format!(
+                "share {}; hourly CFE score {}",
+                share(a.carbon_free_share()),
+                share(a.hourly_cfe_score())
+            ),
+        ));
+        out.push_str(&note(
+            "carbon",
+            String::new(),
+            format!(
+                "{} kg CO2e; {METHOD}",
+                fmt_decimal(&a.carbon_kg().round_dp(6).normalize())
+            ),
+        ));
+    }
     out
 }
 
@@ -113,6 +156,7 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
 <table><thead><tr><th>Kind</th><th>Date</th><th>Site</th><th>Band</th><th class=n>Energy (Wh)</th><th class=n>Amount (EU)</th><th>Memo</th></tr></thead>
 <tbody>
 {rows}</tbody></table>
+{attribution}
 <p class=meta>Positions {first}–{last} · chain hash {hash}</p>
 </body></html>
 "#,
@@ -136,5 +180,49 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
         first = s.first_position,
         last = s.last_position,
         hash = e(&s.chain_hash),
+        attribution = s.attribution.as_ref().map(attribution_html).unwrap_or_default(),
+    )
+}
+
+/// The statement's "which sources powered it" section.
+fn attribution_html(a: &TenantAttribution) -> String {
+    let pct = |d: Option<rust_decimal::Decimal>| {
+        d.map(|d| {
+            format!(
+                "{} %",
+                fmt_decimal(&(d * rust_decimal::Decimal::ONE_HUNDRED).round_dp(2).normalize())
+            )
+        })
+        .unwrap_or_else(|| "–".into())
+    };
+    let mut rows = String::new();
+    for (source, wh) in &a.by_source_wh {
+        let share = (!a.consumption_wh.is_zero()).then(|| *wh / a.consumption_wh);
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td></tr>\n",
+            html_escape(source),
+            fmt_wh(wh),
+            pct(share)
+        ));
+    }
+    format!(
+        r#"<h2>Sources of this consumption</h2>
+<table><thead><tr><th>Source</th><th class=n>Energy (Wh)</th><th class=n>Share</th></tr></thead>
+<tbody>
+{rows}</tbody></table>
+<table>
+<tr><th>Carbon (kg CO2e)</th><td class=n>{carbon}</td></tr>
+<tr><th>Carbon-free share</th><td class=n>{cfe}</td></tr>
+<tr><th>Hourly carbon-free score</th><td class=n>{score}</td></tr>
+<tr><th>Hours flagged</th><td class=n>{flagged}</td></tr>
+</table>
+<p class=meta>Method: {method}. Readings at positions {first}–{last}.</p>"#,
+        carbon = fmt_decimal(&a.carbon_kg().round_dp(6).normalize()),
+        cfe = pct(a.carbon_free_share()),
+        score = pct(a.hourly_cfe_score()),
+        flagged = a.flagged_hours,
+        method = html_escape(METHOD),
+        first = a.first_position,
+        last = a.last_position,
     )
 }
