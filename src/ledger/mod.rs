@@ -86,6 +86,9 @@ impl Accepted {
             Event::TariffPublished(t) => {
                 m.insert("tariff_version".into(), json!(t.tariff_version));
             }
+            Event::EmissionFactorsPublished(f) => {
+                m.insert("factors_version".into(), json!(f.factors_version));
+            }
             e => {
                 if let Some(r) = e.as_reading() {
                     m.insert("price".into(), serde_json::to_value(&r.price).expect("price"));
