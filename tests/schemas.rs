@@ -139,6 +139,14 @@ fn scenario() -> Scenario {
         }),
     );
     s.run(
+        "EmissionFactorsPublished",
+        setup,
+        json!({"command": "publish_emission_factors", "site_id": "memphis-1", "effective_from": "2026-01-01T00:00:00Z",
+               "gco2e_per_kwh": {"solar": "41", "wind": "11", "gas_turbine": "490.5", "grid": "400", "hydro": "24",
+                                  "nuclear": "12", "other": "700"},
+               "carbon_free": ["wind", "solar", "hydro", "nuclear"]}),
+    );
+    s.run(
         "MeterRegistered:generation",
         setup,
         json!({"command": "register_meter", "meter_id": "pv-meter-1", "site_id": "memphis-1", "kind": "generation",
@@ -602,6 +610,17 @@ fn cases() -> Vec<Case> {
         reject("CreditsIssued", "/data/tenant", s("acme-ai")),
         accept("CreditsIssued", "/data/amount_eu", s("0.000001")),
         accept("CreditsIssued", "/data/memo", s("")),
+        // EmissionFactorsPublished
+        reject("EmissionFactorsPublished", "/data/gco2e_per_kwh/wind", Remove),
+        reject("EmissionFactorsPublished", "/data/gco2e_per_kwh/solar", s("-1")),
+        reject("EmissionFactorsPublished", "/data/gco2e_per_kwh/solar", s("10000.5")),
+        reject("EmissionFactorsPublished", "/data/gco2e_per_kwh/solar", Set(json!(41))),
+        reject("EmissionFactorsPublished", "/data/gco2e_per_kwh/coal", s("1000")),
+        reject("EmissionFactorsPublished", "/data/carbon_free/0", s("coal")),
+        reject("EmissionFactorsPublished", "/data/factors_version", Set(json!(0))),
+        reject("EmissionFactorsPublished", "/data/effective_from", s("yesterday")),
+        accept("EmissionFactorsPublished", "/data/gco2e_per_kwh/solar", s("0.125")),
+        accept("EmissionFactorsPublished", "/data/carbon_free", Set(json!([]))),
         // CreditsTransferred
         reject("CreditsTransferred", "/data/from_tenant", s("Acme")),
         reject("CreditsTransferred", "/data/to_tenant", Remove),
