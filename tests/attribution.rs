@@ -71,10 +71,7 @@ async fn campus(tz: &str) -> Campus {
 impl Campus {
     async fn run(&self, cmds: &[Value]) {
         for c in cmds {
-            self.ledger
-                .execute_json(c)
-                .await
-                .unwrap_or_else(|e| panic!("{c}: {e}"));
+            self.ledger.execute_json(c).await.unwrap_or_else(|e| panic!("{c}: {e}"));
         }
         self.projections.catch_up().await.unwrap();
     }
@@ -158,7 +155,10 @@ async fn an_hour_of_gas_and_solar_is_split_between_two_tenants_pro_rata() {
     assert_eq!(b["by_source_wh"], json!({"gas_turbine": "180", "solar": "120"}));
     assert_eq!(b["carbon_kg"], "0.09312");
     // The positions behind it: the four readings are 11–14.
-    assert_eq!((a["first_position"].as_u64(), a["last_position"].as_u64()), (Some(11), Some(14)));
+    assert_eq!(
+        (a["first_position"].as_u64(), a["last_position"].as_u64()),
+        (Some(11), Some(14))
+    );
 
     let mix = c.mix("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z");
     let h = &mix["hours"][0];
@@ -183,17 +183,29 @@ async fn a_battery_charged_at_noon_gives_back_solar_at_six_after_its_losses_firs
     let c = campus("UTC").await;
     c.hour(
         "2026-11-02T12:00:00Z",
-        &[("pv", "generated", "1000"), ("bat", "stored", "500"), ("la", "consumed", "500")],
+        &[
+            ("pv", "generated", "1000"),
+            ("bat", "stored", "500"),
+            ("la", "consumed", "500"),
+        ],
     )
     .await;
     c.hour(
         "2026-11-02T13:00:00Z",
-        &[("gas", "generated", "1000"), ("bat", "stored", "500"), ("la", "consumed", "500")],
+        &[
+            ("gas", "generated", "1000"),
+            ("bat", "stored", "500"),
+            ("la", "consumed", "500"),
+        ],
     )
     .await;
     c.hour(
         "2026-11-02T18:00:00Z",
-        &[("bat", "dispatched", "600"), ("gas", "generated", "400"), ("la", "consumed", "1000")],
+        &[
+            ("bat", "dispatched", "600"),
+            ("gas", "generated", "400"),
+            ("la", "consumed", "1000"),
+        ],
     )
     .await;
     let a = c.tenant("a", "2026-11");
@@ -214,7 +226,10 @@ async fn a_battery_charged_at_noon_gives_back_solar_at_six_after_its_losses_firs
         ])
     );
     let held = c.projections.read_attribution(|_, sites| sites[0].held.clone());
-    assert_eq!(held["b1"], [("gas_turbine".to_string(), d("300"))].into_iter().collect());
+    assert_eq!(
+        held["b1"],
+        [("gas_turbine".to_string(), d("300"))].into_iter().collect()
+    );
     c.assert_sound().await;
 }
 
@@ -234,7 +249,10 @@ async fn an_hour_without_enough_metered_supply_is_flagged_and_the_rest_is_unknow
     let eight = hour_of(&a, "2026-11-02T20:00:00Z");
     assert_eq!(eight["by_source_wh"], json!({"unknown": "1000"}));
     assert_eq!(eight["carbon_kg"], "0.7");
-    assert!(eight["flags"][0].as_str().unwrap().contains("no metered supply"), "{eight}");
+    assert!(
+        eight["flags"][0].as_str().unwrap().contains("no metered supply"),
+        "{eight}"
+    );
     let nine = hour_of(&a, "2026-11-02T21:00:00Z");
     assert_eq!(nine["by_source_wh"], json!({"gas_turbine": "500", "unknown": "500"}));
     assert!(nine["flags"][0].as_str().unwrap().contains("loss tolerance"), "{nine}");
@@ -252,7 +270,11 @@ async fn losses_within_the_tolerance_are_not_flagged_and_no_source_gives_more_th
     let c = campus("UTC").await;
     c.hour(
         "2026-11-02T10:00:00Z",
-        &[("gas", "generated", "515"), ("pv", "generated", "515"), ("la", "consumed", "1000")],
+        &[
+            ("gas", "generated", "515"),
+            ("pv", "generated", "515"),
+            ("la", "consumed", "1000"),
+        ],
     )
     .await;
     let a = c.tenant("a", "2026-11");
@@ -272,7 +294,11 @@ async fn a_daylight_saving_day_has_twenty_five_hours_of_attribution() {
         let at = (start + chrono::Duration::hours(h)).to_rfc3339();
         c.hour(
             &at,
-            &[("pv", "generated", "100"), ("gas", "generated", "100"), ("la", "consumed", "200")],
+            &[
+                ("pv", "generated", "100"),
+                ("gas", "generated", "100"),
+                ("la", "consumed", "200"),
+            ],
         )
         .await;
     }
@@ -344,14 +370,22 @@ async fn corrections_spread_readings_and_new_factor_versions_keep_every_hour_con
 #[tokio::test]
 async fn emission_factors_are_versioned_forward_and_checked() {
     let c = campus("UTC").await;
-    let same = c.ledger.execute_json(&factors("s1", "2026-01-01T00:00:00Z")).await.unwrap();
+    let same = c
+        .ledger
+        .execute_json(&factors("s1", "2026-01-01T00:00:00Z"))
+        .await
+        .unwrap();
     assert!(same.duplicate, "the same version again is a duplicate");
     assert_eq!(same.to_json()["factors_version"], 1);
     let mut other = factors("s1", "2026-01-01T00:00:00Z");
     other["gco2e_per_kwh"]["grid"] = json!("399");
     let e = c.ledger.execute_json(&other).await.unwrap_err();
     assert!(e.to_string().contains("effective_from"), "{e}");
-    let earlier = c.ledger.execute_json(&factors("s1", "2025-06-01T00:00:00Z")).await.unwrap_err();
+    let earlier = c
+        .ledger
+        .execute_json(&factors("s1", "2025-06-01T00:00:00Z"))
+        .await
+        .unwrap_err();
     assert!(earlier.to_string().contains("versioned forward"), "{earlier}");
     let mut missing = factors("s1", "2026-12-01T00:00:00Z");
     missing["gco2e_per_kwh"].as_object_mut().unwrap().remove("wind");
@@ -365,6 +399,10 @@ async fn emission_factors_are_versioned_forward_and_checked() {
     neg["gco2e_per_kwh"]["solar"] = json!("-1");
     let e = c.ledger.execute_json(&neg).await.unwrap_err();
     assert!(e.to_string().contains("gco2e_per_kwh.solar"), "{e}");
-    let ghost = c.ledger.execute_json(&factors("nowhere", "2026-12-01T00:00:00Z")).await.unwrap_err();
+    let ghost = c
+        .ledger
+        .execute_json(&factors("nowhere", "2026-12-01T00:00:00Z"))
+        .await
+        .unwrap_err();
     assert!(ghost.to_string().contains("site_id"), "{ghost}");
 }
