@@ -10,6 +10,7 @@ use crate::domain::postings::{balanced, postings};
 use crate::domain::quantity::round_eu;
 use crate::domain::tariff::price;
 use crate::projections::Books;
+use crate::projections::attribution::{all_sites, check_invariants};
 use crate::projections::engine::read_snapshot;
 use crate::store::{EventStore, GENESIS_HASH, READ_PAGE_EVENTS_MAX, RecordedEvent, StoreError};
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct AuditReport {
     pub findings_omitted: u64,
     /// What was compared with the live snapshot, if one exists.
     pub snapshot: Option<String>,
+    /// What the replay of the supply-mix attribution verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
 }
 
 impl AuditReport {
@@ -70,6 +74,9 @@ impl AuditReport {
         );
         if let Some(snap) = &self.snapshot {
             s.push_str(&format!("snapshot: {snap}\n"));
+        }
+        if let Some(a) = &self.attribution {
+            s.push_str(&format!("attribution: {a}\n"));
         }
         if self.clean {
             s.push_str("clean: the chain, versions, positions, prices, postings and projections all verify\n");
@@ -298,6 +305,16 @@ pub async fn audit(
     let mut compared = false;
     let compare = |w: &mut Walk, live: &Books, compared: &mut bool| {
         *compared = true;
+        if all_sites(&w.books) != all_sites(live) {
+            w.report.add(
+                Some(live.position.max(1)),
+                "attribution",
+                format!(
+                    "the live supply-mix attribution at position {} differs from a replay of the log",
+                    live.position
+                ),
+            );
+        }
         if w.books != *live {
             w.report.add(
                 Some(live.position.max(1)),
@@ -349,6 +366,19 @@ pub async fn audit(
             );
         }
     }
+    // The attribution, replayed: every site-hour conserves energy, no source gives more than
+    // it supplied, no battery holds negative provenance.
+    let sites = all_sites(&w.books);
+    let hours: usize = sites.iter().map(|s| s.hours.len()).sum();
+    for site in &sites {
+        if let Err(e) = check_invariants(site, rust_decimal::Decimal::new(1, 9)) {
+            w.report.add(None, "attribution", e);
+        }
+    }
+    w.report.attribution = Some(format!(
+        "{hours} site-hours of {} sites attributed and checked (conservation, no source over-attributed, battery provenance)",
+        sites.len()
+    ));
     for (at, last_position, chain_hash) in std::mem::take(&mut w.closes) {
         if last_position == 0 {
             continue;

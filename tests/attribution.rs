@@ -364,6 +364,36 @@ async fn corrections_spread_readings_and_new_factor_versions_keep_every_hour_con
     c.assert_sound().await;
     let report = audit(c.ledger.store().as_ref(), Live::None, |_, _| {}).await.unwrap();
     assert!(report.clean, "{}", report.human());
+    assert!(
+        report.attribution.as_deref().unwrap().starts_with("2 site-hours of 1 sites"),
+        "{}",
+        report.human()
+    );
+}
+
+/// Live books whose hourly flows were altered (here: solar turned into gas in one hour) are
+/// found by the audit, which replays the attribution and compares it.
+#[tokio::test]
+async fn the_audit_finds_an_attribution_that_differs_from_the_replay() {
+    let c = campus("UTC").await;
+    c.hour(
+        "2026-11-02T10:00:00Z",
+        &[("gas", "generated", "600"), ("pv", "generated", "400"), ("la", "consumed", "1000")],
+    )
+    .await;
+    let mut live = c.projections.read(|b| b.clone());
+    let hour = live.hours.get_mut("s1").unwrap().values_mut().next().unwrap();
+    let solar = hour.generated.remove("solar").unwrap();
+    *hour.generated.get_mut("gas_turbine").unwrap() += solar;
+    let report = audit(c.ledger.store().as_ref(), Live::Books(Box::new(live)), |_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.clean);
+    assert!(
+        report.findings.iter().any(|f| f.kind == "attribution"),
+        "{}",
+        report.human()
+    );
 }
 
 /// Emission factors are versioned forward, refused with the field named when incomplete.
