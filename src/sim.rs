@@ -279,6 +279,19 @@ fn tariff_json(site: &str, effective_from: DateTime<Utc>) -> Value {
     })
 }
 
+/// Life-cycle emission factors (gCO2e/kWh, IPCC AR5 medians; the grid at a fossil-heavy
+/// regional average), and the carbon-free kinds.
+fn emission_factors_json(site: &str, effective_from: DateTime<Utc>) -> Value {
+    json!({
+        "command": "publish_emission_factors",
+        "site_id": site,
+        "effective_from": fmt_time(&effective_from),
+        "gco2e_per_kwh": {"solar": "41", "wind": "11", "gas_turbine": "490", "grid": "450", "hydro": "24",
+                          "nuclear": "12", "other": "820"},
+        "carbon_free": ["solar", "wind", "hydro", "nuclear"]
+    })
+}
+
 fn round_w(w: f64) -> i64 {
     ((w / 1000.0).round() * 1000.0) as i64
 }
@@ -368,6 +381,7 @@ fn setup(cfg: &SimConfig, rng: &mut Rng, emit: &mut dyn FnMut(Value), summary: &
     };
     tariff.tariff_version = 1;
     emit(tj);
+    emit(emission_factors_json(&site, cfg.start));
     summary.meters = (turbines.len() + 2 + batteries.len() + tenants.len()) as u64;
     summary.batteries = batteries.len() as u64;
     Campus {
@@ -639,6 +653,7 @@ pub fn route_of(cmd: &Value) -> Option<(String, Value)> {
         "register_tenant" => "/v1/tenants".to_string(),
         "register_meter" => "/v1/meters".to_string(),
         "publish_tariff" => format!("/v1/sites/{}/tariffs", s("site_id")),
+        "publish_emission_factors" => format!("/v1/sites/{}/emission-factors", s("site_id")),
         "post_reading" => "/v1/readings".to_string(),
         "issue_credits" => format!("/v1/tenants/{}/credits", s("tenant_id")),
         "transfer_credits" => "/v1/transfers".to_string(),

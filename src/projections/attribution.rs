@@ -136,8 +136,12 @@ struct Lot {
     by_source: BTreeMap<String, Decimal>,
 }
 
+/// The decimals of every part [`pro_rata`] computes (but the one that takes the rounding).
+pub const PART_DECIMALS: u32 = 9;
+
 /// Splits `amount` over `weights` (which add up to a positive total) pro rata. The parts
-/// add up to `amount` exactly: the largest weight takes the rounding.
+/// add up to `amount` exactly, in any order: every part is rounded to [`PART_DECIMALS`], and
+/// the largest weight takes the rest (all of a tiny amount, so that it never goes negative).
 pub fn pro_rata(amount: Decimal, weights: &BTreeMap<String, Decimal>) -> BTreeMap<String, Decimal> {
     let total: Decimal = weights.values().sum();
     let mut out = BTreeMap::new();
@@ -150,11 +154,12 @@ pub fn pro_rata(amount: Decimal, weights: &BTreeMap<String, Decimal>) -> BTreeMa
         .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
         .map(|(k, _)| k.clone());
     let mut given = Decimal::ZERO;
+    let tiny = amount < Decimal::new(1, 6);
     for (k, w) in weights {
-        if *w <= Decimal::ZERO || Some(k) == largest.as_ref() {
+        if tiny || *w <= Decimal::ZERO || Some(k) == largest.as_ref() {
             continue;
         }
-        let part = amount * *w / total;
+        let part = (amount * *w / total).round_dp(PART_DECIMALS);
         given += part;
         out.insert(k.clone(), part);
     }
