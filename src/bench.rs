@@ -2048,6 +2048,113 @@ pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
     Ok(rep)
 }
 
+// ---------------------------------------------------------------------------------------
+// bench attribution
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AttributionArgs {
+    /// Times the whole attribution is computed; the figures are the medians.
+    #[arg(long, default_value_t = 5)]
+    pub iterations: u32,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The supply-mix attribution of a whole log: every site's hours (battery FIFO included),
+/// then every tenant's attribution for every period it has a statement for; CPU time per
+/// simulated day (site-hours / 24).
+pub async fn attribution(url: &str, a: &AttributionArgs) -> Result<Report, AppError> {
+    use crate::projections::attribution::{all_sites, tenant_attribution};
+    if a.iterations == 0 || a.iterations > 1_000 {
+        return Err(usage("--iterations must be 1 to 1000"));
+    }
+    let store = store::open(url, Access::Read).await?;
+    let p = Projections::open(store, Some(snapshot_path_for(url))).await?;
+    let (events, site_hours, pairs) = p.read(|b| {
+        let hours: usize = b.hours.values().map(|h| h.len()).sum();
+        let pairs: Vec<(String, crate::domain::time::Period)> = b
+            .statements
+            .iter()
+            .flat_map(|(t, by)| {
+                by.keys()
+                    .filter_map(|k| crate::domain::time::Period::parse(k).ok())
+                    .map(move |per| (t.clone(), per))
+            })
+            .collect();
+        (b.position, hours, pairs)
+    });
+    if site_hours == 0 {
+        return Err(usage(format!(
+            "{} has no readings to attribute",
+            store::redact_url(url)
+        )));
+    }
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    let mut attributed_wh = rust_decimal::Decimal::ZERO;
+    for _ in 0..a.iterations {
+        let (c0, t0) = (process_cpu_s(), Instant::now());
+        attributed_wh = p.read(|b| {
+            let sites = all_sites(b);
+            pairs
+                .iter()
+                .map(|(t, per)| tenant_attribution(b, &sites, t, *per).consumption_wh)
+                .sum()
+        });
+        wall.push(t0.elapsed().as_secs_f64());
+        cpu.push(process_cpu_s() - c0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (wall_s, cpu_s) = (median(&mut wall), median(&mut cpu));
+    let days = site_hours as f64 / 24.0;
+    let mut rep = Report::new(
+        "wattledger bench attribution",
+        json!({
+            "bench": "attribution",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": store::redact_url(url),
+                "events": events,
+                "site_hours": site_hours,
+                "tenant_periods": pairs.len(),
+                "iterations": a.iterations,
+                "what": "attribution::all_sites (every site-hour, battery FIFO) + tenant_attribution for every tenant and period with a statement, under the projections' read lock, one thread",
+            },
+            "machine": machine(),
+            "figures": {
+                "wall_seconds": round3(wall_s),
+                "cpu_seconds": round3(cpu_s),
+                "simulated_days": round3(days),
+                "cpu_seconds_per_simulated_day": round3(cpu_s / days),
+                "wall_ms_per_simulated_day": round3(wall_s * 1000.0 / days),
+                "attributed_wh": crate::domain::quantity::fmt_decimal(&attributed_wh.round_dp(3)),
+            },
+        }),
+    );
+    rep.row("store", format!("{} ({events} events)", store::redact_url(url)));
+    rep.row(
+        "attributed",
+        format!(
+            "{site_hours} site-hours ({days:.1} days), {} tenant-periods",
+            pairs.len()
+        ),
+    );
+    rep.row(
+        "time (median)",
+        format!(
+            "{:.3} s wall ({:.3} ms per simulated day), {:.2} s CPU (counted in 10 ms ticks)",
+            wall_s,
+            wall_s * 1000.0 / days,
+            cpu_s
+        ),
+    );
+    Ok(rep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

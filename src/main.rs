@@ -157,6 +157,8 @@ enum BenchCmd {
     Read(bench::ReadArgs),
     /// The HTTP API on loopback with concurrent keep-alive clients.
     Http(bench::HttpArgs),
+    /// The supply-mix attribution of an existing log: CPU per simulated day.
+    Attribution(bench::AttributionArgs),
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
@@ -246,6 +248,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 BenchCmd::Replay(a) => (bench::replay(&cli.store, &a).await?, a.json),
                 BenchCmd::Read(a) => (bench::read(&cli.store, &a).await?, a.json),
                 BenchCmd::Http(a) => (bench::http(&a).await?, a.json),
+                BenchCmd::Attribution(a) => (bench::attribution(&cli.store, &a).await?, a.json),
             };
             report.print(json);
             Ok(ExitCode::SUCCESS)

@@ -365,7 +365,11 @@ async fn corrections_spread_readings_and_new_factor_versions_keep_every_hour_con
     let report = audit(c.ledger.store().as_ref(), Live::None, |_, _| {}).await.unwrap();
     assert!(report.clean, "{}", report.human());
     assert!(
-        report.attribution.as_deref().unwrap().starts_with("2 site-hours of 1 sites"),
+        report
+            .attribution
+            .as_deref()
+            .unwrap()
+            .starts_with("2 site-hours of 1 sites"),
         "{}",
         report.human()
     );
@@ -378,7 +382,11 @@ async fn the_audit_finds_an_attribution_that_differs_from_the_replay() {
     let c = campus("UTC").await;
     c.hour(
         "2026-11-02T10:00:00Z",
-        &[("gas", "generated", "600"), ("pv", "generated", "400"), ("la", "consumed", "1000")],
+        &[
+            ("gas", "generated", "600"),
+            ("pv", "generated", "400"),
+            ("la", "consumed", "1000"),
+        ],
     )
     .await;
     let mut live = c.projections.read(|b| b.clone());
