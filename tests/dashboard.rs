@@ -610,6 +610,44 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
         dom.contains("id=\"operator-view\" hidden"),
         "the site panels are shown to a tenant"
     );
+    // Its hourly sources: a chart with one point per hour of the attribution, and the
+    // figures the API gives.
+    let drawn = &s["attribution"];
+    let period = shown["period"].as_str().unwrap();
+    let api = demo
+        .get_ok(&format!("/v1/tenants/beta-labs/attribution/{period}"), &beta)
+        .await;
+    let hours: std::collections::BTreeSet<&str> = api["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hour"].as_str().unwrap())
+        .collect();
+    assert!(!hours.is_empty(), "the demo tenant consumed nothing: {api}");
+    assert_eq!(drawn["hours"], hours.len(), "{drawn}");
+    assert_eq!(drawn["chart"]["drawn"], true, "{drawn}");
+    assert_eq!(drawn["chart"]["points"], hours.len());
+    assert_eq!(drawn["carbon_kg"], api["carbon_kg"]);
+    assert_eq!(drawn["carbon_free_share"], api["carbon_free_share"]);
+    let sources: Vec<&str> = api["by_source_wh"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut shown_sources: Vec<&str> = drawn["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    shown_sources.sort();
+    assert_eq!(shown_sources, sources);
+    assert!(
+        sources.contains(&"gas_turbine") && sources.contains(&"solar"),
+        "{sources:?}"
+    );
+    assert!(dom.contains("Hourly carbon-free score"), "the KPIs are in the page");
     let shot = target_dir().join("dashboard-tenant.png");
     chromium(
         &work.join("profile-tenant-shot"),

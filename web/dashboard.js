@@ -12,14 +12,14 @@
   const LIVE_BACKOFF_MAX_MS = 30e3;
   const TABLE_ROWS_MAX = 2000;
 
-  const SOURCE_ORDER = ['nuclear', 'hydro', 'gas_turbine', 'wind', 'solar', 'grid', 'other', 'unspecified'];
+  const SOURCE_ORDER = ['nuclear', 'hydro', 'gas_turbine', 'wind', 'solar', 'grid', 'other', 'unspecified', 'unknown'];
   const SOURCE_LABEL = {
     gas_turbine: 'Gas turbines', solar: 'Solar', grid: 'Grid import', wind: 'Wind', hydro: 'Hydro',
-    nuclear: 'Nuclear', other: 'Other', unspecified: 'Unspecified source',
+    nuclear: 'Nuclear', other: 'Other', unspecified: 'Unspecified source', unknown: 'Unknown (no metered supply)',
   };
   const SOURCE_COLOR = {
     gas_turbine: '#e8793a', solar: '#f4c430', grid: '#5d6d7e', wind: '#48b5d8', hydro: '#1f77b4',
-    nuclear: '#9467bd', other: '#a9a9a9', unspecified: '#c8c8c8',
+    nuclear: '#9467bd', other: '#a9a9a9', unspecified: '#c8c8c8', unknown: '#e3e3e3',
   };
   const TENANT_COLORS = ['#4e79a7', '#8e6bbf', '#d4589a', '#3b9ab2', '#5a5fd6', '#b5656b',
     '#2f4b7c', '#a05195', '#6f9bd1', '#c77dd8', '#397a7e', '#7b5ea7'];
@@ -50,6 +50,7 @@
     chart: null,
     chartKeys: '',
     chartView: null,
+    attrChart: null,
     position: 0,
     loading: null, // AbortController of the loads in flight
     refreshTimer: null,
@@ -61,7 +62,7 @@
   const summary = {
     state: 'idle', role: null, tenant_id: null, site: null, from: null, to: null,
     chart: { drawn: false, intervals: 0, width: 0, height: 0 },
-    series: [], flagged: null, batteries: null, settlement: null, statement: null,
+    series: [], flagged: null, batteries: null, settlement: null, statement: null, attribution: null,
     live: { state: 'off', events: 0, readings: 0, last_position: null }, errors: [],
   };
   function publish() {
@@ -429,11 +430,7 @@
     const iv = flows.intervals;
     const hours = flows.interval_s / HOUR_S;
     const mw = (wh) => num(wh) / hours / 1e6;
-    const sources = [...(flows.sources || [])].sort((a, b) => {
-      const ia = SOURCE_ORDER.indexOf(a);
-      const ib = SOURCE_ORDER.indexOf(b);
-      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
-    });
+    const sources = [...(flows.sources || [])].sort(sourceOrder);
     const supply = sources.map((src) => ({
       key: 'generated:' + src, label: SOURCE_LABEL[src] || titleCase(src), color: SOURCE_COLOR[src] || '#a9a9a9',
       values: iv.map((i) => mw(i.generated_by_source_wh[src])),
@@ -464,25 +461,11 @@
     // inside it (a uPlot band from the outer series towards the inner one: down above zero,
     // up below it). The series are listed as they appear from the top of the chart down,
     // and the legend shows each layer's own value, not the sum.
-    const stack = (list) => {
-      const acc = L.xs.map(() => 0);
-      return list.map((s) => ({
-        ...s,
-        cum: s.values.map((v, i) => (acc[i] += v)),
-        total: Math.abs(s.values.reduce((a, v) => a + v, 0)) * L.hours,
-      }));
-    };
-    const supply = stack(L.supply);
-    const demand = stack(L.demand);
+    const supply = stackUp(L.supply, L.hours);
+    const demand = stackUp(L.demand, L.hours);
     const drawn = [...supply.slice().reverse(), ...demand];
     const index = new Map(drawn.map((s, i) => [s.key, i + 1]));
-    const bands = [];
-    supply.forEach((s, k) => {
-      if (k > 0) bands.push({ series: [index.get(s.key), index.get(supply[k - 1].key)], fill: s.color, dir: -1 });
-    });
-    demand.forEach((s, k) => {
-      if (k > 0) bands.push({ series: [index.get(s.key), index.get(demand[k - 1].key)], fill: s.color, dir: 1 });
-    });
+    const bands = [...stackBands(supply, index, -1), ...stackBands(demand, index, 1)];
     summary.series = drawn.map((s) => ({
       key: s.key,
       label: s.label,
@@ -559,6 +542,34 @@
     };
     st.chart = new uPlot(opts, data, el);
     st.chartKeys = keys;
+  }
+
+  /** Stacks layers outward from zero: each keeps its own `values`, and gets `cum` (the sum
+   * of it and the layers nearer zero, what is drawn) and `total` (MWh over the range, from
+   * MW values of `hours`-long steps). */
+  function stackUp(list, hours) {
+    const acc = list.length ? list[0].values.map(() => 0) : [];
+    return list.map((s) => ({
+      ...s,
+      cum: s.values.map((v, i) => (acc[i] += v)),
+      total: Math.abs(s.values.reduce((a, v) => a + v, 0)) * hours,
+    }));
+  }
+
+  /** uPlot bands filling each stacked layer only as far as the layer inside it (`dir` -1
+   * above zero, 1 below). */
+  function stackBands(stacked, index, dir) {
+    const bands = [];
+    stacked.forEach((s, k) => {
+      if (k > 0) bands.push({ series: [index.get(s.key), index.get(stacked[k - 1].key)], fill: s.color, dir });
+    });
+    return bands;
+  }
+
+  function sourceOrder(a, b) {
+    const ia = SOURCE_ORDER.indexOf(a);
+    const ib = SOURCE_ORDER.indexOf(b);
+    return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
   }
 
   /** A darker edge for a layer's fill. */
@@ -732,9 +743,10 @@
     }
     $('statement-title').textContent = `${tenant} · ${period}`;
     const path = `/v1/tenants/${encodeURIComponent(tenant)}/statements/${encodeURIComponent(period)}`;
-    const [stmt, account] = await Promise.allSettled([
+    const [stmt, account, attribution] = await Promise.allSettled([
       api(path, { signal }),
       api(`/v1/accounts/${encodeURIComponent('tenant:' + tenant)}`, { signal }),
+      api(`/v1/tenants/${encodeURIComponent(tenant)}/attribution/${encodeURIComponent(period)}`, { signal }),
     ]);
     if (signal && signal.aborted) return;
     $('tenant-balance').textContent = account.status === 'fulfilled'
@@ -746,6 +758,85 @@
       return;
     }
     renderStatement(stmt.value);
+    if (attribution.status === 'fulfilled') renderAttribution(attribution.value);
+    else {
+      $('attribution').hidden = false;
+      panelError($('attribution-kpis'), attribution.reason);
+      summary.attribution = { tenant_id: tenant, period, error: describe(attribution.reason) };
+      publish();
+    }
+  }
+
+  /** The tenant's hourly consumption by source: KPIs and a stacked chart. */
+  function renderAttribution(a) {
+    $('attribution').hidden = false;
+    const byHour = new Map();
+    for (const x of a.hours) {
+      const t = Date.parse(x.hour) / 1000;
+      const m = byHour.get(t) || {};
+      for (const [src, wh] of Object.entries(x.by_source_wh)) m[src] = (m[src] || 0) + num(wh);
+      byHour.set(t, m);
+    }
+    const xs = [...byHour.keys()].sort((p, q) => p - q);
+    const sources = Object.keys(a.by_source_wh).sort(sourceOrder);
+    const layers = sources.map((src) => ({
+      key: src, label: SOURCE_LABEL[src] || titleCase(src), color: SOURCE_COLOR[src] || '#a9a9a9',
+      values: xs.map((t) => (byHour.get(t)[src] || 0) / 1e6),
+    }));
+    const stacked = stackUp(layers, 1);
+    const pct = (s) => (s == null ? '–' : fmt(num(s) * 100, 1));
+    const kpis = [
+      ['Consumption', whToMWh(a.consumption_wh), 'MWh'],
+      ['Carbon', fmt(num(a.carbon_kg) / 1000, 2), 't CO2e'],
+      ['Carbon-free share', pct(a.carbon_free_share), '%'],
+      ['Hourly carbon-free score', pct(a.hourly_cfe_score), '%'],
+      ['Hours flagged', String(a.flagged_hours), 'h'],
+    ];
+    const grid = clear($('attribution-kpis'));
+    for (const [label, text, unit] of kpis) {
+      grid.append(h('div', { class: 'total' },
+        h('div', { class: 'k', text: label }),
+        h('div', { class: 'v' }, h('span', { class: 'n', text }), h('small', { text: unit }))));
+    }
+    $('attribution-method').textContent = `Method: ${a.method}. Readings at positions ${a.first_position}–${a.last_position}.`;
+    summary.attribution = {
+      tenant_id: a.tenant_id, period: a.period, hours: xs.length, sources,
+      carbon_kg: a.carbon_kg, carbon_free_share: a.carbon_free_share, hourly_cfe_score: a.hourly_cfe_score,
+      chart: { drawn: false, points: 0 },
+    };
+    publish();
+    if (st.attrChart) { st.attrChart.destroy(); st.attrChart = null; }
+    const el = clear($('attribution-chart'));
+    if (!xs.length) {
+      el.append(h('p', { class: 'empty', text: 'No consumption in this period.' }));
+      return;
+    }
+    const drawn = stacked.slice().reverse();
+    const index = new Map(drawn.map((s, i) => [s.key, i + 1]));
+    st.attrChart = new uPlot({
+      width: Math.max(480, el.clientWidth || 1200),
+      height: 300,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'),
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] } },
+      axes: [
+        { stroke: '#5f6b7a', grid: { stroke: '#eef1f5' } },
+        { stroke: '#5f6b7a', grid: { stroke: '#eef1f5' }, size: 64, label: 'MWh per hour', labelSize: 18 },
+      ],
+      bands: stackBands(stacked, index, -1),
+      series: [
+        { label: 'Hour (UTC)', value: (u, v) => (v == null ? 'whole period' : new Date(v * 1e3).toISOString().slice(0, 13).replace('T', ' ') + ':00') },
+        ...drawn.map((s) => ({
+          label: s.label, stroke: shade(s.color), width: 1, fill: s.color, fillTo: 0, points: { show: false },
+          value: (u, v, si, di) => (di == null ? `${fmt(s.total, 1)} MWh` : `${fmt(s.values[di], 2)} MWh`),
+        })),
+      ],
+      hooks: {
+        draw: [(u) => {
+          summary.attribution.chart = { drawn: true, points: u.data[0].length };
+          publish();
+        }],
+      },
+    }, [xs, ...drawn.map((s) => s.cum)], el);
   }
 
   function renderStatement(s) {
