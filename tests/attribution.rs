@@ -444,3 +444,29 @@ async fn emission_factors_are_versioned_forward_and_checked() {
         .unwrap_err();
     assert!(ghost.to_string().contains("site_id"), "{ghost}");
 }
+
+/// A closed period's statement keeps the attribution it had at the close, like its money;
+/// a generation reading for that month arriving later changes the hour (and the attribution
+/// read), not the final statement.
+#[tokio::test]
+async fn a_closed_period_statement_keeps_its_attribution_and_late_supply_moves_only_the_hours() {
+    let c = campus("UTC").await;
+    c.hour(
+        "2026-10-20T10:00:00Z",
+        &[("gas", "generated", "500"), ("la", "consumed", "1000")],
+    )
+    .await;
+    c.run(&[json!({"command":"close_period","period":"2026-10"})]).await;
+    let october = Period::parse("2026-10").unwrap();
+    let at_close = c.projections.statement("a", october).unwrap().to_json();
+    assert_eq!(
+        at_close["attribution"]["by_source_wh"],
+        json!({"gas_turbine": "500", "unknown": "500"})
+    );
+    // The solar meter's reading for that hour arrives late.
+    c.hour("2026-10-20T10:00:00Z", &[("pv", "generated", "500")]).await;
+    assert_eq!(c.projections.statement("a", october).unwrap().to_json(), at_close);
+    let now = c.tenant("a", "2026-10");
+    assert_eq!(now["by_source_wh"], json!({"gas_turbine": "500", "solar": "500"}));
+    c.assert_sound().await;
+}

@@ -464,7 +464,7 @@ impl SiteAttribution {
 }
 
 /// A tenant's attribution over one period (a UTC month), summed over its sites.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantAttribution {
     pub tenant_id: String,
     pub period: String,
@@ -481,10 +481,11 @@ pub struct TenantAttribution {
     pub last_position: u64,
     pub flagged_hours: u64,
     /// (site, hour, consumption, by source, carbon-free Wh, carbon g, flags).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hours: Vec<TenantHour>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantHour {
     pub site_id: String,
     pub hour: i64,
@@ -601,6 +602,21 @@ pub fn tenant_attribution(books: &Books, sites: &[SiteAttribution], tenant: &str
     t.hours
         .sort_by(|a, b| a.hour.cmp(&b.hour).then_with(|| a.site_id.cmp(&b.site_id)));
     t
+}
+
+/// Every tenant's attribution summary (without the hours) for a period: what a closed
+/// period's statements keep.
+pub fn period_summaries(books: &Books, period: Period) -> BTreeMap<String, TenantAttribution> {
+    let sites = all_sites(books);
+    books
+        .tenants
+        .keys()
+        .map(|t| {
+            let mut a = tenant_attribution(books, &sites, t, period);
+            a.hours.clear();
+            (t.clone(), a)
+        })
+        .collect()
 }
 
 /// Every site's attribution, for the sites that have hours.

@@ -247,7 +247,13 @@ impl Projections {
     pub fn statement(&self, tenant: &str, period: crate::domain::time::Period) -> Option<super::Statement> {
         self.read_attribution(|b, sites| {
             b.statement(tenant, period).map(|mut st| {
-                st.attribution = Some(super::attribution::tenant_attribution(b, sites, tenant, period));
+                let frozen = b
+                    .closed_attribution
+                    .get(&st.period)
+                    .and_then(|by| by.get(tenant))
+                    .cloned();
+                st.attribution =
+                    Some(frozen.unwrap_or_else(|| super::attribution::tenant_attribution(b, sites, tenant, period)));
                 st
             })
         })

@@ -195,6 +195,9 @@ pub struct Books {
     pub hours: BTreeMap<String, BTreeMap<i64, HourFlows>>,
     /// Site → its published emission factors, in version order.
     pub emission_factors: BTreeMap<String, Vec<EmissionFactorsPublished>>,
+    /// Closed period → tenant → its attribution summary as it stood at the close: what the
+    /// period's final statements carry (later readings change the hours, not them).
+    pub closed_attribution: BTreeMap<String, BTreeMap<String, attribution::TenantAttribution>>,
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -311,6 +314,8 @@ impl Books {
                     .push(f.clone());
             }
             Event::PeriodClosed(c) => {
+                let summaries = attribution::period_summaries(self, c.period);
+                self.closed_attribution.insert(c.period.to_string(), summaries);
                 self.closed.insert(
                     c.period.to_string(),
                     ClosedPeriod {
