@@ -75,7 +75,13 @@ impl HourFlows {
             Flow::Stored => &mut self.stored,
             Flow::Dispatched => &mut self.dispatched,
         };
-        *m.entry(key.to_string()).or_default() += wh;
+        // No allocation for a key already present (the usual case, once per reading).
+        match m.get_mut(key) {
+            Some(v) => *v += wh,
+            None => {
+                m.insert(key.to_string(), wh);
+            }
+        }
         if self.first_position == 0 || position < self.first_position {
             self.first_position = position;
         }

@@ -517,7 +517,10 @@ impl Books {
         wh: Decimal,
         position: u64,
     ) {
-        let hours = self.hours.entry(site.to_string()).or_default();
+        if !self.hours.contains_key(site) {
+            self.hours.insert(site.to_string(), BTreeMap::new());
+        }
+        let hours = self.hours.get_mut(site).expect("inserted above");
         step_shares(attribution::HOUR_S, start, end, wh, |at, share| {
             hours.entry(at).or_default().add(flow, key, share, position);
         });
