@@ -1,0 +1,1570 @@
+//! The KurrentDB / EventStoreDB store (`kurrentdb://…`, `esdb://…`, feature `kurrentdb`),
+//! through the official `kurrentdb` client (the maintained successor of `eventstore`).
+//!
+//! **One chain, one writer.** Each wattledger stream is one KurrentDB stream
+//! (`{prefix}{stream}`); the event id is the KurrentDB event id, the event type its type, the
+//! data its (JSON) data, and the event's custom metadata carries what KurrentDB does not:
+//! the global gap-free `position`, `schema_version`, `recorded_at`, `hash` and `prev_hash`.
+//! KurrentDB commit positions are not gap-free, and appends to different streams are not
+//! atomic with each other, so positions and the chain are assigned by a single writer: the
+//! process holding the writer lease (a stream of lease records renewed every third of
+//! `leaseTtlMs`). It appends one batch at a time, with the exact expected revision its index
+//! knows, so the order of `$all` is the order of positions. Readers find events by their
+//! rank among wattledger events in `$all` (an in-memory rank → commit position index kept by
+//! a catch-up subscription) and refuse a log whose recorded position differs from its rank.
+//! See `docs/kurrentdb.md`.
+
+use super::*;
+use ::kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, Position, ReadAllOptions,
+    ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
+};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Prefix of every KurrentDB stream wattledger writes, unless the URL says `streamPrefix=`.
+pub const STREAM_PREFIX_DEFAULT: &str = "wattledger-";
+/// Longest stream prefix accepted.
+pub const STREAM_PREFIX_CHARS_MAX: usize = 64;
+/// How long a writer lease lasts without renewal, unless the URL says `leaseTtlMs=`.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 10_000;
+/// Bounds of `leaseTtlMs`.
+pub const LEASE_TTL_MS_MIN: u64 = 1_000;
+pub const LEASE_TTL_MS_MAX: u64 = 600_000;
+/// The lease stream's name after the prefix; the `$` keeps it out of the wattledger filter
+/// (wattledger stream names never contain `$`).
+pub const LEASE_STREAM_SUFFIX: &str = "writer$lease";
+/// Attempts at one append before it is answered as failed (and kept "in doubt").
+pub const APPEND_ATTEMPTS_MAX: u32 = 3;
+/// Deadline of one read request.
+pub const READ_DEADLINE_MS: u64 = 30_000;
+/// The longest pause between attempts to resubscribe to `$all` after a lost connection.
+pub const RESUBSCRIBE_BACKOFF_MS_MAX: u64 = 5_000;
+/// The metadata format written by this code (`"wattledger"` key of the custom metadata).
+pub const META_FORMAT: u32 = 1;
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("KurrentDB: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection string
+// ---------------------------------------------------------------------------------------
+
+/// A store URL split into the client's connection string and wattledger's own settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: ClientSettings,
+    pub prefix: String,
+    pub lease_ttl: Duration,
+}
+
+/// Parses `kurrentdb[+discover]://…` or `esdb[+discover]://…`. wattledger's parameters
+/// (`streamPrefix`, `leaseTtlMs`, any case) are removed before the client sees the rest; every
+/// error names the URL without its password.
+pub fn parse_url(url: &str) -> Result<Config, StoreError> {
+    let redacted = redact_url(url);
+    let invalid = |m: String| StoreError::Invalid(format!("{redacted}: {m}"));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut prefix = STREAM_PREFIX_DEFAULT.to_string();
+    let mut ttl_ms = LEASE_TTL_MS_DEFAULT;
+    let mut kept = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k.to_ascii_lowercase().as_str() {
+            "streamprefix" => {
+                if v.len() > STREAM_PREFIX_CHARS_MAX
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                {
+                    return Err(invalid(format!(
+                        "streamPrefix is 0 to {STREAM_PREFIX_CHARS_MAX} characters of A-Z a-z 0-9 - _ ."
+                    )));
+                }
+                prefix = v.to_string();
+            }
+            "leasettlms" => {
+                ttl_ms = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(n))
+                    .ok_or_else(|| {
+                        invalid(format!("leaseTtlMs must be {LEASE_TTL_MS_MIN} to {LEASE_TTL_MS_MAX}"))
+                    })?;
+            }
+            _ => kept.push(kv),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let settings = ClientSettings::from_str(&rest).map_err(|e| {
+        // The client's message may quote the whole connection string, password included.
+        let mut msg = e.to_string();
+        if let Some(pw) = password_of(url)
+            && !pw.is_empty()
+        {
+            msg = msg.replace(pw, "***");
+        }
+        invalid(format!("not a KurrentDB connection string: {msg}"))
+    })?;
+    Ok(Config {
+        settings,
+        prefix,
+        lease_ttl: Duration::from_millis(ttl_ms),
+    })
+}
+
+fn password_of(url: &str) -> Option<&str> {
+    let s = url.find("://")? + 3;
+    let at = url.rfind('@').filter(|at| *at > s)?;
+    url[s..at].split_once(':').map(|(_, p)| p)
+}
+
+// ---------------------------------------------------------------------------------------
+// Mapping: wattledger records <-> KurrentDB events (pure)
+// ---------------------------------------------------------------------------------------
+
+/// What travels in a KurrentDB event's custom metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventMeta {
+    /// The format of this metadata ([`META_FORMAT`]).
+    pub wattledger: u32,
+    /// The global, gap-free wattledger position.
+    pub position: u64,
+    pub schema_version: u32,
+    /// `fmt_time` text (hashed as such).
+    pub recorded_at: String,
+    pub hash: String,
+    pub prev_hash: String,
+}
+
+/// The KurrentDB stream of a wattledger stream.
+pub fn kdb_stream(prefix: &str, stream: &str) -> String {
+    format!("{prefix}{stream}")
+}
+
+/// The wattledger stream of a KurrentDB stream, if it is one of ours.
+pub fn wattledger_stream<'a>(prefix: &str, kdb: &'a str) -> Option<&'a str> {
+    kdb.strip_prefix(prefix).filter(|s| check_stream(s).is_ok())
+}
+
+/// wattledger stream names are not empty and never contain `$` (which keeps them apart from
+/// the lease stream and KurrentDB's system streams).
+pub fn check_stream(stream: &str) -> Result<(), StoreError> {
+    if stream.is_empty() || stream.contains('$') || stream.len() > 500 {
+        return Err(StoreError::Invalid(format!(
+            "stream name {stream:?}: 1 to 500 characters, without '$'"
+        )));
+    }
+    Ok(())
+}
+
+/// The server-side filter of `$all`: the prefix's streams, without the lease stream.
+pub fn stream_regex(prefix: &str) -> String {
+    format!("^{}[^$]+$", prefix.replace('.', "\\."))
+}
+
+/// Event id, type, data bytes and custom metadata bytes of a record, as appended.
+pub fn encode(r: &RecordedEvent) -> (Uuid, String, Vec<u8>, Vec<u8>) {
+    let meta = EventMeta {
+        wattledger: META_FORMAT,
+        position: r.position,
+        schema_version: r.schema_version,
+        recorded_at: crate::domain::time::fmt_time(&r.recorded_at),
+        hash: r.hash.clone(),
+        prev_hash: r.prev_hash.clone(),
+    };
+    (
+        r.event_id,
+        r.event_type.clone(),
+        r.data.as_bytes().to_vec(),
+        serde_json::to_vec(&meta).expect("metadata serialises"),
+    )
+}
+
+fn event_data(r: &RecordedEvent) -> Result<EventData, StoreError> {
+    let (id, ty, data, meta) = encode(r);
+    let raw = serde_json::value::RawValue::from_string(String::from_utf8(data).expect("data is a String"))
+        .map_err(|e| StoreError::Invalid(format!("event {id}: data is not JSON: {e}")))?;
+    let ev = EventData::json(&ty, &raw).map_err(|e| StoreError::Invalid(format!("event {id}: {e}")))?;
+    Ok(ev.id(id).metadata(meta.into()))
+}
+
+/// A KurrentDB event, as its parts, back to a wattledger record. `Ok(None)`: not one of
+/// wattledger's streams. Data is kept byte for byte (the chain hashes it as stored).
+pub fn decode(
+    prefix: &str,
+    kdb_stream: &str,
+    event_id: Uuid,
+    revision: u64,
+    event_type: &str,
+    data: &[u8],
+    custom_metadata: &[u8],
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let Some(stream) = wattledger_stream(prefix, kdb_stream) else {
+        return Ok(None);
+    };
+    let bad = |m: String| StoreError::Corrupt(format!("event {event_id} in {kdb_stream} at revision {revision}: {m}"));
+    let meta: EventMeta =
+        serde_json::from_slice(custom_metadata).map_err(|e| bad(format!("not wattledger metadata: {e}")))?;
+    if meta.wattledger != META_FORMAT {
+        return Err(bad(format!("unknown metadata format {}", meta.wattledger)));
+    }
+    let recorded_at = crate::domain::time::parse_time(&meta.recorded_at).map_err(|e| bad(format!("recorded_at: {e}")))?;
+    let data = String::from_utf8(data.to_vec()).map_err(|_| bad("data is not UTF-8".into()))?;
+    Ok(Some(RecordedEvent {
+        position: meta.position,
+        stream: stream.to_string(),
+        version: version_of(revision),
+        event_id,
+        event_type: event_type.to_string(),
+        schema_version: meta.schema_version,
+        recorded_at,
+        data,
+        hash: meta.hash,
+        prev_hash: meta.prev_hash,
+    }))
+}
+
+fn decode_event(prefix: &str, e: &::kurrentdb::RecordedEvent) -> Result<Option<RecordedEvent>, StoreError> {
+    decode(
+        prefix,
+        e.stream_id(),
+        e.id,
+        e.revision,
+        &e.event_type,
+        &e.data,
+        &e.custom_metadata,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Revision and position arithmetic (pure)
+// ---------------------------------------------------------------------------------------
+
+/// KurrentDB revisions start at 0, wattledger versions at 1.
+pub fn version_of(revision: u64) -> u64 {
+    revision + 1
+}
+
+/// The first revision to read for `from_version` (versions 0 and 1 both start at the top).
+pub fn revision_of(from_version: u64) -> u64 {
+    from_version.saturating_sub(1)
+}
+
+/// The exact expectation for a stream at wattledger version `current` (0: no stream).
+pub fn expected_state(current: u64) -> StreamState {
+    if current == 0 {
+        StreamState::NoStream
+    } else {
+        StreamState::StreamRevision(current - 1)
+    }
+}
+
+/// A stream's wattledger version from KurrentDB's answer to a wrong expected version.
+pub fn current_version(c: CurrentRevision) -> u64 {
+    match c {
+        CurrentRevision::NoStream => 0,
+        CurrentRevision::Current(r) => version_of(r),
+    }
+}
+
+/// Where a catch-up subscription (or a read of `$all`) resumes after the last event applied.
+/// The client's start positions are exclusive, so the last event is not delivered again;
+/// [`is_after`] still drops it should a server deliver it.
+pub fn resume_from(last: Option<Position>) -> StreamPosition<Position> {
+    match last {
+        None => StreamPosition::Start,
+        Some(p) => StreamPosition::Position(p),
+    }
+}
+
+/// Whether an event at `p` comes after the last one applied.
+pub fn is_after(last: Option<Position>, p: Position) -> bool {
+    last.is_none_or(|l| p > l)
+}
+
+// ---------------------------------------------------------------------------------------
+// Duplicate or conflict (pure)
+// ---------------------------------------------------------------------------------------
+
+/// What a wrong-expected-version answer means for a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WrongVersion {
+    /// The batch is already recorded (same ids, stream, type and data): its original result.
+    Duplicate(Vec<(u64, u64)>),
+    /// Some id is recorded with other content, or only part of the batch is.
+    DuplicateEventId(Uuid),
+    /// Another write moved the stream: a real conflict.
+    Conflict,
+}
+
+/// Decides, from the stream's tail read from the version the batch was meant to start at,
+/// whether the batch is already there. `recorded_at` is not compared (a retry decided a
+/// millisecond later is the same event).
+pub fn decide_wrong_version(batch: &[EventToAppend], tail: &[RecordedEvent]) -> WrongVersion {
+    let mut recorded = Vec::with_capacity(batch.len());
+    for (i, e) in batch.iter().enumerate() {
+        match tail.get(i) {
+            Some(r) if r.event_id == e.event_id => {
+                if r.event_type != e.event_type || r.data != e.data {
+                    return WrongVersion::DuplicateEventId(e.event_id);
+                }
+                recorded.push((r.position, r.version));
+            }
+            _ => {
+                return match batch.iter().find(|e| tail.iter().any(|r| r.event_id == e.event_id)) {
+                    Some(e) => WrongVersion::DuplicateEventId(e.event_id),
+                    None => WrongVersion::Conflict,
+                };
+            }
+        }
+    }
+    WrongVersion::Duplicate(recorded)
+}
+
+/// The records of a batch on top of a head: positions, versions and the chain.
+pub fn stage(batch: &AppendBatch, current: u64, head: u64, head_hash: &str) -> Vec<RecordedEvent> {
+    let mut prev = head_hash.to_string();
+    batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let position = head + 1 + i as u64;
+            let version = current + 1 + i as u64;
+            let hash = record_hash(
+                &prev,
+                position,
+                &batch.stream,
+                version,
+                &e.event_id,
+                &e.event_type,
+                e.schema_version,
+                &e.recorded_at,
+                &e.data,
+            );
+            let r = RecordedEvent {
+                position,
+                stream: batch.stream.clone(),
+                version,
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                recorded_at: e.recorded_at,
+                data: e.data.clone(),
+                hash: hash.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash),
+            };
+            r
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer lease (pure decision)
+// ---------------------------------------------------------------------------------------
+
+/// One record of the lease stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: Uuid,
+    pub ttl_ms: u64,
+    pub released: bool,
+}
+
+/// What an opener does next about the lease.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// Append our lease with this expectation.
+    Take(StreamState),
+    /// Look again later.
+    Wait,
+    /// A live holder renewed it while we watched.
+    Refuse(Uuid),
+}
+
+/// Decides from the lease stream's last record (`(revision, record)`) and what we saw of it
+/// before (`seen`: the revision and when we first saw it). A held lease is taken over only
+/// after its revision stayed unchanged for its TTL (and ours) as measured on our own clock;
+/// any change while we watch means a live holder.
+pub fn lease_step(
+    last: Option<&(u64, LeaseRecord)>,
+    seen: &mut Option<(u64, Instant)>,
+    now: Instant,
+    ttl: Duration,
+) -> LeaseStep {
+    let Some((rev, rec)) = last else {
+        return LeaseStep::Take(StreamState::NoStream);
+    };
+    if rec.released {
+        return LeaseStep::Take(StreamState::StreamRevision(*rev));
+    }
+    match *seen {
+        None => {
+            *seen = Some((*rev, now));
+            LeaseStep::Wait
+        }
+        Some((r, since)) if r == *rev => {
+            let ttl = ttl.max(Duration::from_millis(rec.ttl_ms));
+            if now.duration_since(since) >= ttl {
+                LeaseStep::Take(StreamState::StreamRevision(*rev))
+            } else {
+                LeaseStep::Wait
+            }
+        }
+        Some(_) => LeaseStep::Refuse(rec.holder),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The index
+// ---------------------------------------------------------------------------------------
+
+/// What this process knows of the log.
+#[derive(Debug)]
+struct Index {
+    /// The `$all` position of the n-th wattledger event seen (rank n = position n).
+    ranks: Vec<Position>,
+    /// The writer's head: at least `ranks.len()` (its own appends count before they are seen).
+    head: u64,
+    head_hash: String,
+    /// Writer only: event id → position, stream → version.
+    tracking: bool,
+    ids: HashMap<Uuid, u64>,
+    versions: HashMap<String, u64>,
+    /// The log is inconsistent from here on (the index stops growing).
+    broken: Option<String>,
+}
+
+impl Index {
+    fn new(tracking: bool) -> Self {
+        Self {
+            ranks: Vec::new(),
+            head: 0,
+            head_hash: GENESIS_HASH.to_string(),
+            tracking,
+            ids: HashMap::new(),
+            versions: HashMap::new(),
+            broken: None,
+        }
+    }
+
+    fn last(&self) -> Option<Position> {
+        self.ranks.last().copied()
+    }
+
+    /// Takes the next wattledger event of `$all` (in order). Events at or before the last one
+    /// seen are ignored, so two readers of `$all` may feed it.
+    fn observe(&mut self, at: Position, r: &RecordedEvent) {
+        if self.broken.is_some() || !is_after(self.last(), at) {
+            return;
+        }
+        let rank = self.ranks.len() as u64 + 1;
+        if r.position != rank {
+            self.broken = Some(format!(
+                "event {} (stream {}) is wattledger event {rank} of $all but carries position {}",
+                r.event_id, r.stream, r.position
+            ));
+            return;
+        }
+        self.ranks.push(at);
+        if rank <= self.head {
+            // Appended by this writer and already counted: it must be the same event.
+            if self.tracking && self.ids.get(&r.event_id) != Some(&rank) {
+                self.broken = Some(format!(
+                    "position {rank} holds event {}, not the one this writer appended",
+                    r.event_id
+                ));
+            }
+            return;
+        }
+        if r.prev_hash != self.head_hash {
+            self.broken = Some(format!("position {rank} does not continue the chain"));
+            return;
+        }
+        self.adopt(r);
+    }
+
+    fn adopt(&mut self, r: &RecordedEvent) {
+        self.head = r.position;
+        self.head_hash = r.hash.clone();
+        if self.tracking {
+            self.ids.insert(r.event_id, r.position);
+            self.versions.insert(r.stream.clone(), r.version);
+        }
+    }
+
+    /// The writer's own records, once KurrentDB acknowledged them (the subscription may have
+    /// seen them first).
+    fn apply_own(&mut self, records: &[RecordedEvent]) {
+        for r in records {
+            if r.position <= self.head {
+                continue;
+            }
+            debug_assert_eq!(r.position, self.head + 1);
+            self.adopt(r);
+        }
+    }
+
+    fn version(&self, stream: &str) -> u64 {
+        self.versions.get(stream).copied().unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------
+
+struct Shared {
+    client: Client,
+    prefix: String,
+    index: std::sync::Mutex<Index>,
+    head_tx: watch::Sender<u64>,
+    /// One catch-up read of `$all` at a time.
+    scan: tokio::sync::Mutex<()>,
+}
+
+fn bump(cur: &mut u64, p: u64) -> bool {
+    if p > *cur {
+        *cur = p;
+        true
+    } else {
+        false
+    }
+}
+
+impl Shared {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().expect("index lock")
+    }
+
+    fn filter(&self) -> SubscriptionFilter {
+        SubscriptionFilter::on_stream_name().regex(stream_regex(&self.prefix))
+    }
+
+    fn read_deadline() -> Duration {
+        Duration::from_millis(READ_DEADLINE_MS)
+    }
+
+    fn publish(&self) {
+        let head = self.index().head;
+        self.head_tx.send_if_modified(|cur| bump(cur, head));
+    }
+
+    fn observe(&self, at: Position, r: &RecordedEvent) {
+        self.index().observe(at, r);
+        self.publish();
+    }
+
+    /// Reads `$all` from the last event seen to the end, feeding the index.
+    async fn catch_up(&self, leader: bool) -> Result<(), StoreError> {
+        let _one = self.scan.lock().await;
+        loop {
+            let last = self.index().last();
+            let opts = ReadAllOptions::default()
+                .position(resume_from(last))
+                .forwards()
+                .filter(self.filter())
+                .max_count(READ_PAGE_EVENTS_MAX)
+                .requires_leader(leader)
+                .deadline(Self::read_deadline());
+            let mut s = self.client.read_all(&opts).await.map_err(unavailable)?;
+            let mut n = 0;
+            while let Some(e) = s.next().await.map_err(unavailable)? {
+                n += 1;
+                let e = e.get_original_event();
+                if !is_after(last, e.position) {
+                    continue;
+                }
+                if let Some(r) = decode_event(&self.prefix, e)? {
+                    self.observe(e.position, &r);
+                }
+            }
+            if let Some(why) = &self.index().broken {
+                return Err(StoreError::Corrupt(why.clone()));
+            }
+            if n < READ_PAGE_EVENTS_MAX {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Events after rank `after`, at most `limit`, checking that each carries its rank.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, mut skip) = {
+            let idx = self.index();
+            let known = after.min(idx.ranks.len() as u64);
+            let start = (known > 0).then(|| idx.ranks[known as usize - 1]);
+            (start, after - known)
+        };
+        let opts = ReadAllOptions::default()
+            .position(resume_from(start))
+            .forwards()
+            .filter(self.filter())
+            .max_count(limit + skip as usize + 1)
+            .deadline(Self::read_deadline());
+        let mut s = self.client.read_all(&opts).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(limit);
+        while let Some(e) = s.next().await.map_err(unavailable)? {
+            let e = e.get_original_event();
+            if !is_after(start, e.position) {
+                continue;
+            }
+            let Some(r) = decode_event(&self.prefix, e)? else {
+                continue;
+            };
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let rank = after + out.len() as u64 + 1;
+            if r.position != rank {
+                return Err(StoreError::Corrupt(format!(
+                    "event {} (stream {}) is wattledger event {rank} of $all but carries position {}",
+                    r.event_id, r.stream, r.position
+                )));
+            }
+            out.push(r);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+        leader: bool,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.min(READ_PAGE_EVENTS_MAX);
+        if limit == 0 || check_stream(stream).is_err() {
+            return Ok(Vec::new());
+        }
+        let name = kdb_stream(&self.prefix, stream);
+        let opts = ReadStreamOptions::default()
+            .position(StreamPosition::Position(revision_of(from_version)))
+            .forwards()
+            .max_count(limit)
+            .requires_leader(leader)
+            .deadline(Self::read_deadline());
+        let mut s = match self.client.read_stream(name.as_str(), &opts).await {
+            Ok(s) => s,
+            Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(read_error(&name, e)),
+        };
+        let mut out = Vec::new();
+        loop {
+            match s.next().await {
+                Ok(Some(e)) => {
+                    if let Some(r) = decode_event(&self.prefix, e.get_original_event())? {
+                        out.push(r);
+                    }
+                }
+                Ok(None) => return Ok(out),
+                Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(e) => return Err(read_error(&name, e)),
+            }
+        }
+    }
+}
+
+fn read_error(stream: &str, e: ::kurrentdb::Error) -> StoreError {
+    match e {
+        ::kurrentdb::Error::ResourceDeleted => {
+            StoreError::Corrupt(format!("stream {stream} was deleted in KurrentDB; the log has lost events"))
+        }
+        e => unavailable(e),
+    }
+}
+
+/// Follows `$all` (filtered to the prefix) from the last event seen, resubscribing with
+/// backoff after a lost connection.
+async fn follow(shared: Arc<Shared>) {
+    let mut backoff_ms = 100;
+    loop {
+        let from = resume_from(shared.index().last());
+        let opts = SubscribeToAllOptions::default().position(from).filter(shared.filter());
+        let mut sub = shared.client.subscribe_to_all(&opts).await;
+        loop {
+            match sub.next_subscription_event().await {
+                Ok(SubscriptionEvent::EventAppeared(e)) => {
+                    backoff_ms = 100;
+                    let e = e.get_original_event();
+                    match decode_event(&shared.prefix, e) {
+                        Ok(Some(r)) => shared.observe(e.position, &r),
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::error!(error = %err, "an event in $all is not a wattledger record");
+                            let mut idx = shared.index();
+                            if idx.broken.is_none() {
+                                idx.broken = Some(err.to_string());
+                            }
+                        }
+                    }
+                }
+                Ok(_) => backoff_ms = 100,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the $all subscription; resubscribing");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(RESUBSCRIBE_BACKOFF_MS_MAX);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The lease
+// ---------------------------------------------------------------------------------------
+
+struct Lease {
+    stream: String,
+    holder: Uuid,
+    ttl: Duration,
+    state: std::sync::Mutex<LeaseState>,
+}
+
+struct LeaseState {
+    /// The revision of our last lease record.
+    revision: u64,
+    /// Appends may start until then (half the TTL after the last renewal was sent).
+    valid_until: Instant,
+    lost: bool,
+}
+
+impl Lease {
+    fn record(&self, released: bool) -> Result<EventData, StoreError> {
+        let rec = LeaseRecord {
+            holder: self.holder,
+            ttl_ms: self.ttl.as_millis() as u64,
+            released,
+        };
+        EventData::json("WriterLease", &rec).map_err(unavailable)
+    }
+
+    fn append_deadline(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// `Err` with the reason when this process may not append now.
+    fn check(&self) -> Result<(), StoreError> {
+        let s = self.state.lock().expect("lease lock");
+        if s.lost {
+            return Err(StoreError::Unavailable(format!(
+                "another process took the writer lease ({}); restart this one",
+                self.stream
+            )));
+        }
+        if Instant::now() >= s.valid_until {
+            return Err(StoreError::Unavailable(
+                "the writer lease could not be renewed in time (KurrentDB unreachable?)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn last_lease(client: &Client, stream: &str) -> Result<Option<(u64, LeaseRecord)>, StoreError> {
+    let opts = ReadStreamOptions::default()
+        .position(StreamPosition::End)
+        .max_count(1)
+        .requires_leader(true)
+        .deadline(Shared::read_deadline());
+    let mut s = match client.read_stream(stream, &opts).await {
+        Ok(s) => s,
+        Err(::kurrentdb::Error::ResourceNotFound) => return Ok(None),
+        Err(e) => return Err(unavailable(e)),
+    };
+    match s.next().await {
+        Ok(Some(e)) => {
+            let e = e.get_original_event();
+            let rec: LeaseRecord = serde_json::from_slice(&e.data)
+                .map_err(|err| StoreError::Corrupt(format!("the lease stream {stream} holds a foreign event: {err}")))?;
+            Ok(Some((e.revision, rec)))
+        }
+        Ok(None) | Err(::kurrentdb::Error::ResourceNotFound) => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+async fn acquire(client: &Client, stream: String, ttl: Duration) -> Result<Arc<Lease>, StoreError> {
+    let lease = Lease {
+        stream,
+        holder: Uuid::new_v4(),
+        ttl,
+        state: std::sync::Mutex::new(LeaseState {
+            revision: 0,
+            valid_until: Instant::now(),
+            lost: false,
+        }),
+    };
+    let mut seen = None;
+    loop {
+        let last = last_lease(client, &lease.stream).await?;
+        match lease_step(last.as_ref(), &mut seen, Instant::now(), ttl) {
+            LeaseStep::Take(expected) => {
+                let sent = Instant::now();
+                let opts = AppendToStreamOptions::default()
+                    .stream_state(expected)
+                    .deadline(lease.append_deadline());
+                match client
+                    .append_to_stream(lease.stream.as_str(), &opts, lease.record(false)?)
+                    .await
+                {
+                    Ok(w) => {
+                        *lease.state.lock().expect("lease lock") = LeaseState {
+                            revision: w.next_expected_version,
+                            valid_until: sent + ttl / 2,
+                            lost: false,
+                        };
+                        return Ok(Arc::new(lease));
+                    }
+                    Err(::kurrentdb::Error::WrongExpectedVersion { .. }) => seen = None,
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            LeaseStep::Wait => tokio::time::sleep(ttl / 5).await,
+            LeaseStep::Refuse(holder) => {
+                return Err(StoreError::Unavailable(format!(
+                    "another wattledger process (writer {holder}) holds the writer lease {} and renews it; \
+                     stop it, or send commands through its API",
+                    lease.stream
+                )));
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of its TTL; a renewal refused as a wrong expected version
+/// means another process took it over: this one stops appending.
+async fn renew(client: Client, lease: Arc<Lease>) {
+    loop {
+        tokio::time::sleep(lease.ttl / 3).await;
+        let revision = lease.state.lock().expect("lease lock").revision;
+        let sent = Instant::now();
+        let opts = AppendToStreamOptions::default()
+            .stream_state(StreamState::StreamRevision(revision))
+            .deadline(lease.append_deadline());
+        let Ok(ev) = lease.record(false) else { continue };
+        match client.append_to_stream(lease.stream.as_str(), &opts, ev).await {
+            Ok(w) => {
+                let mut s = lease.state.lock().expect("lease lock");
+                s.revision = w.next_expected_version;
+                s.valid_until = sent + lease.ttl / 2;
+            }
+            Err(::kurrentdb::Error::WrongExpectedVersion { .. }) => {
+                tracing::error!(stream = %lease.stream, "another process took the writer lease; this one stops appending");
+                lease.state.lock().expect("lease lock").lost = true;
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the writer lease; retrying"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------------------
+
+/// A batch whose append got no definite answer: it may or may not be recorded. Nothing else
+/// is appended until it is resolved, by appending it again (same ids, same expectation).
+struct Staged {
+    batch: AppendBatch,
+    current: u64,
+    records: Vec<RecordedEvent>,
+}
+
+enum Attempt {
+    Done(Result<Appended, StoreError>),
+    /// No definite answer from KurrentDB.
+    InDoubt(StoreError),
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    lease: Arc<Lease>,
+    failures: Arc<AtomicU64>,
+    in_doubt: Option<Staged>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<WriterMsg>) {
+        while let Some(m) = rx.recv().await {
+            match m {
+                WriterMsg::Append(batch, reply) => {
+                    let r = self.append(batch).await;
+                    let _ = reply.send(r);
+                }
+                WriterMsg::Head(reply) => {
+                    let r = self.settle().await.map(|()| {
+                        let idx = self.shared.index();
+                        Head {
+                            position: idx.head,
+                            hash: idx.head_hash.clone(),
+                        }
+                    });
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        // Drained. Release the lease only when nothing is in doubt; otherwise let it expire,
+        // so that the next writer waits until anything in flight has landed.
+        if self.in_doubt.is_none() && self.lease.check().is_ok() {
+            let revision = self.lease.state.lock().expect("lease lock").revision;
+            let opts = AppendToStreamOptions::default()
+                .stream_state(StreamState::StreamRevision(revision))
+                .deadline(self.lease.append_deadline());
+            if let Ok(ev) = self.lease.record(true) {
+                let _ = self
+                    .shared
+                    .client
+                    .append_to_stream(self.lease.stream.as_str(), &opts, ev)
+                    .await;
+            }
+        }
+    }
+
+    fn fail(&self) {
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Resolves a batch left in doubt, and checks that this process may append.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        if let Some(why) = &self.shared.index().broken {
+            return Err(StoreError::Corrupt(format!("{why}; run wattledger audit")));
+        }
+        self.lease.check()?;
+        if let Some(st) = self.in_doubt.take() {
+            match self.attempt(&st).await {
+                Attempt::Done(Ok(_)) => {
+                    // Recorded after its append was answered as failed: whatever was decided
+                    // since then must be decided again.
+                    tracing::warn!(stream = %st.batch.stream, "an append answered as failed was recorded after all");
+                    self.fail();
+                }
+                Attempt::Done(Err(_)) => {}
+                Attempt::InDoubt(e) => {
+                    self.in_doubt = Some(st);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn append(&mut self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        self.settle().await?;
+        if batch.fence.is_some_and(|f| f != self.failures.load(Ordering::SeqCst)) {
+            return Err(StoreError::Unavailable(
+                "decided before an earlier append failed; retry".into(),
+            ));
+        }
+        check_stream(&batch.stream)?;
+        let mut seen = HashSet::new();
+        for e in &batch.events {
+            if !seen.insert(e.event_id) {
+                return Err(StoreError::DuplicateEventId(e.event_id));
+            }
+        }
+        // Ids already recorded: a retry of the whole batch, or a refusal.
+        let known: Vec<Option<u64>> = {
+            let idx = self.shared.index();
+            batch.events.iter().map(|e| idx.ids.get(&e.event_id).copied()).collect()
+        };
+        if known.iter().any(Option::is_some) {
+            let mut recorded = Vec::new();
+            for (e, pos) in batch.events.iter().zip(&known) {
+                let Some(pos) = pos else {
+                    return Err(StoreError::DuplicateEventId(e.event_id));
+                };
+                let r = self.shared.read_all(pos - 1, 1).await?;
+                match r.first() {
+                    Some(r)
+                        if r.event_id == e.event_id
+                            && r.stream == batch.stream
+                            && r.event_type == e.event_type
+                            && r.data == e.data =>
+                    {
+                        recorded.push((r.position, r.version))
+                    }
+                    _ => return Err(StoreError::DuplicateEventId(e.event_id)),
+                }
+            }
+            return Ok(Appended {
+                recorded,
+                duplicate: true,
+            });
+        }
+        for _ in 0..2 {
+            let st = {
+                let idx = self.shared.index();
+                let current = idx.version(&batch.stream);
+                if !batch.expected.admits(current) {
+                    return Err(StoreError::VersionConflict {
+                        stream: batch.stream.clone(),
+                        expected: batch.expected,
+                        actual: current,
+                    });
+                }
+                Staged {
+                    records: stage(&batch, current, idx.head, &idx.head_hash),
+                    batch: batch.clone(),
+                    current,
+                }
+            };
+            match self.attempt(&st).await {
+                Attempt::Done(Err(StoreError::VersionConflict { .. })) => {
+                    // The index was behind (it has caught up in `attempt`): check again.
+                    continue;
+                }
+                Attempt::Done(r) => return r,
+                Attempt::InDoubt(e) => {
+                    self.fail();
+                    self.in_doubt = Some(st);
+                    return Err(e);
+                }
+            }
+        }
+        let actual = self.shared.index().version(&batch.stream);
+        Err(StoreError::VersionConflict {
+            stream: batch.stream.clone(),
+            expected: batch.expected,
+            actual,
+        })
+    }
+
+    /// Appends a staged batch with the exact expected revision, retrying what got no definite
+    /// answer a few times. On a wrong expected version, reads the stream's tail and decides
+    /// whether the batch is already there.
+    async fn attempt(&self, st: &Staged) -> Attempt {
+        let name = kdb_stream(&self.shared.prefix, &st.batch.stream);
+        let mut events = Vec::with_capacity(st.records.len());
+        for r in &st.records {
+            match event_data(r) {
+                Ok(e) => events.push(e),
+                Err(e) => return Attempt::Done(Err(e)),
+            }
+        }
+        let opts = AppendToStreamOptions::default()
+            .stream_state(expected_state(st.current))
+            .deadline(self.lease.append_deadline());
+        let mut last_err = None;
+        for attempt in 0..APPEND_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                if let Err(e) = self.lease.check() {
+                    return Attempt::InDoubt(e);
+                }
+            }
+            match self
+                .shared
+                .client
+                .append_to_stream(name.as_str(), &opts, events.clone())
+                .await
+            {
+                Ok(_) => {
+                    self.shared.index().apply_own(&st.records);
+                    self.shared.publish();
+                    return Attempt::Done(Ok(Appended {
+                        recorded: st.records.iter().map(|r| (r.position, r.version)).collect(),
+                        duplicate: false,
+                    }));
+                }
+                Err(::kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                    return self.wrong_version(st, current_version(current)).await;
+                }
+                Err(::kurrentdb::Error::AccessDenied) => {
+                    return Attempt::Done(Err(StoreError::Unavailable(format!(
+                        "KurrentDB refused to append to {name}: access denied"
+                    ))));
+                }
+                Err(::kurrentdb::Error::ResourceDeleted) => {
+                    return Attempt::Done(Err(StoreError::Corrupt(format!(
+                        "stream {name} was deleted in KurrentDB"
+                    ))));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %name, "append got no answer; retrying");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Attempt::InDoubt(unavailable(format!(
+            "no answer to an append ({}); it may or may not be recorded: retry",
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    async fn wrong_version(&self, st: &Staged, actual: u64) -> Attempt {
+        // Someone else wrote (or an earlier append of ours landed late): learn it first.
+        if let Err(e) = self.shared.catch_up(true).await {
+            return Attempt::InDoubt(e);
+        }
+        let tail = match self
+            .shared
+            .read_stream(&st.batch.stream, st.current + 1, st.records.len(), true)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return Attempt::InDoubt(e),
+        };
+        match decide_wrong_version(&st.batch.events, &tail) {
+            WrongVersion::Duplicate(recorded) => Attempt::Done(Ok(Appended {
+                recorded,
+                duplicate: true,
+            })),
+            WrongVersion::DuplicateEventId(id) => Attempt::Done(Err(StoreError::DuplicateEventId(id))),
+            WrongVersion::Conflict => Attempt::Done(Err(StoreError::VersionConflict {
+                stream: st.batch.stream.clone(),
+                expected: st.batch.expected,
+                actual,
+            })),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------
+
+pub struct KurrentStore {
+    shared: Arc<Shared>,
+    queue: WriterQueue,
+    head_rx: watch::Receiver<u64>,
+    failures: Arc<AtomicU64>,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KurrentStore {
+    /// Connects; for [`Access::Write`], takes the writer lease (waiting up to its TTL when a
+    /// previous holder stopped without releasing it). Then reads the wattledger events of
+    /// `$all` once to build the index, and follows `$all` with a catch-up subscription.
+    pub async fn open(url: &str, access: Access) -> Result<Arc<Self>, StoreError> {
+        let cfg = parse_url(url)?;
+        let client = Client::new(cfg.settings.clone())
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        let write = access == Access::Write;
+        let lease = if write {
+            let stream = kdb_stream(&cfg.prefix, LEASE_STREAM_SUFFIX);
+            Some(acquire(&client, stream, cfg.lease_ttl).await.map_err(|e| match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", redact_url(url))),
+                e => e,
+            })?)
+        } else {
+            None
+        };
+        let (head_tx, head_rx) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            prefix: cfg.prefix.clone(),
+            index: std::sync::Mutex::new(Index::new(write)),
+            head_tx,
+            scan: tokio::sync::Mutex::new(()),
+        });
+        match shared.catch_up(write).await {
+            Ok(()) => {}
+            // A reader opens a damaged log (the audit reports it); a writer must not extend it.
+            Err(StoreError::Corrupt(m)) if !write => tracing::error!("{m}"),
+            Err(e) => return Err(e),
+        }
+        let failures = Arc::new(AtomicU64::new(0));
+        let mut tasks = vec![tokio::spawn(follow(shared.clone()))];
+        let (queue, writer) = match lease {
+            Some(lease) => {
+                tasks.push(tokio::spawn(renew(client, lease.clone())));
+                let (queue, rx) = WriterQueue::new();
+                let w = Writer {
+                    shared: shared.clone(),
+                    lease,
+                    failures: failures.clone(),
+                    in_doubt: None,
+                };
+                (queue, Some(tokio::spawn(w.run(rx))))
+            }
+            None => (WriterQueue::closed(), None),
+        };
+        Ok(Arc::new(Self {
+            shared,
+            queue,
+            head_rx,
+            failures,
+            writer: std::sync::Mutex::new(writer),
+            tasks,
+        }))
+    }
+}
+
+#[async_trait]
+impl EventStore for KurrentStore {
+    fn append(&self, batch: AppendBatch) -> AppendTicket {
+        if !self.queue.has_writer() {
+            return AppendTicket::refused(StoreError::Invalid("the store is open read-only".into()));
+        }
+        self.queue.append(batch)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.shared.read_stream(stream, from_version, limit, false).await
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.shared.read_all(after_position, limit).await
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        if self.queue.has_writer() {
+            return self.queue.head().await;
+        }
+        self.shared.catch_up(false).await?;
+        let idx = self.shared.index();
+        Ok(Head {
+            position: idx.head,
+            hash: idx.head_hash.clone(),
+        })
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    async fn shutdown(&self) {
+        self.queue.close();
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for KurrentStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn ev(data: &str) -> EventToAppend {
+        EventToAppend {
+            event_id: Uuid::new_v4(),
+            event_type: "EnergyConsumed".into(),
+            schema_version: 1,
+            recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap() + chrono::Duration::milliseconds(123),
+            data: data.into(),
+        }
+    }
+
+    fn batch(stream: &str, events: Vec<EventToAppend>) -> AppendBatch {
+        AppendBatch {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events,
+            fence: None,
+        }
+    }
+
+    fn pos(c: u64) -> Position {
+        Position { commit: c, prepare: c }
+    }
+
+    #[test]
+    fn a_record_survives_the_trip_through_kurrentdb_byte_for_byte() {
+        let b = batch(
+            "meter-rack-a1",
+            vec![ev(r#"{"a":"é \"q\"","n":1}"#), ev(r#"{ "spaced" : [1, 2] }"#)],
+        );
+        let records = stage(&b, 4, 41, GENESIS_HASH);
+        for r in &records {
+            let (id, ty, data, meta) = encode(r);
+            assert_eq!(String::from_utf8(data.clone()).unwrap(), r.data, "data is sent as given");
+            let stream = kdb_stream("wl-", &r.stream);
+            assert_eq!(stream, "wl-meter-rack-a1");
+            let back = decode("wl-", &stream, id, r.version - 1, &ty, &data, &meta)
+                .unwrap()
+                .unwrap();
+            assert_eq!(&back, r);
+            assert_eq!(back.hash, back.expected_hash(), "the chain survives the mapping");
+        }
+        let m: serde_json::Value = serde_json::from_slice(&encode(&records[1]).3).unwrap();
+        assert_eq!(m["position"], 43);
+        assert_eq!(m["prev_hash"].as_str(), Some(records[0].hash.as_str()));
+        assert_eq!(m["recorded_at"], "2026-11-02T20:00:00.123Z");
+        assert_eq!(m["schema_version"], 1);
+        assert_eq!(m["wattledger"], META_FORMAT);
+        assert!(m.get("version").is_none(), "the version is the revision, not a copy of it");
+    }
+
+    #[test]
+    fn foreign_and_damaged_events_are_told_apart() {
+        let r = &stage(&batch("s", vec![ev("{}")]), 0, 0, GENESIS_HASH)[0];
+        let (id, ty, data, meta) = encode(r);
+        // Another application's stream, the lease stream, a system stream: not ours.
+        for s in ["orders-1", "wl-writer$lease", "$stats-127.0.0.1:2113", "wl-"] {
+            assert_eq!(decode("wl-", s, id, 0, &ty, &data, &meta).unwrap(), None, "{s}");
+        }
+        // Ours, but its metadata is not wattledger's, or its data not UTF-8: damage.
+        for (d, m) in [
+            (&data[..], &b"{}"[..]),
+            (&data[..], &br#"{"wattledger":2,"position":1,"schema_version":1,"recorded_at":"2026-01-01T00:00:00Z","hash":"","prev_hash":""}"#[..]),
+            (&b"\xff"[..], &meta[..]),
+        ] {
+            let e = decode("wl-", "wl-s", id, 0, &ty, d, m).unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt(ref m) if m.contains("wl-s")), "{e}");
+        }
+        // Tampering shows in the chain: the record decodes, its hash no longer matches.
+        let tampered = decode("wl-", "wl-s", id, 0, &ty, br#"{"x":1}"#, &meta).unwrap().unwrap();
+        assert_ne!(tampered.hash, tampered.expected_hash());
+        // Moved to another revision: the version (and so the hash) changes.
+        let moved = decode("wl-", "wl-s", id, 5, &ty, &data, &meta).unwrap().unwrap();
+        assert_eq!(moved.version, 6);
+        assert_ne!(moved.hash, moved.expected_hash());
+    }
+
+    #[test]
+    fn the_filter_keeps_exactly_the_prefix_streams() {
+        assert_eq!(stream_regex("wl."), r"^wl\.[^$]+$");
+        assert_eq!(stream_regex(""), r"^[^$]+$");
+        assert!(check_stream("meter-rack-a1").is_ok());
+        for bad in ["", "a$b", &"x".repeat(501)] {
+            assert!(matches!(check_stream(bad), Err(StoreError::Invalid(_))));
+        }
+        assert_eq!(wattledger_stream("wl-", "wl-site-x"), Some("site-x"));
+        assert_eq!(wattledger_stream("wl-", "wl-writer$lease"), None);
+        assert_eq!(wattledger_stream("", "site-x"), Some("site-x"));
+    }
+
+    #[test]
+    fn revisions_and_versions() {
+        assert_eq!(version_of(0), 1);
+        assert_eq!((revision_of(0), revision_of(1), revision_of(7)), (0, 0, 6));
+        assert_eq!(expected_state(0), StreamState::NoStream);
+        assert_eq!(expected_state(1), StreamState::StreamRevision(0));
+        assert_eq!(expected_state(42), StreamState::StreamRevision(41));
+        assert_eq!(current_version(CurrentRevision::NoStream), 0);
+        assert_eq!(current_version(CurrentRevision::Current(0)), 1);
+        assert_eq!(current_version(CurrentRevision::Current(9)), 10);
+        // The expectation sent for a stream at version v is exactly what the server reports
+        // back as current when it is at v.
+        for v in [0, 1, 2, 1000] {
+            let back = match expected_state(v) {
+                StreamState::NoStream => CurrentRevision::NoStream,
+                StreamState::StreamRevision(r) => CurrentRevision::Current(r),
+                s => panic!("{s:?}"),
+            };
+            assert_eq!(current_version(back), v);
+        }
+    }
+
+    #[test]
+    fn staging_continues_the_chain_and_the_stream() {
+        let b = batch("s", vec![ev("{}"), ev(r#"{"a":1}"#), ev("[]")]);
+        let rs = stage(&b, 7, 100, &"a".repeat(64));
+        assert_eq!(
+            rs.iter().map(|r| (r.position, r.version)).collect::<Vec<_>>(),
+            vec![(101, 8), (102, 9), (103, 10)]
+        );
+        assert_eq!(rs[0].prev_hash, "a".repeat(64));
+        for w in rs.windows(2) {
+            assert_eq!(w[1].prev_hash, w[0].hash);
+        }
+        for r in &rs {
+            assert_eq!(r.hash, r.expected_hash());
+        }
+    }
+
+    #[test]
+    fn a_wrong_expected_version_is_a_duplicate_only_when_the_batch_is_there() {
+        let mine = vec![ev(r#"{"a":1}"#), ev(r#"{"a":2}"#)];
+        let recorded = stage(&batch("s", mine.clone()), 3, 10, GENESIS_HASH);
+        // Our earlier append landed (a retry after a lost answer): the original result.
+        let mut later = mine.clone();
+        later[0].recorded_at += chrono::Duration::milliseconds(5);
+        assert_eq!(
+            decide_wrong_version(&later, &recorded),
+            WrongVersion::Duplicate(vec![(11, 4), (12, 5)])
+        );
+        // The tail is longer than the batch (more was appended after it): still a duplicate.
+        let mut longer = recorded.clone();
+        longer.extend(stage(&batch("s", vec![ev("{}")]), 5, 12, &recorded[1].hash));
+        assert!(matches!(decide_wrong_version(&mine, &longer), WrongVersion::Duplicate(_)));
+        // Someone else's events: a real conflict.
+        let other = stage(&batch("s", vec![ev("{}")]), 3, 10, GENESIS_HASH);
+        assert_eq!(decide_wrong_version(&mine, &other), WrongVersion::Conflict);
+        assert_eq!(decide_wrong_version(&mine, &[]), WrongVersion::Conflict);
+        // Same id, other content: the id is taken.
+        let mut changed = mine.clone();
+        changed[1].data = r#"{"a":99}"#.into();
+        assert_eq!(
+            decide_wrong_version(&changed, &recorded),
+            WrongVersion::DuplicateEventId(mine[1].event_id)
+        );
+        let mut retyped = mine.clone();
+        retyped[0].event_type = "Other".into();
+        assert_eq!(
+            decide_wrong_version(&retyped, &recorded),
+            WrongVersion::DuplicateEventId(mine[0].event_id)
+        );
+        // Only part of the batch is there (or in another order): the ids are taken.
+        let part = stage(&batch("s", vec![mine[0].clone()]), 3, 10, GENESIS_HASH);
+        assert_eq!(
+            decide_wrong_version(&mine, &part),
+            WrongVersion::DuplicateEventId(mine[1].event_id)
+        );
+        let swapped = vec![mine[1].clone(), mine[0].clone()];
+        assert!(matches!(
+            decide_wrong_version(&swapped, &recorded),
+            WrongVersion::DuplicateEventId(_)
+        ));
+    }
+
+    #[test]
+    fn the_subscription_resumes_after_the_last_event_applied() {
+        assert_eq!(resume_from(None), StreamPosition::Start);
+        assert_eq!(resume_from(Some(pos(42))), StreamPosition::Position(pos(42)));
+        // The boundary: the last applied event itself is not taken again.
+        assert!(is_after(None, pos(0)));
+        assert!(!is_after(Some(pos(42)), pos(42)));
+        assert!(!is_after(Some(pos(42)), pos(41)));
+        assert!(is_after(Some(pos(42)), pos(43)));
+        assert!(is_after(
+            Some(Position { commit: 42, prepare: 40 }),
+            Position { commit: 42, prepare: 41 }
+        ));
+    }
+
+    #[test]
+    fn the_index_ranks_events_and_refuses_a_broken_log() {
+        let rs = stage(&batch("s", vec![ev("{}"), ev("{}"), ev("{}")]), 0, 0, GENESIS_HASH);
+        // A reader: every event is seen once, in order; a redelivery changes nothing.
+        let mut idx = Index::new(false);
+        idx.observe(pos(10), &rs[0]);
+        idx.observe(pos(10), &rs[0]);
+        idx.observe(pos(20), &rs[1]);
+        assert_eq!((idx.ranks.len(), idx.head, idx.broken.clone()), (2, 2, None));
+        assert_eq!(idx.last(), Some(pos(20)));
+        assert_eq!(idx.head_hash, rs[1].hash);
+        // A writer counts its own appends before it sees them come back.
+        let mut w = Index::new(true);
+        w.apply_own(&rs[..2]);
+        assert_eq!((w.head, w.ranks.len(), w.version("s")), (2, 0, 2));
+        w.observe(pos(10), &rs[0]);
+        w.observe(pos(20), &rs[1]);
+        w.observe(pos(30), &rs[2]);
+        w.apply_own(&rs[2..]);
+        assert_eq!((w.head, w.ranks.len(), w.version("s"), w.broken.clone()), (3, 3, 3, None));
+        assert_eq!(w.ids.get(&rs[2].event_id), Some(&3));
+        // A second claim of position 2 (another writer): the index stops and says why.
+        let mut fork = Index::new(false);
+        fork.observe(pos(10), &rs[0]);
+        let other = stage(&batch("t", vec![ev("{}")]), 0, 1, &rs[0].hash);
+        fork.observe(pos(20), &other[0]);
+        fork.observe(pos(30), &rs[1]);
+        assert!(fork.broken.as_deref().unwrap().contains("carries position 2"));
+        assert_eq!(fork.head, 2);
+        // A chain that does not continue.
+        let mut gap = Index::new(false);
+        gap.observe(pos(10), &rs[0]);
+        let mut bad = rs[1].clone();
+        bad.prev_hash = "f".repeat(64);
+        gap.observe(pos(20), &bad);
+        assert!(gap.broken.as_deref().unwrap().contains("chain"));
+    }
+
+    #[test]
+    fn the_lease_is_taken_over_only_after_it_stayed_unrenewed_for_its_ttl() {
+        let ttl = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let holder = Uuid::new_v4();
+        let held = |rev| (rev, LeaseRecord { holder, ttl_ms: 10_000, released: false });
+        let mut seen = None;
+        assert_eq!(lease_step(None, &mut seen, t0, ttl), LeaseStep::Take(StreamState::NoStream));
+        let released = (4, LeaseRecord { holder, ttl_ms: 10_000, released: true });
+        assert_eq!(
+            lease_step(Some(&released), &mut seen, t0, ttl),
+            LeaseStep::Take(StreamState::StreamRevision(4))
+        );
+        // Held: watch it for a TTL.
+        assert_eq!(lease_step(Some(&held(7)), &mut seen, t0, ttl), LeaseStep::Wait);
+        assert_eq!(
+            lease_step(Some(&held(7)), &mut seen, t0 + Duration::from_secs(9), ttl),
+            LeaseStep::Wait
+        );
+        assert_eq!(
+            lease_step(Some(&held(7)), &mut seen, t0 + ttl, ttl),
+            LeaseStep::Take(StreamState::StreamRevision(7))
+        );
+        // Renewed while we watch: a live holder.
+        let mut seen = None;
+        assert_eq!(lease_step(Some(&held(7)), &mut seen, t0, ttl), LeaseStep::Wait);
+        assert_eq!(
+            lease_step(Some(&held(8)), &mut seen, t0 + Duration::from_secs(3), ttl),
+            LeaseStep::Refuse(holder)
+        );
+        // The holder's longer TTL is respected.
+        let long = (1, LeaseRecord { holder, ttl_ms: 60_000, released: false });
+        let mut seen = None;
+        lease_step(Some(&long), &mut seen, t0, ttl);
+        assert_eq!(
+            lease_step(Some(&long), &mut seen, t0 + Duration::from_secs(30), ttl),
+            LeaseStep::Wait
+        );
+    }
+
+    #[test]
+    fn urls_are_parsed_and_errors_hide_the_password() {
+        let c = parse_url("kurrentdb://admin:changeit@localhost:2113?tls=false").unwrap();
+        assert_eq!((c.prefix.as_str(), c.lease_ttl), (STREAM_PREFIX_DEFAULT, Duration::from_secs(10)));
+        let c = parse_url(
+            "esdb+discover://admin:changeit@cluster.example:2113?nodePreference=leader&streamPrefix=ledger.eu-&leaseTtlMs=3000",
+        )
+        .unwrap();
+        assert_eq!((c.prefix.as_str(), c.lease_ttl), ("ledger.eu-", Duration::from_secs(3)));
+        assert!(parse_url("kurrentdb://n1:2113,n2:2113,n3:2113?tls=true&tlsVerifyCert=true").is_ok());
+        assert!(parse_url("kurrentdb://h?streamprefix=").unwrap().prefix.is_empty());
+        for (url, says) in [
+            ("kurrentdb://u:s3cret@h?streamPrefix=a$b", "streamPrefix"),
+            ("kurrentdb://u:s3cret@h?leaseTtlMs=10", "leaseTtlMs"),
+            ("kurrentdb://u:s3cret@h?nodePreference=nearest", "not a KurrentDB connection string"),
+            ("kurrentdb://u:s3cret@h/some/path", "not a KurrentDB connection string"),
+        ] {
+            let e = parse_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
+    }
+}
