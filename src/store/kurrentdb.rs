@@ -92,9 +92,7 @@ pub fn parse_url(url: &str) -> Result<Config, StoreError> {
                     .parse()
                     .ok()
                     .filter(|n| (LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(n))
-                    .ok_or_else(|| {
-                        invalid(format!("leaseTtlMs must be {LEASE_TTL_MS_MIN} to {LEASE_TTL_MS_MAX}"))
-                    })?;
+                    .ok_or_else(|| invalid(format!("leaseTtlMs must be {LEASE_TTL_MS_MIN} to {LEASE_TTL_MS_MAX}")))?;
             }
             _ => kept.push(kv),
         }
@@ -218,7 +216,8 @@ pub fn decode(
     if meta.wattledger != META_FORMAT {
         return Err(bad(format!("unknown metadata format {}", meta.wattledger)));
     }
-    let recorded_at = crate::domain::time::parse_time(&meta.recorded_at).map_err(|e| bad(format!("recorded_at: {e}")))?;
+    let recorded_at =
+        crate::domain::time::parse_time(&meta.recorded_at).map_err(|e| bad(format!("recorded_at: {e}")))?;
     let data = String::from_utf8(data.to_vec()).map_err(|_| bad("data is not UTF-8".into()))?;
     Ok(Some(RecordedEvent {
         position: meta.position,
@@ -352,7 +351,7 @@ pub fn stage(batch: &AppendBatch, current: u64, head: u64, head_hash: &str) -> V
                 &e.recorded_at,
                 &e.data,
             );
-            let r = RecordedEvent {
+            RecordedEvent {
                 position,
                 stream: batch.stream.clone(),
                 version,
@@ -363,8 +362,7 @@ pub fn stage(batch: &AppendBatch, current: u64, head: u64, head_hash: &str) -> V
                 data: e.data.clone(),
                 hash: hash.clone(),
                 prev_hash: std::mem::replace(&mut prev, hash),
-            };
-            r
+            }
         })
         .collect()
 }
@@ -686,9 +684,9 @@ impl Shared {
 
 fn read_error(stream: &str, e: ::kurrentdb::Error) -> StoreError {
     match e {
-        ::kurrentdb::Error::ResourceDeleted => {
-            StoreError::Corrupt(format!("stream {stream} was deleted in KurrentDB; the log has lost events"))
-        }
+        ::kurrentdb::Error::ResourceDeleted => StoreError::Corrupt(format!(
+            "stream {stream} was deleted in KurrentDB; the log has lost events"
+        )),
         e => unavailable(e),
     }
 }
@@ -795,8 +793,9 @@ async fn last_lease(client: &Client, stream: &str) -> Result<Option<(u64, LeaseR
     match s.next().await {
         Ok(Some(e)) => {
             let e = e.get_original_event();
-            let rec: LeaseRecord = serde_json::from_slice(&e.data)
-                .map_err(|err| StoreError::Corrupt(format!("the lease stream {stream} holds a foreign event: {err}")))?;
+            let rec: LeaseRecord = serde_json::from_slice(&e.data).map_err(|err| {
+                StoreError::Corrupt(format!("the lease stream {stream} holds a foreign event: {err}"))
+            })?;
             Ok(Some((e.revision, rec)))
         }
         Ok(None) | Err(::kurrentdb::Error::ResourceNotFound) => Ok(None),
@@ -849,6 +848,19 @@ async fn acquire(client: &Client, stream: String, ttl: Duration) -> Result<Arc<L
                 )));
             }
         }
+    }
+}
+
+/// Hands the lease over at once (a clean stop).
+async fn release(client: &Client, lease: &Lease) {
+    let revision = lease.state.lock().expect("lease lock").revision;
+    let opts = AppendToStreamOptions::default()
+        .stream_state(StreamState::StreamRevision(revision))
+        .deadline(lease.append_deadline());
+    if let Ok(ev) = lease.record(true)
+        && let Err(e) = client.append_to_stream(lease.stream.as_str(), &opts, ev).await
+    {
+        tracing::warn!(error = %e, "cannot release the writer lease; the next writer waits for it to expire");
     }
 }
 
@@ -927,17 +939,7 @@ impl Writer {
         // Drained. Release the lease only when nothing is in doubt; otherwise let it expire,
         // so that the next writer waits until anything in flight has landed.
         if self.in_doubt.is_none() && self.lease.check().is_ok() {
-            let revision = self.lease.state.lock().expect("lease lock").revision;
-            let opts = AppendToStreamOptions::default()
-                .stream_state(StreamState::StreamRevision(revision))
-                .deadline(self.lease.append_deadline());
-            if let Ok(ev) = self.lease.record(true) {
-                let _ = self
-                    .shared
-                    .client
-                    .append_to_stream(self.lease.stream.as_str(), &opts, ev)
-                    .await;
-            }
+            release(&self.shared.client, &self.lease).await;
         }
     }
 
@@ -1146,6 +1148,7 @@ impl Writer {
 
 pub struct KurrentStore {
     shared: Arc<Shared>,
+    write: bool,
     queue: WriterQueue,
     head_rx: watch::Receiver<u64>,
     failures: Arc<AtomicU64>,
@@ -1183,7 +1186,12 @@ impl KurrentStore {
             Ok(()) => {}
             // A reader opens a damaged log (the audit reports it); a writer must not extend it.
             Err(StoreError::Corrupt(m)) if !write => tracing::error!("{m}"),
-            Err(e) => return Err(e),
+            Err(e) => {
+                if let Some(lease) = &lease {
+                    release(&client, lease).await;
+                }
+                return Err(e);
+            }
         }
         let failures = Arc::new(AtomicU64::new(0));
         let mut tasks = vec![tokio::spawn(follow(shared.clone()))];
@@ -1203,6 +1211,7 @@ impl KurrentStore {
         };
         Ok(Arc::new(Self {
             shared,
+            write,
             queue,
             head_rx,
             failures,
@@ -1215,7 +1224,7 @@ impl KurrentStore {
 #[async_trait]
 impl EventStore for KurrentStore {
     fn append(&self, batch: AppendBatch) -> AppendTicket {
-        if !self.queue.has_writer() {
+        if !self.write {
             return AppendTicket::refused(StoreError::Invalid("the store is open read-only".into()));
         }
         self.queue.append(batch)
@@ -1235,7 +1244,7 @@ impl EventStore for KurrentStore {
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
-        if self.queue.has_writer() {
+        if self.write {
             return self.queue.head().await;
         }
         self.shared.catch_up(false).await?;
@@ -1311,7 +1320,11 @@ mod tests {
         let records = stage(&b, 4, 41, GENESIS_HASH);
         for r in &records {
             let (id, ty, data, meta) = encode(r);
-            assert_eq!(String::from_utf8(data.clone()).unwrap(), r.data, "data is sent as given");
+            assert_eq!(
+                String::from_utf8(data.clone()).unwrap(),
+                r.data,
+                "data is sent as given"
+            );
             let stream = kdb_stream("wl-", &r.stream);
             assert_eq!(stream, "wl-meter-rack-a1");
             let back = decode("wl-", &stream, id, r.version - 1, &ty, &data, &meta)
@@ -1326,7 +1339,10 @@ mod tests {
         assert_eq!(m["recorded_at"], "2026-11-02T20:00:00.123Z");
         assert_eq!(m["schema_version"], 1);
         assert_eq!(m["wattledger"], META_FORMAT);
-        assert!(m.get("version").is_none(), "the version is the revision, not a copy of it");
+        assert!(
+            m.get("version").is_none(),
+            "the version is the revision, not a copy of it"
+        );
     }
 
     #[test]
@@ -1347,7 +1363,9 @@ mod tests {
             assert!(matches!(e, StoreError::Corrupt(ref m) if m.contains("wl-s")), "{e}");
         }
         // Tampering shows in the chain: the record decodes, its hash no longer matches.
-        let tampered = decode("wl-", "wl-s", id, 0, &ty, br#"{"x":1}"#, &meta).unwrap().unwrap();
+        let tampered = decode("wl-", "wl-s", id, 0, &ty, br#"{"x":1}"#, &meta)
+            .unwrap()
+            .unwrap();
         assert_ne!(tampered.hash, tampered.expected_hash());
         // Moved to another revision: the version (and so the hash) changes.
         let moved = decode("wl-", "wl-s", id, 5, &ty, &data, &meta).unwrap().unwrap();
@@ -1421,7 +1439,10 @@ mod tests {
         // The tail is longer than the batch (more was appended after it): still a duplicate.
         let mut longer = recorded.clone();
         longer.extend(stage(&batch("s", vec![ev("{}")]), 5, 12, &recorded[1].hash));
-        assert!(matches!(decide_wrong_version(&mine, &longer), WrongVersion::Duplicate(_)));
+        assert!(matches!(
+            decide_wrong_version(&mine, &longer),
+            WrongVersion::Duplicate(_)
+        ));
         // Someone else's events: a real conflict.
         let other = stage(&batch("s", vec![ev("{}")]), 3, 10, GENESIS_HASH);
         assert_eq!(decide_wrong_version(&mine, &other), WrongVersion::Conflict);
@@ -1439,11 +1460,11 @@ mod tests {
             decide_wrong_version(&retyped, &recorded),
             WrongVersion::DuplicateEventId(mine[0].event_id)
         );
-        // Only part of the batch is there (or in another order): the ids are taken.
+        // Only part of the batch is there (or in another order): the recorded id is taken.
         let part = stage(&batch("s", vec![mine[0].clone()]), 3, 10, GENESIS_HASH);
         assert_eq!(
             decide_wrong_version(&mine, &part),
-            WrongVersion::DuplicateEventId(mine[1].event_id)
+            WrongVersion::DuplicateEventId(mine[0].event_id)
         );
         let swapped = vec![mine[1].clone(), mine[0].clone()];
         assert!(matches!(
@@ -1462,8 +1483,14 @@ mod tests {
         assert!(!is_after(Some(pos(42)), pos(41)));
         assert!(is_after(Some(pos(42)), pos(43)));
         assert!(is_after(
-            Some(Position { commit: 42, prepare: 40 }),
-            Position { commit: 42, prepare: 41 }
+            Some(Position {
+                commit: 42,
+                prepare: 40
+            }),
+            Position {
+                commit: 42,
+                prepare: 41
+            }
         ));
     }
 
@@ -1486,7 +1513,10 @@ mod tests {
         w.observe(pos(20), &rs[1]);
         w.observe(pos(30), &rs[2]);
         w.apply_own(&rs[2..]);
-        assert_eq!((w.head, w.ranks.len(), w.version("s"), w.broken.clone()), (3, 3, 3, None));
+        assert_eq!(
+            (w.head, w.ranks.len(), w.version("s"), w.broken.clone()),
+            (3, 3, 3, None)
+        );
         assert_eq!(w.ids.get(&rs[2].event_id), Some(&3));
         // A second claim of position 2 (another writer): the index stops and says why.
         let mut fork = Index::new(false);
@@ -1510,10 +1540,29 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let t0 = Instant::now();
         let holder = Uuid::new_v4();
-        let held = |rev| (rev, LeaseRecord { holder, ttl_ms: 10_000, released: false });
+        let held = |rev| {
+            (
+                rev,
+                LeaseRecord {
+                    holder,
+                    ttl_ms: 10_000,
+                    released: false,
+                },
+            )
+        };
         let mut seen = None;
-        assert_eq!(lease_step(None, &mut seen, t0, ttl), LeaseStep::Take(StreamState::NoStream));
-        let released = (4, LeaseRecord { holder, ttl_ms: 10_000, released: true });
+        assert_eq!(
+            lease_step(None, &mut seen, t0, ttl),
+            LeaseStep::Take(StreamState::NoStream)
+        );
+        let released = (
+            4,
+            LeaseRecord {
+                holder,
+                ttl_ms: 10_000,
+                released: true,
+            },
+        );
         assert_eq!(
             lease_step(Some(&released), &mut seen, t0, ttl),
             LeaseStep::Take(StreamState::StreamRevision(4))
@@ -1536,7 +1585,14 @@ mod tests {
             LeaseStep::Refuse(holder)
         );
         // The holder's longer TTL is respected.
-        let long = (1, LeaseRecord { holder, ttl_ms: 60_000, released: false });
+        let long = (
+            1,
+            LeaseRecord {
+                holder,
+                ttl_ms: 60_000,
+                released: false,
+            },
+        );
         let mut seen = None;
         lease_step(Some(&long), &mut seen, t0, ttl);
         assert_eq!(
@@ -1548,7 +1604,10 @@ mod tests {
     #[test]
     fn urls_are_parsed_and_errors_hide_the_password() {
         let c = parse_url("kurrentdb://admin:changeit@localhost:2113?tls=false").unwrap();
-        assert_eq!((c.prefix.as_str(), c.lease_ttl), (STREAM_PREFIX_DEFAULT, Duration::from_secs(10)));
+        assert_eq!(
+            (c.prefix.as_str(), c.lease_ttl),
+            (STREAM_PREFIX_DEFAULT, Duration::from_secs(10))
+        );
         let c = parse_url(
             "esdb+discover://admin:changeit@cluster.example:2113?nodePreference=leader&streamPrefix=ledger.eu-&leaseTtlMs=3000",
         )
@@ -1559,7 +1618,10 @@ mod tests {
         for (url, says) in [
             ("kurrentdb://u:s3cret@h?streamPrefix=a$b", "streamPrefix"),
             ("kurrentdb://u:s3cret@h?leaseTtlMs=10", "leaseTtlMs"),
-            ("kurrentdb://u:s3cret@h?nodePreference=nearest", "not a KurrentDB connection string"),
+            (
+                "kurrentdb://u:s3cret@h?nodePreference=nearest",
+                "not a KurrentDB connection string",
+            ),
             ("kurrentdb://u:s3cret@h/some/path", "not a KurrentDB connection string"),
         ] {
             let e = parse_url(url).unwrap_err().to_string();

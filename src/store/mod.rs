@@ -425,3 +425,37 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kurrentdb_urls_are_recognised() {
+        for u in [
+            "kurrentdb://h:2113",
+            "kurrentdb+discover://h",
+            "esdb://a:b@h",
+            "esdb+discover://h",
+        ] {
+            assert!(is_kurrentdb_url(u), "{u}");
+        }
+        for u in ["sqlite://x", "postgres://h/db", "kurrent://h", "data/x.db"] {
+            assert!(!is_kurrentdb_url(u), "{u}");
+        }
+    }
+
+    /// Without the feature, a KurrentDB URL says how to get a binary that takes it.
+    #[cfg(not(feature = "kurrentdb"))]
+    #[tokio::test]
+    async fn without_the_feature_a_kurrentdb_url_says_so() {
+        for u in ["kurrentdb://admin:s3cret@h:2113", "esdb+discover://h"] {
+            let e = match open(u, Access::Read).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{u} needs the kurrentdb feature"),
+            };
+            assert!(e.contains("built without the `kurrentdb` feature"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+}
