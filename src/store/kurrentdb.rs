@@ -583,8 +583,13 @@ impl Shared {
                 if !is_after(last, e.position) {
                     continue;
                 }
-                if let Some(r) = decode_event(&self.prefix, e)? {
-                    self.observe(e.position, &r);
+                match decode_event(&self.prefix, e) {
+                    Ok(Some(r)) => self.observe(e.position, &r),
+                    Ok(None) => {}
+                    Err(err) => {
+                        self.index().broken.get_or_insert_with(|| err.to_string());
+                        return Err(err);
+                    }
                 }
             }
             if let Some(why) = &self.index().broken {
@@ -709,10 +714,7 @@ async fn follow(shared: Arc<Shared>) {
                         Ok(None) => {}
                         Err(err) => {
                             tracing::error!(error = %err, "an event in $all is not a wattledger record");
-                            let mut idx = shared.index();
-                            if idx.broken.is_none() {
-                                idx.broken = Some(err.to_string());
-                            }
+                            shared.index().broken.get_or_insert_with(|| err.to_string());
                         }
                     }
                 }
@@ -1190,7 +1192,10 @@ impl KurrentStore {
                 if let Some(lease) = &lease {
                     release(&client, lease).await;
                 }
-                return Err(e);
+                return Err(match e {
+                    StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", redact_url(url))),
+                    e => e,
+                });
             }
         }
         let failures = Arc::new(AtomicU64::new(0));
