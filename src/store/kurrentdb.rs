@@ -869,10 +869,13 @@ async fn release(client: &Client, lease: &Lease) {
 /// Renews the lease every third of its TTL; a renewal refused as a wrong expected version
 /// means another process took it over: this one stops appending.
 async fn renew(client: Client, lease: Arc<Lease>) {
+    let mut next = tokio::time::Instant::now() + lease.ttl / 3;
     loop {
-        tokio::time::sleep(lease.ttl / 3).await;
+        tokio::time::sleep_until(next).await;
         let revision = lease.state.lock().expect("lease lock").revision;
         let sent = Instant::now();
+        // Renewals are spaced from when the previous one was sent, however long it took.
+        next = tokio::time::Instant::now() + lease.ttl / 3;
         let opts = AppendToStreamOptions::default()
             .stream_state(StreamState::StreamRevision(revision))
             .deadline(lease.append_deadline());
@@ -973,13 +976,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends one batch. A batch refused for a reason other than its own content (the store
+    /// cannot append now) counts as a failure, so that what was decided on top of it is
+    /// fenced too (see [`AppendBatch::fence`]).
     async fn append(&mut self, batch: AppendBatch) -> Result<Appended, StoreError> {
-        self.settle().await?;
+        if let Err(e) = self.settle().await {
+            self.fail();
+            return Err(e);
+        }
         if batch.fence.is_some_and(|f| f != self.failures.load(Ordering::SeqCst)) {
             return Err(StoreError::Unavailable(
                 "decided before an earlier append failed; retry".into(),
             ));
         }
+        let before = self.failures.load(Ordering::SeqCst);
+        let r = self.append_checked(batch).await;
+        if matches!(r, Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)))
+            && self.failures.load(Ordering::SeqCst) == before
+        {
+            self.fail();
+        }
+        r
+    }
+
+    async fn append_checked(&mut self, batch: AppendBatch) -> Result<Appended, StoreError> {
         check_stream(&batch.stream)?;
         let mut seen = HashSet::new();
         for e in &batch.events {
