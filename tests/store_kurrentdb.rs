@@ -1,6 +1,9 @@
-//! The store contract on KurrentDB / EventStoreDB (feature `kurrentdb`), plus what only a live
-//! server shows: the subscription's start boundary, a reader following the writer, the
-//! writer lease, and a wrong expected version resolved from the stream's tail.
+//! The store contract on KurrentDB / EventStoreDB (feature `kurrentdb`), twice: against a live
+//! server, and against `FakeServer`, an in-memory stand-in with the semantics the store relies
+//! on (see its documentation). Plus, on both: the subscription's start boundary (live only), a
+//! reader following the writer, the writer lease, a wrong expected version resolved from the
+//! stream's tail; and on the fake only, the faults a live server cannot be made to produce on
+//! demand (a lost answer, a failed leader, a dropped subscription, a forked log).
 //!
 //! Every test that needs a server reads `WATTLEDGER_TEST_KURRENTDB_URL` (for example
 //! `kurrentdb://admin:changeit@127.0.0.1:2113?tls=false`) and skips, saying so, without it.
@@ -12,7 +15,10 @@ mod contract;
 
 use std::sync::Arc;
 use std::time::Duration;
-use wattledger::store::kurrentdb::{KurrentStore, encode, kdb_stream, stage, stream_regex};
+use wattledger::store::kurrentdb::fake::{FakeServer, Fault};
+use wattledger::store::kurrentdb::{
+    KurrentStore, LEASE_STREAM_SUFFIX, NewEvent, Server, encode, kdb_stream, stage, stream_regex,
+};
 use wattledger::store::{Access, EventStore, ExpectedVersion, GENESIS_HASH, StoreError};
 
 fn base_url(test: &str) -> Option<String> {
@@ -305,4 +311,361 @@ async fn bad_urls_and_unreachable_servers_are_clear_errors() {
         .expect("nothing listens on port 1");
     assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
     assert!(!e.to_string().contains("s3cret"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// On the fake server: always run
+// ---------------------------------------------------------------------------------------
+
+const TTL: Duration = Duration::from_millis(1_000);
+
+async fn on_fake(server: &Arc<FakeServer>, access: Access) -> Arc<KurrentStore> {
+    KurrentStore::open_with(server.clone(), "wl-", TTL, access)
+        .await
+        .unwrap()
+}
+
+mod fake_server {
+    use super::*;
+
+    async fn fresh_fake() -> Option<Arc<dyn EventStore>> {
+        let s: Arc<dyn EventStore> = on_fake(&FakeServer::new(), Access::Write).await;
+        Some(s)
+    }
+
+    contract_suite!(fresh_fake);
+}
+
+/// The answer to an append is lost, then the leader fails twice: the caller gets "may or may
+/// not be recorded", the failure is counted, and the next append first resolves that batch
+/// (recorded after all: counted again, so what was decided in between is fenced) before taking
+/// the next position. With or without the server's own de-duplication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_an_append_without_answer_holds_its_position_until_resolved() {
+    for dedup in [true, false] {
+        let server = FakeServer::new();
+        server.dedup.store(dedup, std::sync::atomic::Ordering::SeqCst);
+        let store = on_fake(&server, Access::Write).await;
+        server.script(&[Fault::LoseAnswer, Fault::Fail, Fault::Fail]);
+        let lost = contract::ev(r#"{"lost":1}"#);
+        let e = store
+            .append(contract::batch("a", ExpectedVersion::NoStream, vec![lost.clone()]))
+            .wait()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(ref m) if m.contains("may or may not")),
+            "{e}"
+        );
+        assert_eq!(store.failures(), 1);
+        // Decided before the failure was known: fenced, and the lost batch is resolved first.
+        let e = store
+            .append(wattledger::store::AppendBatch {
+                fence: Some(1),
+                ..contract::batch("b", ExpectedVersion::NoStream, vec![contract::ev("{}")])
+            })
+            .wait()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(ref m) if m.contains("decided before")),
+            "{e}"
+        );
+        assert_eq!(store.failures(), 2, "recorded after all: counted again");
+        let next = store
+            .append(wattledger::store::AppendBatch {
+                fence: Some(2),
+                ..contract::batch("b", ExpectedVersion::NoStream, vec![contract::ev("{}")])
+            })
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(next.recorded, vec![(2, 1)]);
+        // The client's retry of the lost one is recognised.
+        let again = store
+            .append(contract::batch("a", ExpectedVersion::NoStream, vec![lost.clone()]))
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!((again.recorded, again.duplicate), (vec![(1, 1)], true));
+        let all = all_of(store.as_ref()).await;
+        assert_eq!(all.len(), 2, "dedup {dedup}: each event once");
+        assert_eq!(all[0].event_id, lost.event_id);
+        contract::assert_sound_chain(&all);
+        store.shutdown().await;
+    }
+}
+
+/// A lost answer retried at once: recorded once, and answered as this append's own (not a
+/// duplicate), whether the server de-duplicates the retry or answers a wrong expected version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_lost_answer_retried_at_once_is_recorded_once() {
+    for dedup in [true, false] {
+        let server = FakeServer::new();
+        server.dedup.store(dedup, std::sync::atomic::Ordering::SeqCst);
+        let store = on_fake(&server, Access::Write).await;
+        server.script(&[Fault::LoseAnswer]);
+        let r = store
+            .append(contract::batch(
+                "a",
+                ExpectedVersion::NoStream,
+                vec![contract::ev("{}")],
+            ))
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!((r.recorded, r.duplicate), (vec![(1, 1)], false), "dedup {dedup}");
+        assert_eq!(store.failures(), 0);
+        assert_eq!(all_of(store.as_ref()).await.len(), 1);
+        store.shutdown().await;
+    }
+}
+
+/// The writer's index is behind (an event appended behind its back, as a late landing of
+/// ours would be): without the server's de-duplication, the wrong expected version is resolved
+/// from the tail (a duplicate, with the original result); with it, the server acknowledges the
+/// repeat and the record is the same. Either way, other events are a conflict and the chain
+/// stays one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_wrong_expected_version_is_resolved_from_the_tail() {
+    for dedup in [false, true] {
+        let server = FakeServer::new();
+        server.dedup.store(dedup, std::sync::atomic::Ordering::SeqCst);
+        // Held back, so that the writer's own subscription cannot tell it first.
+        let store = on_fake(&server, Access::Write).await;
+        store
+            .append(contract::batch(
+                "w",
+                ExpectedVersion::NoStream,
+                vec![contract::ev("{}")],
+            ))
+            .wait()
+            .await
+            .unwrap();
+        let head = store.head().await.unwrap();
+        let late = contract::ev(r#"{"late":true}"#);
+        let rec = stage(
+            &contract::batch("w", ExpectedVersion::Any, vec![late.clone()]),
+            1,
+            1,
+            &head.hash,
+        );
+        let (id, event_type, data, metadata) = encode(&rec[0]);
+        server.hold_subscriptions(true);
+        server
+            .append(
+                "wl-w",
+                kurrentdb::StreamState::StreamRevision(0),
+                vec![NewEvent {
+                    id,
+                    event_type,
+                    data,
+                    metadata,
+                }],
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        let again = store
+            .append(contract::batch("w", ExpectedVersion::Exact(1), vec![late.clone()]))
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(again.recorded, vec![(2, 2)], "dedup {dedup}");
+        if !dedup {
+            assert!(again.duplicate, "found in the tail: the original result");
+        }
+        server.hold_subscriptions(false);
+        let e = store
+            .append(contract::batch(
+                "w",
+                ExpectedVersion::Exact(1),
+                vec![contract::ev("{}")],
+            ))
+            .wait()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::VersionConflict { actual: 2, .. }), "{e}");
+        let next = store
+            .append(contract::batch("w", ExpectedVersion::Any, vec![contract::ev("{}")]))
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(next.recorded, vec![(3, 3)]);
+        contract::assert_sound_chain(&all_of(store.as_ref()).await);
+        store.shutdown().await;
+    }
+}
+
+/// The lease: refused while renewed; after a crash (dropped without shutdown) taken over only
+/// once a TTL passed unrenewed; a holder whose lease was taken stops appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_the_writer_lease() {
+    let server = FakeServer::new();
+    let first = on_fake(&server, Access::Write).await;
+    first
+        .append(contract::batch(
+            "l",
+            ExpectedVersion::NoStream,
+            vec![contract::ev("{}")],
+        ))
+        .wait()
+        .await
+        .unwrap();
+    match KurrentStore::open_with(server.clone(), "wl-", TTL, Access::Write).await {
+        Err(e) => assert!(e.to_string().contains("holds the writer lease"), "{e}"),
+        Ok(_) => panic!("a second writer is refused while the lease is renewed"),
+    }
+    // Readers take no lease.
+    let reader = on_fake(&server, Access::Read).await;
+    assert_eq!(reader.head().await.unwrap().position, 1);
+    drop(first);
+    let started = std::time::Instant::now();
+    let second = on_fake(&server, Access::Write).await;
+    assert!(
+        started.elapsed() >= TTL,
+        "a crashed holder's lease is taken only after its TTL"
+    );
+    let r = second
+        .append(contract::batch(
+            "l",
+            ExpectedVersion::Exact(1),
+            vec![contract::ev("{}")],
+        ))
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(r.recorded, vec![(2, 2)]);
+    // Someone takes the lease from under it: its next renewal finds out, and it stops.
+    server
+        .append(
+            &kdb_stream("wl-", LEASE_STREAM_SUFFIX),
+            kurrentdb::StreamState::Any,
+            vec![NewEvent {
+                id: uuid::Uuid::new_v4(),
+                event_type: "WriterLease".into(),
+                data: format!(
+                    r#"{{"holder":"{}","ttl_ms":1000,"released":false}}"#,
+                    uuid::Uuid::new_v4()
+                )
+                .into_bytes(),
+                metadata: Vec::new(),
+            }],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(TTL / 2).await;
+    let e = second
+        .append(contract::batch(
+            "l",
+            ExpectedVersion::Exact(2),
+            vec![contract::ev("{}")],
+        ))
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Unavailable(ref m) if m.contains("took the writer lease")),
+        "{e}"
+    );
+    second.shutdown().await;
+    contract::assert_sound_chain(&all_of(reader.as_ref()).await);
+}
+
+/// A reader follows the writer through its subscription, and resubscribes (from where it was)
+/// after the connection drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_reader_resubscribes_after_a_lost_connection() {
+    let server = FakeServer::new();
+    let writer = on_fake(&server, Access::Write).await;
+    let reader = on_fake(&server, Access::Read).await;
+    let mut w = reader.watch_head();
+    for round in 0..3u64 {
+        for _ in 0..5 {
+            writer
+                .append(contract::batch("f", ExpectedVersion::Any, vec![contract::ev("{}")]))
+                .wait()
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), w.wait_for(|h| *h == 5 * (round + 1)))
+            .await
+            .expect("the reader's subscription follows")
+            .unwrap();
+        server.drop_subscriptions();
+    }
+    let all = all_of(reader.as_ref()).await;
+    assert_eq!(all.len(), 15);
+    contract::assert_sound_chain(&all);
+    assert!(matches!(
+        reader
+            .append(contract::batch("f", ExpectedVersion::Any, vec![contract::ev("{}")]))
+            .wait()
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    writer.shutdown().await;
+}
+
+/// Two claims of one position (a second writer behind the lease's back): every read that
+/// crosses it is refused as damaged, and the writer refuses to extend the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_forked_log_is_refused_not_renumbered() {
+    let server = FakeServer::new();
+    let writer = on_fake(&server, Access::Write).await;
+    for _ in 0..2 {
+        writer
+            .append(contract::batch("k", ExpectedVersion::Any, vec![contract::ev("{}")]))
+            .wait()
+            .await
+            .unwrap();
+    }
+    let all = all_of(writer.as_ref()).await;
+    // Position 2 claimed a second time, on another stream.
+    let rec = stage(
+        &contract::batch("intruder", ExpectedVersion::Any, vec![contract::ev("{}")]),
+        0,
+        1,
+        &all[0].hash,
+    );
+    let (id, event_type, data, metadata) = encode(&rec[0]);
+    server
+        .append(
+            "wl-intruder",
+            kurrentdb::StreamState::NoStream,
+            vec![NewEvent {
+                id,
+                event_type,
+                data,
+                metadata,
+            }],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    let reader = on_fake(&server, Access::Read).await;
+    assert_eq!(reader.read_all(0, 2).await.unwrap().len(), 2, "the sound part reads");
+    let e = reader.read_all(0, 100).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Corrupt(ref m) if m.contains("carries position 2")),
+        "{e}"
+    );
+    assert!(matches!(reader.head().await, Err(StoreError::Corrupt(_))));
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = writer
+                .append(contract::batch("k", ExpectedVersion::Any, vec![contract::ev("{}")]))
+                .wait()
+                .await;
+            if let Err(StoreError::Corrupt(m)) = r {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the writer learns of the fork through its subscription");
+    assert!(refused.contains("audit"), "{refused}");
+    writer.shutdown().await;
 }

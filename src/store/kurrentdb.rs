@@ -19,6 +19,7 @@ use ::kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, Position, ReadAllOptions,
     ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
 };
+use futures_util::stream::{BoxStream, StreamExt};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -188,12 +189,16 @@ pub fn encode(r: &RecordedEvent) -> (Uuid, String, Vec<u8>, Vec<u8>) {
     )
 }
 
-fn event_data(r: &RecordedEvent) -> Result<EventData, StoreError> {
-    let (id, ty, data, meta) = encode(r);
-    let raw = serde_json::value::RawValue::from_string(String::from_utf8(data).expect("data is a String"))
+fn new_event(r: &RecordedEvent) -> Result<NewEvent, StoreError> {
+    let (id, event_type, data, metadata) = encode(r);
+    serde_json::from_slice::<&serde_json::value::RawValue>(&data)
         .map_err(|e| StoreError::Invalid(format!("event {id}: data is not JSON: {e}")))?;
-    let ev = EventData::json(&ty, &raw).map_err(|e| StoreError::Invalid(format!("event {id}: {e}")))?;
-    Ok(ev.id(id).metadata(meta.into()))
+    Ok(NewEvent {
+        id,
+        event_type,
+        data,
+        metadata,
+    })
 }
 
 /// A KurrentDB event, as its parts, back to a wattledger record. `Ok(None)`: not one of
@@ -233,16 +238,181 @@ pub fn decode(
     }))
 }
 
-fn decode_event(prefix: &str, e: &::kurrentdb::RecordedEvent) -> Result<Option<RecordedEvent>, StoreError> {
-    decode(
-        prefix,
-        e.stream_id(),
-        e.id,
-        e.revision,
-        &e.event_type,
-        &e.data,
-        &e.custom_metadata,
-    )
+fn decode_event(prefix: &str, e: &StoredEvent) -> Result<Option<RecordedEvent>, StoreError> {
+    decode(prefix, &e.stream, e.id, e.revision, &e.event_type, &e.data, &e.metadata)
+}
+
+// ---------------------------------------------------------------------------------------
+// The server, as the store uses it
+// ---------------------------------------------------------------------------------------
+
+/// An event as read back from KurrentDB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub stream: String,
+    pub id: Uuid,
+    pub revision: u64,
+    pub event_type: String,
+    pub data: Vec<u8>,
+    /// The custom metadata.
+    pub metadata: Vec<u8>,
+    pub position: Position,
+}
+
+/// An event to append (JSON data).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+}
+
+/// The few KurrentDB calls the store makes: the `kurrentdb` client implements it, and so does
+/// [`fake::FakeServer`], an in-memory stand-in for tests without a server.
+#[async_trait]
+pub trait Server: Send + Sync + 'static {
+    /// Appends to one stream atomically; answers the revision of its last event.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: StreamState,
+        events: Vec<NewEvent>,
+        deadline: Duration,
+    ) -> Result<u64, ::kurrentdb::Error>;
+
+    /// Up to `max` events of `$all` whose stream matches `regex`, forwards from `from`.
+    async fn read_all(
+        &self,
+        from: StreamPosition<Position>,
+        regex: &str,
+        max: usize,
+        leader: bool,
+    ) -> Result<Vec<StoredEvent>, ::kurrentdb::Error>;
+
+    /// Up to `max` events of a stream, forwards from a revision, or backwards from `End`.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: StreamPosition<u64>,
+        max: usize,
+        leader: bool,
+    ) -> Result<Vec<StoredEvent>, ::kurrentdb::Error>;
+
+    /// A catch-up subscription to `$all` (streams matching `regex`), after `from`; it ends
+    /// with an error when the connection is lost.
+    fn subscribe_all(
+        &self,
+        from: StreamPosition<Position>,
+        regex: &str,
+    ) -> BoxStream<'static, Result<StoredEvent, ::kurrentdb::Error>>;
+}
+
+fn stored(e: &::kurrentdb::ResolvedEvent) -> StoredEvent {
+    let e = e.get_original_event();
+    StoredEvent {
+        stream: e.stream_id().to_string(),
+        id: e.id,
+        revision: e.revision,
+        event_type: e.event_type.clone(),
+        data: e.data.to_vec(),
+        metadata: e.custom_metadata.to_vec(),
+        position: e.position,
+    }
+}
+
+fn read_deadline() -> Duration {
+    Duration::from_millis(READ_DEADLINE_MS)
+}
+
+async fn drain(mut s: ::kurrentdb::ReadStream) -> Result<Vec<StoredEvent>, ::kurrentdb::Error> {
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await? {
+        out.push(stored(&e));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Server for Client {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: StreamState,
+        events: Vec<NewEvent>,
+        deadline: Duration,
+    ) -> Result<u64, ::kurrentdb::Error> {
+        let mut data = Vec::with_capacity(events.len());
+        for e in events {
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(&e.data)
+                .map_err(|err| ::kurrentdb::Error::InternalParsingError(err.to_string()))?;
+            let ev = EventData::json(&e.event_type, &raw)
+                .map_err(|err| ::kurrentdb::Error::InternalParsingError(err.to_string()))?;
+            data.push(ev.id(e.id).metadata(e.metadata.into()));
+        }
+        let opts = AppendToStreamOptions::default()
+            .stream_state(expected)
+            .deadline(deadline);
+        Ok(self.append_to_stream(stream, &opts, data).await?.next_expected_version)
+    }
+
+    async fn read_all(
+        &self,
+        from: StreamPosition<Position>,
+        regex: &str,
+        max: usize,
+        leader: bool,
+    ) -> Result<Vec<StoredEvent>, ::kurrentdb::Error> {
+        let opts = ReadAllOptions::default()
+            .position(from)
+            .forwards()
+            .filter(SubscriptionFilter::on_stream_name().regex(regex))
+            .max_count(max)
+            .requires_leader(leader)
+            .deadline(read_deadline());
+        drain(Client::read_all(self, &opts).await?).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: StreamPosition<u64>,
+        max: usize,
+        leader: bool,
+    ) -> Result<Vec<StoredEvent>, ::kurrentdb::Error> {
+        let opts = ReadStreamOptions::default()
+            .position(from)
+            .max_count(max)
+            .requires_leader(leader)
+            .deadline(read_deadline());
+        drain(Client::read_stream(self, stream, &opts).await?).await
+    }
+
+    fn subscribe_all(
+        &self,
+        from: StreamPosition<Position>,
+        regex: &str,
+    ) -> BoxStream<'static, Result<StoredEvent, ::kurrentdb::Error>> {
+        let client = self.clone();
+        let opts = SubscribeToAllOptions::default()
+            .position(from)
+            .filter(SubscriptionFilter::on_stream_name().regex(regex));
+        futures_util::stream::once(async move { client.subscribe_to_all(&opts).await })
+            .flat_map(|sub| {
+                futures_util::stream::unfold(Some(sub), |sub| async move {
+                    let mut sub = sub?;
+                    loop {
+                        match sub.next_subscription_event().await {
+                            Ok(SubscriptionEvent::EventAppeared(e)) => return Some((Ok(stored(&e)), Some(sub))),
+                            Ok(_) => continue,
+                            // The subscription is over after an error.
+                            Err(e) => return Some((Err(e), None)),
+                        }
+                    }
+                })
+            })
+            .boxed()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,6 +609,8 @@ struct Index {
     tracking: bool,
     ids: HashMap<Uuid, u64>,
     versions: HashMap<String, u64>,
+    /// Writer only: `(position, hash)` of its own appends not yet seen in `$all`.
+    unseen: std::collections::VecDeque<(u64, String)>,
     /// The log is inconsistent from here on (the index stops growing).
     broken: Option<String>,
 }
@@ -452,6 +624,7 @@ impl Index {
             tracking,
             ids: HashMap::new(),
             versions: HashMap::new(),
+            unseen: std::collections::VecDeque::new(),
             broken: None,
         }
     }
@@ -476,10 +649,19 @@ impl Index {
         }
         self.ranks.push(at);
         if rank <= self.head {
-            // Appended by this writer and already counted: it must be the same event.
-            if self.tracking && self.ids.get(&r.event_id) != Some(&rank) {
+            // Appended by this writer and already counted: it must be the same record (a
+            // server that acknowledged a repeat of someone else's append would show here).
+            while self.unseen.front().is_some_and(|(p, _)| *p < rank) {
+                self.unseen.pop_front();
+            }
+            let same = match self.unseen.front() {
+                Some((p, hash)) if *p == rank => *hash == r.hash,
+                _ => true,
+            };
+            if !same || (self.tracking && self.ids.get(&r.event_id) != Some(&rank)) {
                 self.broken = Some(format!(
-                    "position {rank} holds event {}, not the one this writer appended",
+                    "position {rank} holds event {} with other content than this writer appended \
+                     (another process writes to these streams)",
                     r.event_id
                 ));
             }
@@ -510,6 +692,9 @@ impl Index {
             }
             debug_assert_eq!(r.position, self.head + 1);
             self.adopt(r);
+            if self.tracking && r.position > self.ranks.len() as u64 {
+                self.unseen.push_back((r.position, r.hash.clone()));
+            }
         }
     }
 
@@ -523,8 +708,10 @@ impl Index {
 // ---------------------------------------------------------------------------------------
 
 struct Shared {
-    client: Client,
+    server: Arc<dyn Server>,
     prefix: String,
+    /// The `$all` filter ([`stream_regex`]).
+    regex: String,
     index: std::sync::Mutex<Index>,
     head_tx: watch::Sender<u64>,
     /// One catch-up read of `$all` at a time.
@@ -545,14 +732,6 @@ impl Shared {
         self.index.lock().expect("index lock")
     }
 
-    fn filter(&self) -> SubscriptionFilter {
-        SubscriptionFilter::on_stream_name().regex(stream_regex(&self.prefix))
-    }
-
-    fn read_deadline() -> Duration {
-        Duration::from_millis(READ_DEADLINE_MS)
-    }
-
     fn publish(&self) {
         let head = self.index().head;
         self.head_tx.send_if_modified(|cur| bump(cur, head));
@@ -568,18 +747,13 @@ impl Shared {
         let _one = self.scan.lock().await;
         loop {
             let last = self.index().last();
-            let opts = ReadAllOptions::default()
-                .position(resume_from(last))
-                .forwards()
-                .filter(self.filter())
-                .max_count(READ_PAGE_EVENTS_MAX)
-                .requires_leader(leader)
-                .deadline(Self::read_deadline());
-            let mut s = self.client.read_all(&opts).await.map_err(unavailable)?;
-            let mut n = 0;
-            while let Some(e) = s.next().await.map_err(unavailable)? {
-                n += 1;
-                let e = e.get_original_event();
+            let page = self
+                .server
+                .read_all(resume_from(last), &self.regex, READ_PAGE_EVENTS_MAX, leader)
+                .await
+                .map_err(unavailable)?;
+            let n = page.len();
+            for e in &page {
                 if !is_after(last, e.position) {
                     continue;
                 }
@@ -613,16 +787,13 @@ impl Shared {
             let start = (known > 0).then(|| idx.ranks[known as usize - 1]);
             (start, after - known)
         };
-        let opts = ReadAllOptions::default()
-            .position(resume_from(start))
-            .forwards()
-            .filter(self.filter())
-            .max_count(limit + skip as usize + 1)
-            .deadline(Self::read_deadline());
-        let mut s = self.client.read_all(&opts).await.map_err(unavailable)?;
+        let page = self
+            .server
+            .read_all(resume_from(start), &self.regex, limit + skip as usize + 1, false)
+            .await
+            .map_err(unavailable)?;
         let mut out = Vec::with_capacity(limit);
-        while let Some(e) = s.next().await.map_err(unavailable)? {
-            let e = e.get_original_event();
+        for e in &page {
             if !is_after(start, e.position) {
                 continue;
             }
@@ -660,29 +831,19 @@ impl Shared {
             return Ok(Vec::new());
         }
         let name = kdb_stream(&self.prefix, stream);
-        let opts = ReadStreamOptions::default()
-            .position(StreamPosition::Position(revision_of(from_version)))
-            .forwards()
-            .max_count(limit)
-            .requires_leader(leader)
-            .deadline(Self::read_deadline());
-        let mut s = match self.client.read_stream(name.as_str(), &opts).await {
-            Ok(s) => s,
-            Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
-            Err(e) => return Err(read_error(&name, e)),
-        };
-        let mut out = Vec::new();
-        loop {
-            match s.next().await {
-                Ok(Some(e)) => {
-                    if let Some(r) = decode_event(&self.prefix, e.get_original_event())? {
+        let from = StreamPosition::Position(revision_of(from_version));
+        match self.server.read_stream(&name, from, limit, leader).await {
+            Ok(page) => {
+                let mut out = Vec::with_capacity(page.len());
+                for e in &page {
+                    if let Some(r) = decode_event(&self.prefix, e)? {
                         out.push(r);
                     }
                 }
-                Ok(None) => return Ok(out),
-                Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
-                Err(e) => return Err(read_error(&name, e)),
+                Ok(out)
             }
+            Err(::kurrentdb::Error::ResourceNotFound) => Ok(Vec::new()),
+            Err(e) => Err(read_error(&name, e)),
         }
     }
 }
@@ -702,14 +863,12 @@ async fn follow(shared: Arc<Shared>) {
     let mut backoff_ms = 100;
     loop {
         let from = resume_from(shared.index().last());
-        let opts = SubscribeToAllOptions::default().position(from).filter(shared.filter());
-        let mut sub = shared.client.subscribe_to_all(&opts).await;
+        let mut sub = shared.server.subscribe_all(from, &shared.regex);
         loop {
-            match sub.next_subscription_event().await {
-                Ok(SubscriptionEvent::EventAppeared(e)) => {
+            match sub.next().await {
+                Some(Ok(e)) => {
                     backoff_ms = 100;
-                    let e = e.get_original_event();
-                    match decode_event(&shared.prefix, e) {
+                    match decode_event(&shared.prefix, &e) {
                         Ok(Some(r)) => shared.observe(e.position, &r),
                         Ok(None) => {}
                         Err(err) => {
@@ -718,11 +877,11 @@ async fn follow(shared: Arc<Shared>) {
                         }
                     }
                 }
-                Ok(_) => backoff_ms = 100,
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "lost the $all subscription; resubscribing");
                     break;
                 }
+                None => break,
             }
         }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
@@ -750,13 +909,18 @@ struct LeaseState {
 }
 
 impl Lease {
-    fn record(&self, released: bool) -> Result<EventData, StoreError> {
+    fn record(&self, released: bool) -> NewEvent {
         let rec = LeaseRecord {
             holder: self.holder,
             ttl_ms: self.ttl.as_millis() as u64,
             released,
         };
-        EventData::json("WriterLease", &rec).map_err(unavailable)
+        NewEvent {
+            id: Uuid::new_v4(),
+            event_type: "WriterLease".into(),
+            data: serde_json::to_vec(&rec).expect("a lease record serialises"),
+            metadata: Vec::new(),
+        }
     }
 
     fn append_deadline(&self) -> Duration {
@@ -781,31 +945,24 @@ impl Lease {
     }
 }
 
-async fn last_lease(client: &Client, stream: &str) -> Result<Option<(u64, LeaseRecord)>, StoreError> {
-    let opts = ReadStreamOptions::default()
-        .position(StreamPosition::End)
-        .max_count(1)
-        .requires_leader(true)
-        .deadline(Shared::read_deadline());
-    let mut s = match client.read_stream(stream, &opts).await {
-        Ok(s) => s,
+async fn last_lease(server: &dyn Server, stream: &str) -> Result<Option<(u64, LeaseRecord)>, StoreError> {
+    let page = match server.read_stream(stream, StreamPosition::End, 1, true).await {
+        Ok(p) => p,
         Err(::kurrentdb::Error::ResourceNotFound) => return Ok(None),
         Err(e) => return Err(unavailable(e)),
     };
-    match s.next().await {
-        Ok(Some(e)) => {
-            let e = e.get_original_event();
+    match page.first() {
+        Some(e) => {
             let rec: LeaseRecord = serde_json::from_slice(&e.data).map_err(|err| {
                 StoreError::Corrupt(format!("the lease stream {stream} holds a foreign event: {err}"))
             })?;
             Ok(Some((e.revision, rec)))
         }
-        Ok(None) | Err(::kurrentdb::Error::ResourceNotFound) => Ok(None),
-        Err(e) => Err(unavailable(e)),
+        None => Ok(None),
     }
 }
 
-async fn acquire(client: &Client, stream: String, ttl: Duration) -> Result<Arc<Lease>, StoreError> {
+async fn acquire(server: &dyn Server, stream: String, ttl: Duration) -> Result<Arc<Lease>, StoreError> {
     let lease = Lease {
         stream,
         holder: Uuid::new_v4(),
@@ -818,20 +975,22 @@ async fn acquire(client: &Client, stream: String, ttl: Duration) -> Result<Arc<L
     };
     let mut seen = None;
     loop {
-        let last = last_lease(client, &lease.stream).await?;
+        let last = last_lease(server, &lease.stream).await?;
         match lease_step(last.as_ref(), &mut seen, Instant::now(), ttl) {
             LeaseStep::Take(expected) => {
                 let sent = Instant::now();
-                let opts = AppendToStreamOptions::default()
-                    .stream_state(expected)
-                    .deadline(lease.append_deadline());
-                match client
-                    .append_to_stream(lease.stream.as_str(), &opts, lease.record(false)?)
+                match server
+                    .append(
+                        &lease.stream,
+                        expected,
+                        vec![lease.record(false)],
+                        lease.append_deadline(),
+                    )
                     .await
                 {
-                    Ok(w) => {
+                    Ok(revision) => {
                         *lease.state.lock().expect("lease lock") = LeaseState {
-                            revision: w.next_expected_version,
+                            revision,
                             valid_until: sent + ttl / 2,
                             lost: false,
                         };
@@ -854,13 +1013,17 @@ async fn acquire(client: &Client, stream: String, ttl: Duration) -> Result<Arc<L
 }
 
 /// Hands the lease over at once (a clean stop).
-async fn release(client: &Client, lease: &Lease) {
+async fn release(server: &dyn Server, lease: &Lease) {
     let revision = lease.state.lock().expect("lease lock").revision;
-    let opts = AppendToStreamOptions::default()
-        .stream_state(StreamState::StreamRevision(revision))
-        .deadline(lease.append_deadline());
-    if let Ok(ev) = lease.record(true)
-        && let Err(e) = client.append_to_stream(lease.stream.as_str(), &opts, ev).await
+    let expected = StreamState::StreamRevision(revision);
+    if let Err(e) = server
+        .append(
+            &lease.stream,
+            expected,
+            vec![lease.record(true)],
+            lease.append_deadline(),
+        )
+        .await
     {
         tracing::warn!(error = %e, "cannot release the writer lease; the next writer waits for it to expire");
     }
@@ -868,7 +1031,7 @@ async fn release(client: &Client, lease: &Lease) {
 
 /// Renews the lease every third of its TTL; a renewal refused as a wrong expected version
 /// means another process took it over: this one stops appending.
-async fn renew(client: Client, lease: Arc<Lease>) {
+async fn renew(server: Arc<dyn Server>, lease: Arc<Lease>) {
     let mut next = tokio::time::Instant::now() + lease.ttl / 3;
     loop {
         tokio::time::sleep_until(next).await;
@@ -876,20 +1039,35 @@ async fn renew(client: Client, lease: Arc<Lease>) {
         let sent = Instant::now();
         // Renewals are spaced from when the previous one was sent, however long it took.
         next = tokio::time::Instant::now() + lease.ttl / 3;
-        let opts = AppendToStreamOptions::default()
-            .stream_state(StreamState::StreamRevision(revision))
-            .deadline(lease.append_deadline());
-        let Ok(ev) = lease.record(false) else { continue };
-        match client.append_to_stream(lease.stream.as_str(), &opts, ev).await {
-            Ok(w) => {
+        let expected = StreamState::StreamRevision(revision);
+        match server
+            .append(
+                &lease.stream,
+                expected,
+                vec![lease.record(false)],
+                lease.append_deadline(),
+            )
+            .await
+        {
+            Ok(revision) => {
                 let mut s = lease.state.lock().expect("lease lock");
-                s.revision = w.next_expected_version;
+                s.revision = revision;
                 s.valid_until = sent + lease.ttl / 2;
             }
             Err(::kurrentdb::Error::WrongExpectedVersion { .. }) => {
-                tracing::error!(stream = %lease.stream, "another process took the writer lease; this one stops appending");
-                lease.state.lock().expect("lease lock").lost = true;
-                return;
+                // Our previous renewal may have landed with its answer lost: then the last
+                // record is still ours.
+                match last_lease(server.as_ref(), &lease.stream).await {
+                    Ok(Some((revision, rec))) if rec.holder == lease.holder && !rec.released => {
+                        lease.state.lock().expect("lease lock").revision = revision;
+                    }
+                    Ok(_) => {
+                        tracing::error!(stream = %lease.stream, "another process took the writer lease; this one stops appending");
+                        lease.state.lock().expect("lease lock").lost = true;
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the writer lease; retrying"),
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the writer lease; retrying"),
         }
@@ -944,7 +1122,7 @@ impl Writer {
         // Drained. Release the lease only when nothing is in doubt; otherwise let it expire,
         // so that the next writer waits until anything in flight has landed.
         if self.in_doubt.is_none() && self.lease.check().is_ok() {
-            release(&self.shared.client, &self.lease).await;
+            release(self.shared.server.as_ref(), &self.lease).await;
         }
     }
 
@@ -1081,14 +1259,12 @@ impl Writer {
         let name = kdb_stream(&self.shared.prefix, &st.batch.stream);
         let mut events = Vec::with_capacity(st.records.len());
         for r in &st.records {
-            match event_data(r) {
+            match new_event(r) {
                 Ok(e) => events.push(e),
                 Err(e) => return Attempt::Done(Err(e)),
             }
         }
-        let opts = AppendToStreamOptions::default()
-            .stream_state(expected_state(st.current))
-            .deadline(self.lease.append_deadline());
+        let expected = expected_state(st.current);
         let mut last_err = None;
         for attempt in 0..APPEND_ATTEMPTS_MAX {
             if attempt > 0 {
@@ -1099,8 +1275,8 @@ impl Writer {
             }
             match self
                 .shared
-                .client
-                .append_to_stream(name.as_str(), &opts, events.clone())
+                .server
+                .append(&name, expected, events.clone(), self.lease.append_deadline())
                 .await
             {
                 Ok(_) => {
@@ -1112,7 +1288,15 @@ impl Writer {
                     }));
                 }
                 Err(::kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
-                    return self.wrong_version(st, current_version(current)).await;
+                    let mut r = self.wrong_version(st, current_version(current)).await;
+                    // Found after one of our own tries got no answer: recorded by this append.
+                    if attempt > 0
+                        && let Attempt::Done(Ok(a)) = &mut r
+                        && a.recorded == st.records.iter().map(|r| (r.position, r.version)).collect::<Vec<_>>()
+                    {
+                        a.duplicate = false;
+                    }
+                    return r;
                 }
                 Err(::kurrentdb::Error::AccessDenied) => {
                     return Attempt::Done(Err(StoreError::Unavailable(format!(
@@ -1186,20 +1370,33 @@ impl KurrentStore {
         let cfg = parse_url(url)?;
         let client = Client::new(cfg.settings.clone())
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url))))?;
-        let write = access == Access::Write;
-        let lease = if write {
-            let stream = kdb_stream(&cfg.prefix, LEASE_STREAM_SUFFIX);
-            Some(acquire(&client, stream, cfg.lease_ttl).await.map_err(|e| match e {
+        Self::open_with(Arc::new(client), &cfg.prefix, cfg.lease_ttl, access)
+            .await
+            .map_err(|e| match e {
                 StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", redact_url(url))),
                 e => e,
-            })?)
+            })
+    }
+
+    /// Opens the store over any [`Server`] (the client, or a fake in tests).
+    pub async fn open_with(
+        server: Arc<dyn Server>,
+        prefix: &str,
+        lease_ttl: Duration,
+        access: Access,
+    ) -> Result<Arc<Self>, StoreError> {
+        let write = access == Access::Write;
+        let lease = if write {
+            let stream = kdb_stream(prefix, LEASE_STREAM_SUFFIX);
+            Some(acquire(server.as_ref(), stream, lease_ttl).await?)
         } else {
             None
         };
         let (head_tx, head_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
-            client: client.clone(),
-            prefix: cfg.prefix.clone(),
+            server: server.clone(),
+            prefix: prefix.to_string(),
+            regex: stream_regex(prefix),
             index: std::sync::Mutex::new(Index::new(write)),
             head_tx,
             scan: tokio::sync::Mutex::new(()),
@@ -1210,19 +1407,16 @@ impl KurrentStore {
             Err(StoreError::Corrupt(m)) if !write => tracing::error!("{m}"),
             Err(e) => {
                 if let Some(lease) = &lease {
-                    release(&client, lease).await;
+                    release(server.as_ref(), lease).await;
                 }
-                return Err(match e {
-                    StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", redact_url(url))),
-                    e => e,
-                });
+                return Err(e);
             }
         }
         let failures = Arc::new(AtomicU64::new(0));
         let mut tasks = vec![tokio::spawn(follow(shared.clone()))];
         let (queue, writer) = match lease {
             Some(lease) => {
-                tasks.push(tokio::spawn(renew(client, lease.clone())));
+                tasks.push(tokio::spawn(renew(server, lease.clone())));
                 let (queue, rx) = WriterQueue::new();
                 let w = Writer {
                     shared: shared.clone(),
@@ -1300,10 +1494,301 @@ impl EventStore for KurrentStore {
     }
 }
 
+/// Dropped without `shutdown` (the process is going away): everything stops at once and the
+/// lease is left to expire, as after a crash.
 impl Drop for KurrentStore {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            h.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A fake server, for tests without KurrentDB
+// ---------------------------------------------------------------------------------------
+
+/// An in-memory stand-in for a KurrentDB server, so that the store's own logic (the contract
+/// suite, the lease, a lost answer, a wrong expected version, a lost subscription) can be
+/// tested where no server can run. It is not an emulator: it implements the semantics the store
+/// relies on, as the client's source and documentation describe them — appends atomic per
+/// stream with expected revisions; `$all` ordered by commit position, with gaps between
+/// positions; a read of `$all` from a position includes it, a subscription excludes it; a
+/// server-side regex filter (only the form [`stream_regex`] produces); a repeated append (same
+/// ids at the same expected revision) answered as a success when `dedup` is on, as the
+/// server's best-effort de-duplication would. What the real server does beyond this is tested
+/// only by the live tests.
+pub mod fake {
+    use super::*;
+    use ::kurrentdb::Error;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    #[derive(Clone, Debug)]
+    enum Live {
+        Event(StoredEvent),
+        Drop,
+    }
+
+    #[derive(Default)]
+    struct State {
+        all: Vec<StoredEvent>,
+        /// Events not yet delivered to subscriptions (see `hold_subscriptions`).
+        held: Option<Vec<StoredEvent>>,
+        streams: HashMap<String, Vec<usize>>,
+        next_commit: u64,
+    }
+
+    /// What happens to the next append.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fault {
+        /// Nothing: it is answered.
+        None,
+        /// It fails before anything is recorded (the leader went away).
+        Fail,
+        /// It is recorded, but its answer is lost (a deadline exceeded).
+        LoseAnswer,
+    }
+
+    pub struct FakeServer {
+        state: Mutex<State>,
+        live: tokio::sync::broadcast::Sender<Live>,
+        faults: Mutex<std::collections::VecDeque<Fault>>,
+        /// A repeated append is answered as a success (off: as a wrong expected version).
+        pub dedup: AtomicBool,
+        /// Appends that reached the server (recorded or not).
+        pub appends: AtomicU64,
+    }
+
+    fn prefix_of(regex: &str) -> String {
+        regex
+            .strip_prefix('^')
+            .and_then(|r| r.strip_suffix("[^$]+$"))
+            .expect("the fake understands only stream_regex filters")
+            .replace("\\.", ".")
+    }
+
+    fn matches(prefix: &str, stream: &str) -> bool {
+        stream
+            .strip_prefix(prefix)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('$'))
+    }
+
+    impl FakeServer {
+        pub fn new() -> Arc<Self> {
+            Arc::new(Self {
+                state: Mutex::new(State {
+                    next_commit: 1_000,
+                    ..State::default()
+                }),
+                live: tokio::sync::broadcast::channel(1 << 16).0,
+                faults: Mutex::new(Default::default()),
+                dedup: AtomicBool::new(true),
+                appends: AtomicU64::new(0),
+            })
+        }
+
+        /// The faults of the next appends to wattledger streams, in order (then none).
+        pub fn script(&self, faults: &[Fault]) {
+            self.faults.lock().expect("fake lock").extend(faults);
+        }
+
+        /// Holds back live deliveries to subscriptions (a slow subscription), or delivers what
+        /// was held.
+        pub fn hold_subscriptions(&self, hold: bool) {
+            let mut st = self.state.lock().expect("fake lock");
+            if hold {
+                st.held.get_or_insert_with(Vec::new);
+            } else {
+                for ev in st.held.take().unwrap_or_default() {
+                    let _ = self.live.send(Live::Event(ev));
+                }
+            }
+        }
+
+        /// Ends every open subscription with an error, as a lost connection does.
+        pub fn drop_subscriptions(&self) {
+            let _ = self.live.send(Live::Drop);
+        }
+
+        /// Every event of `$all`, system-wide (lease records included).
+        pub fn all(&self) -> Vec<StoredEvent> {
+            self.state.lock().expect("fake lock").all.clone()
+        }
+    }
+
+    #[async_trait]
+    impl Server for FakeServer {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: StreamState,
+            events: Vec<NewEvent>,
+            _deadline: Duration,
+        ) -> Result<u64, Error> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            // Faults hit the ledger's appends, not the lease's.
+            let fault = if stream.contains('$') {
+                Fault::None
+            } else {
+                self.faults
+                    .lock()
+                    .expect("fake lock")
+                    .pop_front()
+                    .unwrap_or(Fault::None)
+            };
+            if fault == Fault::Fail {
+                return Err(Error::ServerError("injected: the leader went away".into()));
+            }
+            let mut st = self.state.lock().expect("fake lock");
+            let count = st.streams.get(stream).map_or(0, Vec::len) as u64;
+            let current = match count {
+                0 => CurrentRevision::NoStream,
+                n => CurrentRevision::Current(n - 1),
+            };
+            let first = match expected {
+                StreamState::NoStream => Some(0),
+                StreamState::StreamRevision(r) => Some(r + 1),
+                _ => None,
+            };
+            if let Some(first) = first
+                && self.dedup.load(Ordering::SeqCst)
+                && count >= first + events.len() as u64
+                && !events.is_empty()
+            {
+                let idx = &st.streams[stream];
+                let same = events
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| st.all[idx[first as usize + i]].id == e.id);
+                if same {
+                    return Ok(first + events.len() as u64 - 1);
+                }
+            }
+            let ok = match expected {
+                StreamState::Any => true,
+                StreamState::StreamExists => count > 0,
+                StreamState::NoStream => count == 0,
+                StreamState::StreamRevision(r) => count == r + 1,
+            };
+            if !ok {
+                return Err(Error::WrongExpectedVersion { expected, current });
+            }
+            let mut revision = count;
+            for e in events {
+                let commit = st.next_commit;
+                st.next_commit += 137 + e.data.len() as u64;
+                let ev = StoredEvent {
+                    stream: stream.to_string(),
+                    id: e.id,
+                    revision,
+                    event_type: e.event_type,
+                    data: e.data,
+                    metadata: e.metadata,
+                    position: Position {
+                        commit,
+                        prepare: commit,
+                    },
+                };
+                revision += 1;
+                let at = st.all.len();
+                st.all.push(ev.clone());
+                st.streams.entry(stream.to_string()).or_default().push(at);
+                match &mut st.held {
+                    Some(held) => held.push(ev),
+                    None => {
+                        let _ = self.live.send(Live::Event(ev));
+                    }
+                }
+            }
+            drop(st);
+            if fault == Fault::LoseAnswer {
+                return Err(Error::DeadlineExceeded);
+            }
+            Ok(revision - 1)
+        }
+
+        async fn read_all(
+            &self,
+            from: StreamPosition<Position>,
+            regex: &str,
+            max: usize,
+            _leader: bool,
+        ) -> Result<Vec<StoredEvent>, Error> {
+            let prefix = prefix_of(regex);
+            let st = self.state.lock().expect("fake lock");
+            Ok(st
+                .all
+                .iter()
+                .filter(|e| match from {
+                    StreamPosition::Position(p) => e.position >= p,
+                    StreamPosition::Start => true,
+                    StreamPosition::End => false,
+                })
+                .filter(|e| matches(&prefix, &e.stream))
+                .take(max)
+                .cloned()
+                .collect())
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from: StreamPosition<u64>,
+            max: usize,
+            _leader: bool,
+        ) -> Result<Vec<StoredEvent>, Error> {
+            let st = self.state.lock().expect("fake lock");
+            let idx = st.streams.get(stream).ok_or(Error::ResourceNotFound)?;
+            let pick = |i: &usize| st.all[*i].clone();
+            Ok(match from {
+                StreamPosition::End => idx.iter().rev().take(max).map(pick).collect(),
+                StreamPosition::Start => idx.iter().take(max).map(pick).collect(),
+                StreamPosition::Position(r) => idx.iter().skip(r as usize).take(max).map(pick).collect(),
+            })
+        }
+
+        fn subscribe_all(
+            &self,
+            from: StreamPosition<Position>,
+            regex: &str,
+        ) -> BoxStream<'static, Result<StoredEvent, Error>> {
+            let prefix = prefix_of(regex);
+            let rx = self.live.subscribe();
+            let after = match from {
+                StreamPosition::Position(p) => Some(p),
+                _ => None,
+            };
+            let past: Vec<StoredEvent> = self
+                .state
+                .lock()
+                .expect("fake lock")
+                .all
+                .iter()
+                .filter(|e| is_after(after, e.position) && matches(&prefix, &e.stream))
+                .cloned()
+                .collect();
+            let last = past.last().map(|e| e.position).or(after);
+            let live = futures_util::stream::unfold(Some((rx, last)), move |state| {
+                let prefix = prefix.clone();
+                async move {
+                    let (mut rx, mut last) = state?;
+                    loop {
+                        match rx.recv().await {
+                            Ok(Live::Event(e)) if is_after(last, e.position) && matches(&prefix, &e.stream) => {
+                                last = Some(e.position);
+                                return Some((Ok(e), Some((rx, last))));
+                            }
+                            Ok(Live::Event(_)) => {}
+                            Ok(Live::Drop) | Err(_) => return Some((Err(Error::ConnectionClosed), None)),
+                        }
+                    }
+                }
+            });
+            futures_util::stream::iter(past.into_iter().map(Ok)).chain(live).boxed()
         }
     }
 }
@@ -1543,6 +2028,19 @@ mod tests {
             (3, 3, 3, None)
         );
         assert_eq!(w.ids.get(&rs[2].event_id), Some(&3));
+        // The server acknowledged an append of ours, but position 3 holds other content (it
+        // acknowledged a repeat of someone else's append): caught when it is seen.
+        let mut acked = Index::new(true);
+        acked.observe(pos(10), &rs[0]);
+        acked.observe(pos(20), &rs[1]);
+        let mine = stage(&batch("s", vec![ev(r#"{"mine":1}"#)]), 2, 2, &rs[1].hash);
+        acked.apply_own(&mine);
+        assert_eq!(acked.unseen.len(), 1);
+        // Same id (so the id check passes), other content.
+        let mut theirs = mine[0].clone();
+        theirs.hash = rs[2].hash.clone();
+        acked.observe(pos(30), &theirs);
+        assert!(acked.broken.as_deref().unwrap().contains("other content"));
         // A second claim of position 2 (another writer): the index stops and says why.
         let mut fork = Index::new(false);
         fork.observe(pos(10), &rs[0]);
