@@ -669,3 +669,81 @@ async fn fake_a_forked_log_is_refused_not_renumbered() {
     assert!(refused.contains("audit"), "{refused}");
     writer.shutdown().await;
 }
+
+/// The whole ledger on the fake server: a simulated campus day goes through `Ledger` exactly as
+/// on SQLite, `audit` verifies the chain clean, and the chain hash equals the SQLite one for the
+/// same commands at the same clock — the mapping loses nothing that is hashed. A forged claim
+/// of an existing position then makes the audit fail loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_simulated_day_audits_clean_and_matches_sqlite() {
+    use chrono::TimeZone;
+    use wattledger::ledger::{Clock, FixedClock, Ledger};
+    let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
+    let mut commands = Vec::new();
+    wattledger::sim::simulate(&wattledger::sim::SimConfig::new(1, 2, 7, start), &mut |v| {
+        commands.push(v)
+    })
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(start + chrono::Duration::days(40)));
+    let run = |store: Arc<dyn EventStore>| {
+        let commands = commands.clone();
+        let clock = clock.clone();
+        async move {
+            let ledger = Ledger::open(store.clone(), clock).await.unwrap();
+            for c in &commands {
+                ledger.execute_json(c).await.unwrap();
+            }
+            wattledger::audit::audit(store.as_ref(), wattledger::audit::Live::None, |_, _| {})
+                .await
+                .unwrap()
+        }
+    };
+    let server = FakeServer::new();
+    let kurrent = on_fake(&server, Access::Write).await;
+    let on_kurrent = run(kurrent.clone()).await;
+    assert!(on_kurrent.clean, "{:?}", on_kurrent.findings);
+    assert!(on_kurrent.events > 100, "{} events", on_kurrent.events);
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = wattledger::store::open(
+        &format!("sqlite://{}", dir.path().join("l.db").display()),
+        Access::Write,
+    )
+    .await
+    .unwrap();
+    let on_sqlite = run(sqlite.clone()).await;
+    assert_eq!(
+        (on_kurrent.head_position, &on_kurrent.chain_hash),
+        (on_sqlite.head_position, &on_sqlite.chain_hash),
+        "one chain, whichever backend keeps it"
+    );
+    sqlite.shutdown().await;
+    // A second claim of position 5, behind the lease's back.
+    let fifth = kurrent.read_all(4, 1).await.unwrap().remove(0);
+    let forged = stage(
+        &contract::batch("intruder", ExpectedVersion::Any, vec![contract::ev("{}")]),
+        0,
+        4,
+        &fifth.prev_hash,
+    );
+    let (id, event_type, data, metadata) = encode(&forged[0]);
+    server
+        .append(
+            "wl-intruder",
+            kurrentdb::StreamState::NoStream,
+            vec![NewEvent {
+                id,
+                event_type,
+                data,
+                metadata,
+            }],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    let reader = on_fake(&server, Access::Read).await;
+    let e = wattledger::audit::audit(reader.as_ref(), wattledger::audit::Live::None, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    kurrent.shutdown().await;
+}
