@@ -40,6 +40,8 @@ pub const LEASE_TTL_MS_MAX: u64 = 600_000;
 pub const LEASE_STREAM_SUFFIX: &str = "writer$lease";
 /// Attempts at one append before it is answered as failed (and kept "in doubt").
 pub const APPEND_ATTEMPTS_MAX: u32 = 3;
+/// Lease records KurrentDB keeps (`$maxCount` of the lease stream); older ones are scavenged.
+pub const LEASE_RECORDS_KEPT: u64 = 100;
 /// Deadline of one read request.
 pub const READ_DEADLINE_MS: u64 = 30_000;
 /// The longest pause between attempts to resubscribe to `$all` after a lost connection.
@@ -306,6 +308,9 @@ pub trait Server: Send + Sync + 'static {
         from: StreamPosition<Position>,
         regex: &str,
     ) -> BoxStream<'static, Result<StoredEvent, ::kurrentdb::Error>>;
+
+    /// Sets a stream's `$maxCount` (only ever for the lease stream).
+    async fn set_max_count(&self, stream: &str, max_count: u64) -> Result<(), ::kurrentdb::Error>;
 }
 
 fn stored(e: &::kurrentdb::ResolvedEvent) -> StoredEvent {
@@ -412,6 +417,13 @@ impl Server for Client {
                 })
             })
             .boxed()
+    }
+
+    async fn set_max_count(&self, stream: &str, max_count: u64) -> Result<(), ::kurrentdb::Error> {
+        let meta = ::kurrentdb::StreamMetadata::builder().max_count(max_count).build();
+        self.set_stream_metadata(stream, &AppendToStreamOptions::default(), &meta)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -994,6 +1006,9 @@ async fn acquire(server: &dyn Server, stream: String, ttl: Duration) -> Result<A
                             valid_until: sent + ttl / 2,
                             lost: false,
                         };
+                        if let Err(e) = server.set_max_count(&lease.stream, LEASE_RECORDS_KEPT).await {
+                            tracing::warn!(error = %e, "cannot limit the lease stream's length");
+                        }
                         return Ok(Arc::new(lease));
                     }
                     Err(::kurrentdb::Error::WrongExpectedVersion { .. }) => seen = None,
@@ -1789,6 +1804,10 @@ pub mod fake {
                 }
             });
             futures_util::stream::iter(past.into_iter().map(Ok)).chain(live).boxed()
+        }
+
+        async fn set_max_count(&self, _stream: &str, _max_count: u64) -> Result<(), Error> {
+            Ok(())
         }
     }
 }
