@@ -788,7 +788,7 @@ impl Shared {
     }
 
     /// Events after rank `after`, at most `limit`, checking that each carries its rank.
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(&self, after: u64, limit: usize, leader: bool) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX);
         if limit == 0 {
             return Ok(Vec::new());
@@ -801,7 +801,7 @@ impl Shared {
         };
         let page = self
             .server
-            .read_all(resume_from(start), &self.regex, limit + skip as usize + 1, false)
+            .read_all(resume_from(start), &self.regex, limit + skip as usize + 1, leader)
             .await
             .map_err(unavailable)?;
         let mut out = Vec::with_capacity(limit);
@@ -1211,7 +1211,7 @@ impl Writer {
                 let Some(pos) = pos else {
                     return Err(StoreError::DuplicateEventId(e.event_id));
                 };
-                let r = self.shared.read_all(pos - 1, 1).await?;
+                let r = self.shared.read_all(pos - 1, 1, true).await?;
                 match r.first() {
                     Some(r)
                         if r.event_id == e.event_id
@@ -1474,7 +1474,7 @@ impl EventStore for KurrentStore {
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.shared.read_all(after_position, limit).await
+        self.shared.read_all(after_position, limit, false).await
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
