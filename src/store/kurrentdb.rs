@@ -1401,9 +1401,13 @@ impl KurrentStore {
         access: Access,
     ) -> Result<Arc<Self>, StoreError> {
         let write = access == Access::Write;
+        let mut tasks = Vec::new();
         let lease = if write {
             let stream = kdb_stream(prefix, LEASE_STREAM_SUFFIX);
-            Some(acquire(server.as_ref(), stream, lease_ttl).await?)
+            let lease = acquire(server.as_ref(), stream, lease_ttl).await?;
+            // Renewed from now on: reading a long log below must not let the lease lapse.
+            tasks.push(tokio::spawn(renew(server.clone(), lease.clone())));
+            Some(lease)
         } else {
             None
         };
@@ -1421,6 +1425,9 @@ impl KurrentStore {
             // A reader opens a damaged log (the audit reports it); a writer must not extend it.
             Err(StoreError::Corrupt(m)) if !write => tracing::error!("{m}"),
             Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
                 if let Some(lease) = &lease {
                     release(server.as_ref(), lease).await;
                 }
@@ -1428,10 +1435,9 @@ impl KurrentStore {
             }
         }
         let failures = Arc::new(AtomicU64::new(0));
-        let mut tasks = vec![tokio::spawn(follow(shared.clone()))];
+        tasks.push(tokio::spawn(follow(shared.clone())));
         let (queue, writer) = match lease {
             Some(lease) => {
-                tasks.push(tokio::spawn(renew(server, lease.clone())));
                 let (queue, rx) = WriterQueue::new();
                 let w = Writer {
                     shared: shared.clone(),
