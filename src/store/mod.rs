@@ -4,6 +4,8 @@
 //! stream"). Every recorded event carries `hash = SHA-256(prev_hash ‖ canonical record)`.
 
 pub mod chain;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod postgres;
 pub mod sqlite;
 
@@ -358,7 +360,8 @@ pub enum Access {
     Read,
 }
 
-/// Opens the store a URL names: `sqlite://path` (or a bare path) for the embedded store.
+/// Opens the store a URL names: `sqlite://path` (or a bare path) for the embedded store,
+/// `postgres://…`, or `kurrentdb://…` / `esdb://…` (feature `kurrentdb`).
 pub async fn open(url: &str, access: Access) -> Result<Arc<dyn EventStore>, StoreError> {
     let sqlite = |path: &str| {
         let path = std::path::PathBuf::from(path);
@@ -379,13 +382,34 @@ pub async fn open(url: &str, access: Access) -> Result<Arc<dyn EventStore>, Stor
         let s: Arc<dyn EventStore> = postgres::PgStore::open(url).await?;
         return Ok(s);
     }
-    if url.starts_with("esdb://") || url.starts_with("kurrentdb://") || url.contains("://") {
+    if is_kurrentdb_url(url) {
+        #[cfg(feature = "kurrentdb")]
+        {
+            let s: Arc<dyn EventStore> = kurrentdb::KurrentStore::open(url, access).await?;
+            return Ok(s);
+        }
+        #[cfg(not(feature = "kurrentdb"))]
         return Err(StoreError::Invalid(format!(
-            "unsupported store URL {:?}: use sqlite://PATH",
+            "{}: this wattledger was built without the `kurrentdb` feature; rebuild it with \
+             `cargo build --release --features kurrentdb` to use KurrentDB / EventStoreDB",
+            redact_url(url)
+        )));
+    }
+    if url.contains("://") {
+        return Err(StoreError::Invalid(format!(
+            "unsupported store URL {:?}: use sqlite://PATH, postgres://… or kurrentdb://…",
             redact_url(url)
         )));
     }
     sqlite(url).await
+}
+
+/// Whether a store URL names KurrentDB / EventStoreDB (`kurrentdb://`, `esdb://`, and their
+/// `+discover` forms).
+pub fn is_kurrentdb_url(url: &str) -> bool {
+    ["kurrentdb://", "kurrentdb+discover://", "esdb://", "esdb+discover://"]
+        .iter()
+        .any(|s| url.starts_with(s))
 }
 
 /// A URL with any password replaced, fit for logs and messages.
@@ -399,5 +423,39 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kurrentdb_urls_are_recognised() {
+        for u in [
+            "kurrentdb://h:2113",
+            "kurrentdb+discover://h",
+            "esdb://a:b@h",
+            "esdb+discover://h",
+        ] {
+            assert!(is_kurrentdb_url(u), "{u}");
+        }
+        for u in ["sqlite://x", "postgres://h/db", "kurrent://h", "data/x.db"] {
+            assert!(!is_kurrentdb_url(u), "{u}");
+        }
+    }
+
+    /// Without the feature, a KurrentDB URL says how to get a binary that takes it.
+    #[cfg(not(feature = "kurrentdb"))]
+    #[tokio::test]
+    async fn without_the_feature_a_kurrentdb_url_says_so() {
+        for u in ["kurrentdb://admin:s3cret@h:2113", "esdb+discover://h"] {
+            let e = match open(u, Access::Read).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{u} needs the kurrentdb feature"),
+            };
+            assert!(e.contains("built without the `kurrentdb` feature"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 }
