@@ -133,17 +133,20 @@ common=(
   --no-color
 )
 
+# schemathesis keeps a cache (.schemathesis/) in its working folder: the temporary one.
+SPEC="$PWD/api.yaml"
+cd "$WORK"
 status=0
 # 1. Every operation but the audit, as the operator; the live feed never ends by design
 #    (server-sent events), so it is left out.
 echo "schemathesis $SCHEMATHESIS_VERSION: every operation as the operator (seed $SEED, $MAX_EXAMPLES examples)"
 timeout --signal=INT --kill-after=20 "$TIME_LIMIT_S" \
-  "$ST" run api.yaml "${common[@]}" -H "Authorization: Bearer $OPERATOR" \
+  "$ST" run "$SPEC" "${common[@]}" -H "Authorization: Bearer $OPERATOR" \
   --exclude-path /v1/events/live --exclude-path /v1/audit || status=$?
 # 2. The audit, which only the auditor may read.
 echo "schemathesis $SCHEMATHESIS_VERSION: GET /v1/audit as the auditor"
 timeout --signal=INT --kill-after=20 "$TIME_LIMIT_S" \
-  "$ST" run api.yaml "${common[@]}" -H "Authorization: Bearer $AUDITOR" \
+  "$ST" run "$SPEC" "${common[@]}" -H "Authorization: Bearer $AUDITOR" \
   --include-path /v1/audit || status=$?
 
 if [ "$status" -ne 0 ]; then
