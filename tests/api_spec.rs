@@ -1865,7 +1865,7 @@ async fn a_running_server_answers_every_route_as_documented() {
         op,
         Body::None,
         &[],
-        503,
+        422,
     )
     .await;
 

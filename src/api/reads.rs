@@ -31,12 +31,25 @@ pub struct ReadQuery {
     pub to: Option<String>,
 }
 
+/// Waits (bounded) until the projections have applied position `min`. A position past the
+/// store's durable head is refused at once (422): no server has recorded it, so waiting could
+/// only end in a 503 that invites a retry that cannot succeed.
 pub async fn wait_min_position(s: &AppState, min: Option<u64>) -> Result<(), ApiError> {
-    if let Some(p) = min
-        && !s
-            .projections
-            .wait_for(p, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX))
-            .await
+    let Some(p) = min else { return Ok(()) };
+    if s.projections.position() >= p {
+        return Ok(());
+    }
+    let head = s.ledger.store().head().await?.position;
+    if p > head {
+        return Err(ApiError::invalid(
+            "min_position",
+            format!("the log ends at position {head}; position {p} is not recorded"),
+        ));
+    }
+    if !s
+        .projections
+        .wait_for(p, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX))
+        .await
     {
         return Err(ApiError::unavailable(format!(
             "the projections have applied position {}, not yet {p}; retry shortly",
