@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
+/// How often `serve` records what the log is owed without traffic (expired holds).
+pub const SWEEP_INTERVAL_MS: u64 = 1_000;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -165,6 +168,7 @@ pub struct RunningServer {
     stopping: tokio::sync::watch::Sender<bool>,
     join: tokio::task::JoinHandle<std::io::Result<()>>,
     follower: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -175,6 +179,8 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let served = self.join.await.map_err(std::io::Error::other)?;
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
         self.state.ledger.store().shutdown().await;
         self.follower.abort();
         // Wait for it to let go of the store, so that the store can be reopened at once.
@@ -212,6 +218,20 @@ pub async fn start(
             }
         }
     });
+    // Holds expire on time even when no command arrives: a bounded sweep once a second.
+    let sweep_ledger = state.ledger.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(SWEEP_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match sweep_ledger.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "recorded expired holds"),
+                Err(e) => tracing::warn!(error = %e, "the sweep for expired holds failed; retrying"),
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -234,5 +254,6 @@ pub async fn start(
         stopping: stopping_tx,
         join,
         follower,
+        sweeper,
     })
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 /// The snapshot file format; a file with another format is ignored and rebuilt.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 /// A live follower snapshots after applying this many events.
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 50_000;
 
