@@ -207,7 +207,15 @@ fn fold_holds(log: &[RecordedEvent]) -> BTreeMap<String, (String, Decimal, Decim
         let id = d["hold_id"].as_str().unwrap_or_default().to_string();
         match r.event_type.as_str() {
             "HoldPlaced" => {
-                holds.insert(id, (d["tenant_id"].as_str().unwrap().into(), dec(&d["amount_eu"]), Decimal::ZERO, false));
+                holds.insert(
+                    id,
+                    (
+                        d["tenant_id"].as_str().unwrap().into(),
+                        dec(&d["amount_eu"]),
+                        Decimal::ZERO,
+                        false,
+                    ),
+                );
             }
             "HoldCaptured" => holds.get_mut(&id).unwrap().2 += dec(&d["amount_eu"]),
             "HoldReleased" | "HoldExpired" => holds.get_mut(&id).unwrap().3 = true,
@@ -290,12 +298,18 @@ proptest! {
 fn the_generator_exercises_every_reservation_event() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeSet::new();
     let mut drew = false;
     for _ in 0..10 {
-        let ops = prop::collection::vec(op(), 60..70).new_tree(&mut runner).unwrap().current();
+        let ops = prop::collection::vec(op(), 60..70)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
         let log = rt.block_on(async {
             let r = run(&ops).await;
             r.ledger.store().read_all(0, 100_000).await.unwrap()
