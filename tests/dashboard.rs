@@ -592,7 +592,10 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
     assert_eq!(placed.status().as_u16(), 201);
     let position = placed.json::<Value>().await.unwrap()["position"].as_u64().unwrap();
     let holds = demo
-        .get_ok(&format!("/v1/tenants/beta-labs/holds?status=active&min_position={position}"), &beta)
+        .get_ok(
+            &format!("/v1/tenants/beta-labs/holds?status=active&min_position={position}"),
+            &beta,
+        )
         .await;
     let url = format!("{}/#token={beta}", demo.server.base);
     let dom = chromium(

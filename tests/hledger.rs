@@ -139,7 +139,11 @@ fn hledger_accepts_the_journal_and_agrees_with_every_balance() {
     );
     let late_results = apply(&store, dir.path(), "late.ndjson", &late);
     assert_eq!(late_results[1]["price"]["tariff_version"], 1);
-    assert!(late_results[5]["hold_draws"][0]["amount_eu"].is_string(), "{}", late_results[5]);
+    assert!(
+        late_results[5]["hold_draws"][0]["amount_eu"].is_string(),
+        "{}",
+        late_results[5]
+    );
     assert_eq!(late_results[9]["triggered"][0]["event_type"], "SpendingLimitExceeded");
 
     let journal = dir.path().join("wattledger.journal");
@@ -208,8 +212,12 @@ fn hledger_accepts_the_journal_and_agrees_with_every_balance() {
     let drawn = Decimal::from_str(late_results[5]["hold_draws"][0]["amount_eu"].as_str().unwrap()).unwrap();
     assert_eq!(held, Decimal::from(5000) - drawn - Decimal::from_str("10.5").unwrap());
     assert_eq!(h["held:acme-ai"]["EU"], held);
-    let real = String::from_utf8(hledger(&journal, &["balance", "--real", "-O", "csv", "--layout", "bare"]).stdout).unwrap();
-    assert!(!hledger_balances(&real).contains_key("held:acme-ai"), "--real leaves holds out");
+    let real =
+        String::from_utf8(hledger(&journal, &["balance", "--real", "-O", "csv", "--layout", "bare"]).stdout).unwrap();
+    assert!(
+        !hledger_balances(&real).contains_key("held:acme-ai"),
+        "--real leaves holds out"
+    );
     // Nothing in hledger that wattledger does not know.
     for a in h.keys() {
         assert!(accounts.contains(&a.as_str()) || a == "held:acme-ai", "hledger has {a}");

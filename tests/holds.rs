@@ -373,6 +373,17 @@ async fn a_jobs_consumption_draws_on_its_hold_and_the_rest_on_the_balance() {
         (Some("train-7"), Some("110"), Some("121"), Some("100"))
     );
     assert_eq!(st["holds"].as_array().unwrap().len(), 2);
+    let stmt = books
+        .statement("acme-ai", wattledger::domain::time::Period::parse("2026-11").unwrap())
+        .unwrap();
+    let csv = wattledger::projections::render::statement_csv(&stmt);
+    assert!(
+        csv.contains("acme-ai,2026-11,job,,,,110,121,\"job train-7: 2 readings, 100 EU drawn from holds\""),
+        "{csv}"
+    );
+    assert!(csv.contains("hold train-7-res (job train-7): 100 EU until 2026-11-29T12:00:00Z; placed 100, captured 0, drawn 100, released 0, left 0 (active)"), "{csv}");
+    let html = wattledger::projections::render::statement_html(&stmt);
+    assert!(html.contains("<h2>Jobs</h2>") && html.contains("<h2>Holds</h2>") && html.contains("train-7-res"));
     // A job names energy consumption only.
     w.refused(
         json!({"command":"post_reading","meter_id":"gt-01","flow":"generated","start":"2026-11-27T19:00:00Z","end":"2026-11-27T19:15:00Z","wh":"1","job_id":"x"}),
