@@ -377,3 +377,64 @@ async fn sixteen_clients_placing_holds_at_once_never_overdraw_the_tenant() {
     assert_eq!(report["clean"], true, "{report}");
     app.stop().await;
 }
+
+/// `serve` records an expiry without any traffic: its sweep runs every second.
+#[tokio::test]
+async fn the_server_expires_holds_without_traffic() {
+    use chrono::DurationRound;
+    use std::sync::Arc;
+    use wattledger::ledger::FixedClock;
+    let now = Utc::now().duration_trunc(chrono::TimeDelta::seconds(1)).unwrap();
+    let clock = Arc::new(FixedClock::new(now));
+    let app = support::spawn_app_with(
+        wattledger::api::auth::AuthConfig::hs256(support::TEST_SECRET.as_bytes(), "test").unwrap(),
+        clock.clone(),
+    )
+    .await;
+    campus(&app, "1000").await;
+    let acme = app.token(Role::Tenant, Some("acme-ai"), None, None);
+    let expires = now + Duration::minutes(5);
+    let (s, placed) = post(
+        &app,
+        "/v1/tenants/acme-ai/holds",
+        HOLDS,
+        &acme,
+        &json!({"hold_id":"short","amount_eu":"10","expires_at":fmt_time(&expires)}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let ledger = app.server.as_ref().unwrap().state.ledger.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        ledger.store().head().await.unwrap().position,
+        placed["position"].as_u64().unwrap(),
+        "nothing is due before expires_at"
+    );
+    clock.set(expires);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = ledger.store().read_all(0, 1000).await.unwrap();
+        let last = log.last().unwrap();
+        if last.event_type == "HoldExpired" {
+            assert_eq!(last.recorded_at, expires, "recorded at the log's time");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no HoldExpired within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, list) = get(
+        &app,
+        &format!(
+            "/v1/tenants/acme-ai/holds/short?min_position={}",
+            ledger.store().head().await.unwrap().position
+        ),
+        HOLD,
+        &acme,
+    )
+    .await;
+    assert_eq!(
+        (list["status"].as_str(), list["released_eu"].as_str()),
+        (Some("expired"), Some("10"))
+    );
+    app.stop().await;
+}
