@@ -243,6 +243,25 @@ async fn holds_are_idempotent_by_id_and_refuse_other_terms() {
     w.refused(place("h2", "0", "2026-11-28T13:00:00Z"), Code::Validation, "amount_eu")
         .await;
     w.refused(capture("nope", "1"), Code::NotFound, "hold_id").await;
+    // A capture_id retried names its capture; one that names another event is a conflict.
+    let cid = "7d2f8a8e-0c1b-4a47-9a51-3f8d2b6c1e00";
+    let c = w
+        .ok(json!({"command":"capture_hold","hold_id":"h1","amount_eu":"1","capture_id":cid}))
+        .await;
+    let again = w
+        .ok(json!({"command":"capture_hold","hold_id":"h1","amount_eu":"1","capture_id":cid}))
+        .await;
+    assert_eq!(
+        (again["duplicate"].as_bool(), &again["event_id"]),
+        (Some(true), &c["event_id"])
+    );
+    let other = first["event_id"].as_str().unwrap();
+    w.refused(
+        json!({"command":"capture_hold","hold_id":"h1","amount_eu":"1","capture_id":other}),
+        Code::Conflict,
+        "capture_id",
+    )
+    .await;
     // Through a route scoped to another tenant, the hold does not exist.
     w.refused(
         json!({"command":"capture_hold","hold_id":"h1","tenant_id":"beta-labs","amount_eu":"1"}),

@@ -146,6 +146,8 @@ pub struct HoldState {
     pub captures: u32,
     /// The latest capture: (event id, amount).
     pub last_capture: Option<(Uuid, AmountEu)>,
+    /// Every capture's event id (a `capture_id` retried must name one of them).
+    pub capture_ids: BTreeSet<Uuid>,
 }
 
 impl HoldState {
@@ -669,12 +671,19 @@ impl LedgerState {
         client_id: Option<Uuid>,
         ctx: &DecideContext,
     ) -> Result<Decision, Rejection> {
+        let h = self.hold_of(hold_id, tenant)?;
         if let Some(id) = client_id
             && let Some(d) = self.duplicate_of(id)
         {
+            if !h.capture_ids.contains(&id) {
+                return Err(Rejection::conflict(
+                    "capture_id",
+                    format!("capture_id {id} names another event, not a capture of hold {hold_id:?}"),
+                    Some(id),
+                ));
+            }
             return Ok(d);
         }
-        let h = self.hold_of(hold_id, tenant)?;
         // A retry of the latest capture is recognised; to capture the same amount twice,
         // give each its own capture_id.
         if client_id.is_none()
@@ -1340,6 +1349,7 @@ impl LedgerState {
                         closed_by: None,
                         captures: 0,
                         last_capture: None,
+                        capture_ids: BTreeSet::new(),
                     },
                 );
             }
@@ -1349,6 +1359,7 @@ impl LedgerState {
                     h.captured_eu += amount;
                     h.captures += 1;
                     h.last_capture = Some((event_id, c.amount_eu));
+                    h.capture_ids.insert(event_id);
                 }
                 if let Some(t) = self.tenants.get_mut(&c.tenant_id) {
                     t.held_eu -= amount;
