@@ -203,6 +203,8 @@ pub struct LedgerState {
     /// Tenants and periods whose charges passed the limit and are not flagged yet, with the
     /// event that took them past it.
     pub over_limit: BTreeMap<(TenantId, Period), Uuid>,
+    /// Active holds of each tenant's job, by expiry (the order a job's consumption draws).
+    pub job_holds: HashMap<(TenantId, JobId), BTreeSet<(DateTime<Utc>, HoldId)>>,
 }
 
 /// An amount already known to fit (sums and differences of amounts of at most 6 dp).
@@ -539,13 +541,16 @@ impl LedgerState {
     /// EU of a tenant's holds still active at `now` (an expiry not yet recorded does not
     /// count: deciding never relies on the caller having recorded it).
     pub fn held_at(&self, t: &TenantState, now: DateTime<Utc>) -> Decimal {
-        t.holds
+        // `held_eu` counts every active hold; take off those already past due (none, when the
+        // ledger recorded what was due before deciding), so this costs O(due), not O(holds).
+        let past_due: Decimal = t
+            .holds
             .iter()
-            .rev()
-            .take_while(|(at, _)| *at > now)
+            .take_while(|(at, _)| *at <= now)
             .filter_map(|(_, id)| self.holds.get(id))
             .map(HoldState::remaining_eu)
-            .sum()
+            .sum();
+        t.held_eu - past_due
     }
 
     /// What a tenant may still spend or reserve at `now`: balance − active holds.
@@ -779,15 +784,15 @@ impl LedgerState {
     fn hold_draws(&self, tenant: &TenantId, job: &JobId, charge: Decimal, now: DateTime<Utc>) -> Vec<HoldDraw> {
         let mut left = charge;
         let mut draws = Vec::new();
-        let Some(t) = self.tenants.get(tenant) else {
+        let Some(holds) = self.job_holds.get(&(tenant.clone(), job.clone())) else {
             return draws;
         };
-        for (_, id) in &t.holds {
+        for (_, id) in holds {
             if left <= Decimal::ZERO {
                 break;
             }
             let Some(h) = self.holds.get(id) else { continue };
-            if h.placed.job_id.as_ref() != Some(job) || !h.active_at(now) {
+            if !h.active_at(now) {
                 continue;
             }
             let take = h.remaining_eu().min(left);
@@ -1338,6 +1343,12 @@ impl LedgerState {
                     t.holds.insert((p.expires_at, p.hold_id.clone()));
                 }
                 self.expiries.insert((p.expires_at, p.hold_id.clone()));
+                if let Some(job) = &p.job_id {
+                    self.job_holds
+                        .entry((p.tenant_id.clone(), job.clone()))
+                        .or_default()
+                        .insert((p.expires_at, p.hold_id.clone()));
+                }
                 self.holds.insert(
                     p.hold_id.clone(),
                     HoldState {
@@ -1379,6 +1390,15 @@ impl LedgerState {
                     h.closed_by = Some(event_id);
                     let key = (h.placed.expires_at, c.hold_id.clone());
                     self.expiries.remove(&key);
+                    if let Some(job) = &h.placed.job_id {
+                        let jk = (h.placed.tenant_id.clone(), job.clone());
+                        if let Some(set) = self.job_holds.get_mut(&jk) {
+                            set.remove(&key);
+                            if set.is_empty() {
+                                self.job_holds.remove(&jk);
+                            }
+                        }
+                    }
                     if let Some(t) = self.tenants.get_mut(&c.tenant_id) {
                         t.held_eu -= left;
                         t.holds.remove(&key);
