@@ -551,3 +551,50 @@ async fn the_audit_finds_expiries_out_of_their_time() {
     );
     assert!(!report.clean);
 }
+
+/// Throughput of reservations through the ledger (SQLite): `n` holds placed on one tenant,
+/// pipelined as `apply` does, then every one of them expired before one command. Run with
+/// `cargo test --release --test holds -- --ignored --nocapture`; docs/PERFORMANCE.md has
+/// the figures.
+#[tokio::test]
+#[ignore = "a measurement: run it on purpose, in release"]
+async fn measure_placing_and_expiring_holds() {
+    for n in [1_000usize, 4_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
+        let clock = Arc::new(FixedClock::new(t(NOW)));
+        let ledger = Ledger::open(store, clock.clone()).await.unwrap();
+        for c in [
+            json!({"command":"register_tenant","tenant_id":"t","name":"T"}),
+            json!({"command":"issue_credits","tenant_id":"t","amount_eu":"100000000"}),
+        ] {
+            ledger.execute_json(&c).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        let mut pending = Vec::with_capacity(n);
+        for i in 0..n {
+            let expires = t(NOW) + Duration::minutes(30) + Duration::seconds(i as i64);
+            let cmd = wattledger::domain::Command::from_json(&json!({"command":"place_hold","hold_id":format!("h{i}"),
+                "tenant_id":"t","amount_eu":"1","expires_at":fmt_time(&expires),"job_id":"j"}))
+            .unwrap();
+            pending.push(ledger.submit(&cmd).await);
+        }
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+        let placed = started.elapsed();
+        clock.set(t(NOW) + Duration::days(1));
+        let started = std::time::Instant::now();
+        ledger
+            .execute_json(&json!({"command":"issue_credits","tenant_id":"t","amount_eu":"1"}))
+            .await
+            .unwrap();
+        let expired = started.elapsed();
+        let log = ledger.store().read_all(0, 100_000).await.unwrap();
+        assert_eq!(log.iter().filter(|r| r.event_type == "HoldExpired").count(), n);
+        eprintln!(
+            "{n} holds: placed in {placed:?} ({:.0} holds/s); all expired before one command in {expired:?}",
+            n as f64 / placed.as_secs_f64()
+        );
+    }
+}
