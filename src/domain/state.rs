@@ -93,7 +93,7 @@ pub struct TenantState {
     /// What is left of its active holds (reserved, not yet charged or freed).
     pub held_eu: Decimal,
     /// Its active holds, by expiry.
-    pub holds: BTreeSet<(DateTime<Utc>, HoldId)>,
+    pub holds: HoldsByExpiry,
     /// Spending limit settings: effective period → (limit, the event that set it).
     pub limits: BTreeMap<Period, (Option<AmountEu>, Uuid)>,
     /// How many limit settings it has had (names the next one's id).
@@ -179,6 +179,9 @@ pub struct ReadingState {
     pub job_id: Option<JobId>,
 }
 
+/// Holds by expiry time (the order they expire and a job draws on them).
+pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
+
 /// Interval start → (end, reading event id), for one meter and flow.
 pub type IntervalIndex = BTreeMap<DateTime<Utc>, (DateTime<Utc>, Uuid)>;
 
@@ -199,12 +202,12 @@ pub struct LedgerState {
     pub closed: BTreeSet<Period>,
     pub holds: HashMap<HoldId, HoldState>,
     /// Every active hold, by expiry: the ledger records `HoldExpired` for those due.
-    pub expiries: BTreeSet<(DateTime<Utc>, HoldId)>,
+    pub expiries: HoldsByExpiry,
     /// Tenants and periods whose charges passed the limit and are not flagged yet, with the
     /// event that took them past it.
     pub over_limit: BTreeMap<(TenantId, Period), Uuid>,
     /// Active holds of each tenant's job, by expiry (the order a job's consumption draws).
-    pub job_holds: HashMap<(TenantId, JobId), BTreeSet<(DateTime<Utc>, HoldId)>>,
+    pub job_holds: HashMap<(TenantId, JobId), HoldsByExpiry>,
 }
 
 /// An amount already known to fit (sums and differences of amounts of at most 6 dp).
