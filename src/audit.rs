@@ -6,13 +6,19 @@
 
 use crate::domain::LedgerState;
 use crate::domain::events::Event;
+use crate::domain::ids::HoldId;
 use crate::domain::postings::{balanced, postings};
+use crate::domain::quantity::fmt_decimal;
 use crate::domain::quantity::round_eu;
+use crate::domain::state::HoldStatus;
 use crate::domain::tariff::price;
+use crate::domain::time::fmt_time;
 use crate::projections::Books;
 use crate::projections::attribution::{all_sites, check_invariants};
 use crate::projections::engine::read_snapshot;
 use crate::store::{EventStore, GENESIS_HASH, READ_PAGE_EVENTS_MAX, RecordedEvent, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -167,11 +173,201 @@ impl Walk {
                 .add(p, "postings", "the event's debits and credits differ".into());
         }
         self.check_price(r.position, &ev);
+        self.check_holds(r, &ev);
         if let Event::PeriodClosed(c) = &ev {
             self.closes.push((r.position, c.last_position, c.chain_hash.clone()));
         }
         self.state.evolve(r.event_id, &r.stream, r.version, &ev);
         self.books.apply(r, &ev);
+    }
+
+    /// Holds and spending limits, against the state replayed so far: expiries recorded at
+    /// their time and before anything later, no capture, draw or release of a hold that was
+    /// closed or expired, never more than what is left of it, no hold that overdrew its tenant,
+    /// and no spending-limit flag that the charges do not justify.
+    fn check_holds(&mut self, r: &RecordedEvent, ev: &Event) {
+        let p = Some(r.position);
+        let at = r.recorded_at;
+        if !matches!(ev, Event::HoldExpired(_))
+            && let Some((expiry, id)) = self.state.expiries.first()
+            && *expiry <= at
+        {
+            self.report.add(
+                p,
+                "expiry",
+                format!(
+                    "hold {id} expired at {}, but this event (recorded at {}) comes before its HoldExpired",
+                    fmt_time(expiry),
+                    fmt_time(&at)
+                ),
+            );
+        }
+        // A hold that may be used at `at`: known, active, not expired; `None` after a finding.
+        let usable = |w: &mut Walk, id: &HoldId, what: &str| -> Option<(Decimal, DateTime<Utc>)> {
+            let Some(h) = w.state.holds.get(id) else {
+                w.report
+                    .add(p, "hold", format!("{what} of hold {id}, which was never placed"));
+                return None;
+            };
+            if h.status != HoldStatus::Active {
+                w.report.add(
+                    p,
+                    "hold",
+                    format!("{what} of hold {id}, which was already {}", h.status.as_str()),
+                );
+                return None;
+            }
+            Some((h.remaining_eu(), h.placed.expires_at))
+        };
+        match ev {
+            Event::HoldPlaced(h) => {
+                if self.state.holds.contains_key(&h.hold_id) {
+                    self.report
+                        .add(p, "hold", format!("hold {} is placed a second time", h.hold_id));
+                } else if let Some(available) = self.state.available_eu(&h.tenant_id, at)
+                    && h.amount_eu.value() > available
+                {
+                    self.report.add(
+                        p,
+                        "hold",
+                        format!(
+                            "hold {} of {} EU overdrew tenant {} ({} EU available)",
+                            h.hold_id,
+                            h.amount_eu,
+                            h.tenant_id,
+                            fmt_decimal(&available)
+                        ),
+                    );
+                }
+            }
+            Event::HoldCaptured(c) => {
+                if let Some((left, expires)) = usable(self, &c.hold_id, "a capture") {
+                    if at >= expires {
+                        self.report.add(
+                            p,
+                            "expiry",
+                            format!(
+                                "hold {} was captured after it expired at {}",
+                                c.hold_id,
+                                fmt_time(&expires)
+                            ),
+                        );
+                    }
+                    if c.amount_eu.value() > left || c.remaining_eu.value() != left - c.amount_eu.value() {
+                        self.report.add(
+                            p,
+                            "hold",
+                            format!(
+                                "hold {} had {} EU left: a capture of {} EU leaving {} EU does not fit",
+                                c.hold_id,
+                                fmt_decimal(&left),
+                                c.amount_eu,
+                                c.remaining_eu
+                            ),
+                        );
+                    }
+                }
+            }
+            Event::HoldReleased(c) | Event::HoldExpired(c) => {
+                let expired = matches!(ev, Event::HoldExpired(_));
+                if let Some((left, expires)) = usable(self, &c.hold_id, if expired { "an expiry" } else { "a release" })
+                {
+                    if expired && (at < expires || c.expires_at != expires) {
+                        self.report.add(
+                            p,
+                            "expiry",
+                            format!(
+                                "hold {} expires at {}, but its HoldExpired was recorded at {}",
+                                c.hold_id,
+                                fmt_time(&expires),
+                                fmt_time(&at)
+                            ),
+                        );
+                    }
+                    if !expired && at >= expires {
+                        self.report.add(
+                            p,
+                            "expiry",
+                            format!(
+                                "hold {} was released after it expired at {}",
+                                c.hold_id,
+                                fmt_time(&expires)
+                            ),
+                        );
+                    }
+                    if c.released_eu.value() != left {
+                        self.report.add(
+                            p,
+                            "hold",
+                            format!(
+                                "hold {} had {} EU left, but {} EU were freed",
+                                c.hold_id,
+                                fmt_decimal(&left),
+                                c.released_eu
+                            ),
+                        );
+                    }
+                }
+            }
+            Event::EnergyConsumed(reading) if !reading.hold_draws.is_empty() => {
+                let drawn: Decimal = reading.hold_draws.iter().map(|d| d.amount_eu.value()).sum();
+                if drawn > reading.price.amount_eu {
+                    self.report
+                        .add(p, "hold", "the reading draws more from holds than it is charged".into());
+                }
+                for d in &reading.hold_draws {
+                    let Some((left, expires)) = usable(self, &d.hold_id, "a draw") else {
+                        continue;
+                    };
+                    let h = &self.state.holds[&d.hold_id].placed;
+                    if h.job_id != reading.job_id || Some(&h.tenant_id) != reading.tenant_id.as_ref() {
+                        self.report.add(
+                            p,
+                            "hold",
+                            format!("hold {} is not a hold of this reading's tenant and job", d.hold_id),
+                        );
+                    }
+                    if at >= expires {
+                        self.report.add(
+                            p,
+                            "expiry",
+                            format!(
+                                "hold {} was drawn after it expired at {}",
+                                d.hold_id,
+                                fmt_time(&expires)
+                            ),
+                        );
+                    }
+                    if d.amount_eu.value() > left {
+                        self.report.add(
+                            p,
+                            "hold",
+                            format!(
+                                "hold {} had {} EU left; {} EU were drawn",
+                                d.hold_id,
+                                fmt_decimal(&left),
+                                d.amount_eu
+                            ),
+                        );
+                    }
+                }
+            }
+            Event::SpendingLimitExceeded(x) => {
+                let key = (x.tenant_id.clone(), x.period);
+                let charged = self.state.tenants.get(&x.tenant_id).map(|t| t.charged_in(x.period));
+                if !self.state.over_limit.contains_key(&key) || charged != Some(x.charged_eu) {
+                    self.report.add(
+                        p,
+                        "limit",
+                        format!(
+                            "tenant {} was not past its spending limit in {} (or was flagged already)",
+                            x.tenant_id, x.period
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Re-derives a reading's price from the tariff then in force (as the log stood when

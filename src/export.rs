@@ -172,6 +172,70 @@ fn header(rec: &RecordedEvent, ev: &Event) -> (NaiveDate, String) {
             booked_date(at, c.booked_period),
             format!("transfer {} → {}: {}", c.from_tenant, c.to_tenant, clean(&c.memo)),
         ),
+        Event::HoldPlaced(h) => (
+            booked_date(at, h.booked_period),
+            format!(
+                "hold {} placed for {}{} until {}: {}",
+                h.hold_id,
+                h.tenant_id,
+                h.job_id.as_ref().map_or(String::new(), |j| format!(" (job {j})")),
+                fmt_time(&h.expires_at),
+                clean(&h.memo)
+            ),
+        ),
+        Event::HoldCaptured(h) => (
+            booked_date(at, h.booked_period),
+            format!("hold {} of {} captured", h.hold_id, h.tenant_id),
+        ),
+        Event::HoldReleased(h) => (
+            booked_date(at, h.booked_period),
+            format!("hold {} of {} released", h.hold_id, h.tenant_id),
+        ),
+        Event::HoldExpired(h) => (
+            booked_date(at, h.booked_period),
+            format!(
+                "hold {} of {} expired at {}",
+                h.hold_id,
+                h.tenant_id,
+                fmt_time(&h.expires_at)
+            ),
+        ),
+        Event::SpendingLimitSet(l) => (
+            day(at),
+            format!(
+                "spending limit of {} from {}: {}",
+                l.tenant_id,
+                l.period,
+                l.limit_eu.map_or("none".to_string(), |x| format!("{x} EU per period"))
+            ),
+        ),
+        Event::SpendingLimitExceeded(x) => (
+            day(at),
+            format!(
+                "spending limit of {} exceeded in {}: {} EU charged, limit {} EU",
+                x.tenant_id,
+                x.period,
+                fmt_decimal(&x.charged_eu),
+                x.limit_eu
+            ),
+        ),
+    }
+}
+
+/// The change an event makes to a tenant's reserved EU, as `(tenant, EU)`: placing a hold
+/// reserves, capturing, drawing, releasing and expiring use the reservation up. The journal
+/// shows it as unbalanced virtual postings to `held:{tenant}` (left out by `--real`), so
+/// `hledger bal held` lists what each tenant has on hold.
+fn held_change(ev: &Event) -> Option<(String, Decimal)> {
+    match ev {
+        Event::HoldPlaced(h) => Some((h.tenant_id.to_string(), h.amount_eu.value())),
+        Event::HoldCaptured(h) => Some((h.tenant_id.to_string(), -h.amount_eu.value())),
+        Event::HoldReleased(h) | Event::HoldExpired(h) => Some((h.tenant_id.to_string(), -h.released_eu.value())),
+        Event::EnergyConsumed(r) if !r.hold_draws.is_empty() => {
+            let drawn: Decimal = r.hold_draws.iter().map(|d| d.amount_eu.value()).sum();
+            r.tenant_id.as_ref().map(|t| (t.to_string(), -drawn))
+        }
+        _ => None,
     }
 }
 
@@ -210,9 +274,25 @@ pub async fn hledger_journal(store: &dyn EventStore, out: &mut impl Write) -> Re
         ("asset", "R", "energy each generation asset delivered to a bus"),
         ("storage", "A", "energy held by each battery"),
         ("site", "A", "each site's bus: its balance is the losses"),
-        ("issuance", "E", "where credits are issued from"),
+        (
+            "issuance",
+            "E",
+            "where credits are issued from and captured holds return to",
+        ),
     ] {
         writeln!(out, "account {top}  ; type: {kind}, {what}")?;
+    }
+    let mut held: Vec<String> = books.holds.values().map(|h| h.tenant_id.clone()).collect();
+    held.sort();
+    held.dedup();
+    if !held.is_empty() {
+        writeln!(
+            out,
+            "account held  ; EU each tenant has on hold (virtual postings, left out by --real)"
+        )?;
+        for t in &held {
+            writeln!(out, "account held:{t}")?;
+        }
     }
     for a in &accounts {
         if a.as_str() != "issuance" {
@@ -247,6 +327,11 @@ pub async fn hledger_journal(store: &dyn EventStore, out: &mut impl Write) -> Re
             if energy {
                 posting_line(out, &p.account, &amount(sign * p.energy_wh, "Wh"))?;
             }
+        }
+        if let Some((tenant, change)) = held_change(ev)
+            && !change.is_zero()
+        {
+            posting_line(out, &format!("(held:{tenant})"), &amount(change, "EU"))?;
         }
         if let Event::PeriodClosed(c) = ev {
             writeln!(

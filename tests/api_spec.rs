@@ -334,7 +334,11 @@ fn the_documented_query_parameters_are_the_ones_the_handlers_read() {
     assert_eq!(params("get", "/v1/storage"), set(&["min_position"]));
     assert_eq!(params("get", "/v1/streams/{stream}"), set(&["from_version", "limit"]));
     assert_eq!(params("get", "/v1/events"), set(&["from_position", "limit"]));
-    assert_eq!(params("get", "/v1/events/live"), set(&["from_position"]));
+    assert_eq!(params("get", "/v1/events/live"), set(&["from_position", "types"]));
+    assert_eq!(
+        params("get", "/v1/tenants/{tenant_id}/holds"),
+        set(&["status", "min_position"])
+    );
     let limit = &spec["components"]["parameters"]["Limit"];
     assert_eq!(
         limit["schema"]["maximum"],
@@ -685,7 +689,7 @@ fn problems_match_and_broken_problems_do_not() {
 #[test]
 fn read_bodies_match_and_broken_ones_do_not() {
     let spec = spec();
-    let balance = json!({"account":"tenant:acme-ai","balance_eu":"97006100","balance_wh":"-449000","credits_eu":"100001100","credits_wh":"1000","debits_eu":"2995000","debits_wh":"450000","normal_side":"credit","position":14});
+    let balance = json!({"account":"tenant:acme-ai","balance_eu":"97006100","balance_wh":"-449000","credits_eu":"100001100","credits_wh":"1000","debits_eu":"2995000","debits_wh":"450000","normal_side":"credit","position":14,"held_eu":"6000","available_eu":"97000100"});
     support::assert_matches_spec("GET", "/v1/accounts/{account}", 200, "application/json", &balance);
     let bus = json!({"account":"site:memphis-1:bus","balance_eu":"854600","balance_wh":"450000","credits_eu":"496500","credits_wh":"451000","debits_eu":"1351100","debits_wh":"901000","normal_side":"debit","position":14});
     support::assert_matches_spec("GET", "/v1/accounts/{account}", 200, "application/json", &bus);
@@ -712,6 +716,12 @@ fn read_bodies_match_and_broken_ones_do_not() {
             with(balance.clone(), "/account", json!("bogus")),
         ),
         ("negative debits", with(balance.clone(), "/debits_eu", json!("-1"))),
+        (
+            "a tenant without available_eu",
+            without(balance.clone(), "/available_eu"),
+        ),
+        ("negative held EU", with(balance.clone(), "/held_eu", json!("-1"))),
+        ("held EU on a bus account", with(bus.clone(), "/held_eu", json!("0"))),
     ] {
         assert!(
             !response_errors(&spec, "GET", "/v1/accounts/{account}", 200, "application/json", &body).is_empty(),

@@ -4,7 +4,8 @@
 //! headless Chromium opens the page with an operator token and the DOM shows that the chart
 //! drew every source and tenant of the demo week and that live events arrived over the fetch
 //! stream, then with a tenant token and the DOM shows that tenant's statement totals exactly as
-//! `GET /v1/tenants/{t}/statements/{p}` gives them. Screenshots go to `target/dashboard.png`
+//! `GET /v1/tenants/{t}/statements/{p}` gives them, with its active holds, total and available
+//! balance as `GET /v1/tenants/{t}/holds` gives them. Screenshots go to `target/dashboard.png`
 //! and `target/dashboard-tenant.png`.
 
 mod support;
@@ -577,7 +578,25 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
 
     // A tenant's view: its own statement only; the site panels answer 403 and are not shown.
+    // It holds EU on hold for a job: the page shows its active holds, total and available.
     let beta = demo.token(Role::Tenant, Some("beta-labs"));
+    let expires = wattledger::domain::time::fmt_time(&(chrono::Utc::now() + chrono::Duration::hours(6)));
+    let placed = demo
+        .client
+        .post(demo.url("/v1/tenants/beta-labs/holds"))
+        .bearer_auth(&beta)
+        .json(&serde_json::json!({"hold_id":"train-9","amount_eu":"1234.5","expires_at":expires,"job_id":"train-9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status().as_u16(), 201);
+    let position = placed.json::<Value>().await.unwrap()["position"].as_u64().unwrap();
+    let holds = demo
+        .get_ok(
+            &format!("/v1/tenants/beta-labs/holds?status=active&min_position={position}"),
+            &beta,
+        )
+        .await;
     let url = format!("{}/#token={beta}", demo.server.base);
     let dom = chromium(
         &work.join("profile-tenant"),
@@ -606,6 +625,12 @@ async fn headless_chromium_draws_every_source_and_tenant_and_the_tenant_sees_its
         "the page chose an empty period: {api}"
     );
     assert_statement_shown(&dom, shown, &api);
+    assert_eq!(
+        s["holds"],
+        serde_json::json!({"active": 1, "held_eu": "1234.5", "balance_eu": holds["balance_eu"], "available_eu": holds["available_eu"]}),
+        "{s}"
+    );
+    assert!(dom.contains("train-9"), "the hold is listed");
     assert!(
         dom.contains("id=\"operator-view\" hidden"),
         "the site panels are shown to a tenant"

@@ -120,15 +120,31 @@ fn hledger_accepts_the_journal_and_agrees_with_every_balance() {
         .position(|l| l.contains("\"acme-ai-hall-1\"") && l.contains("post_reading"))
         .unwrap();
     let corrected = results[first_reading]["event_id"].as_str().unwrap().to_string();
+    // Holds: placed (one for a job whose reading draws on it), captured, released; and a
+    // spending limit the tenant is already past, which the ledger flags.
+    let expires = wattledger::domain::time::fmt_time(&(chrono::Utc::now() + chrono::Duration::hours(2)));
+    let period = wattledger::domain::time::Period::of(chrono::Utc::now()).to_string();
     let late = format!(
-        "{}\n{}\n{}\n{}\n",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
         r#"{"command":"register_meter","meter_id":"acme-ai-hall-2","site_id":"memphis-1","kind":"load","tenant_id":"acme-ai","rated_power_w":"2000000"}"#,
         r#"{"command":"post_reading","meter_id":"acme-ai-hall-2","flow":"consumed","start":"2026-09-29T20:00:00Z","end":"2026-09-29T20:15:00Z","wh":"450000.125"}"#,
         serde_json::json!({"command":"correct_reading","event_id":corrected,"wh":"1000","reason":"meter swap; recalibrated"}),
         r#"{"command":"close_period","period":"2026-10"}"#,
+        serde_json::json!({"command":"place_hold","hold_id":"hl-1","tenant_id":"acme-ai","amount_eu":"5000","expires_at":expires,"memo":"train; 36 h","job_id":"train-1"}),
+        r#"{"command":"post_reading","meter_id":"acme-ai-hall-2","flow":"consumed","start":"2026-11-02T20:00:00Z","end":"2026-11-02T20:15:00Z","wh":"1000","job_id":"train-1"}"#,
+        r#"{"command":"capture_hold","hold_id":"hl-1","amount_eu":"10.5"}"#,
+        serde_json::json!({"command":"place_hold","hold_id":"hl-2","tenant_id":"acme-ai","amount_eu":"7","expires_at":expires}),
+        r#"{"command":"release_hold","hold_id":"hl-2"}"#,
+        serde_json::json!({"command":"set_spending_limit","tenant_id":"acme-ai","limit_eu":"1","period":period}),
     );
     let late_results = apply(&store, dir.path(), "late.ndjson", &late);
     assert_eq!(late_results[1]["price"]["tariff_version"], 1);
+    assert!(
+        late_results[5]["hold_draws"][0]["amount_eu"].is_string(),
+        "{}",
+        late_results[5]
+    );
+    assert_eq!(late_results[9]["triggered"][0]["event_type"], "SpendingLimitExceeded");
 
     let journal = dir.path().join("wattledger.journal");
     let text = ok(wl(&store, &["export", "--format", "hledger"]), "export");
@@ -161,7 +177,7 @@ fn hledger_accepts_the_journal_and_agrees_with_every_balance() {
     let accounts: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("account "))
-        .filter(|a| a.contains(':') && !a.contains(' '))
+        .filter(|a| a.contains(':') && !a.contains(' ') && !a.starts_with("held:"))
         .chain(["issuance"])
         .collect();
     assert!(accounts.len() >= 3 + 12 + 5 + 3, "{accounts:?}");
@@ -189,9 +205,22 @@ fn hledger_accepts_the_journal_and_agrees_with_every_balance() {
         );
         assert_eq!(get("EU").scale().max(6), 6, "to the last digit");
     }
+    // What each tenant has on hold: hledger's virtual `held:` accounts against wattledger's
+    // `held_eu` (hl-1: 5000 − the reading's draw − 10.5 captured; hl-2 released).
+    let b: Value = serde_json::from_str(&ok(wl(&store, &["balance", "--account", "tenant:acme-ai"]), "acme")).unwrap();
+    let held = Decimal::from_str(b["held_eu"].as_str().unwrap()).unwrap();
+    let drawn = Decimal::from_str(late_results[5]["hold_draws"][0]["amount_eu"].as_str().unwrap()).unwrap();
+    assert_eq!(held, Decimal::from(5000) - drawn - Decimal::from_str("10.5").unwrap());
+    assert_eq!(h["held:acme-ai"]["EU"], held);
+    let real =
+        String::from_utf8(hledger(&journal, &["balance", "--real", "-O", "csv", "--layout", "bare"]).stdout).unwrap();
+    assert!(
+        !hledger_balances(&real).contains_key("held:acme-ai"),
+        "--real leaves holds out"
+    );
     // Nothing in hledger that wattledger does not know.
     for a in h.keys() {
-        assert!(accounts.contains(&a.as_str()), "hledger has {a}");
+        assert!(accounts.contains(&a.as_str()) || a == "held:acme-ai", "hledger has {a}");
     }
 
     // The assertions are checked: one changed digit and hledger refuses the journal.

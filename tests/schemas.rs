@@ -99,11 +99,25 @@ impl Scenario {
         self.recorded.push((label, new.event, doc));
         new.event_id
     }
+
+    /// Records what the ledger owes the log at `now` (an expiry, a spending limit flag).
+    fn due(&mut self, label: &'static str, now: &str) {
+        let new = self
+            .state
+            .next_due(parse_time(now).unwrap())
+            .unwrap_or_else(|| panic!("{label}: nothing is due at {now}"));
+        self.position += 1;
+        self.state
+            .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+        let doc = document(new.event_id, new.recorded_at, &new.event);
+        self.recorded.push((label, new.event, doc));
+    }
 }
 
 /// A campus in Memphis (America/Chicago) through one billing month: every event type, a
 /// reading split across the standard/peak boundary, a battery with a round-trip efficiency,
-/// a downward correction and the month's close.
+/// holds (placed, captured, released, drawn by a job, expired), a spending limit set and
+/// exceeded, a downward correction and the month's close.
 fn scenario() -> Scenario {
     let mut s = Scenario::new();
     let setup = "2026-10-15T09:30:00Z";
@@ -176,6 +190,23 @@ fn scenario() -> Scenario {
         credits,
         json!({"command": "transfer_credits", "from_tenant": "acme-ai", "to_tenant": "beta.compute", "amount_eu": "2500.5"}),
     );
+    s.run(
+        "SpendingLimitSet",
+        credits,
+        json!({"command": "set_spending_limit", "tenant_id": "acme-ai", "limit_eu": "3000000", "period": "2026-11"}),
+    );
+    s.run(
+        "HoldPlaced",
+        credits,
+        json!({"command": "place_hold", "hold_id": "train-7.res", "tenant_id": "acme-ai", "amount_eu": "100000",
+               "expires_at": "2026-11-02T23:00:00Z", "memo": "36 h training run", "job_id": "train-7"}),
+    );
+    s.run(
+        "HoldPlaced:plain",
+        credits,
+        json!({"command": "place_hold", "hold_id": "h_2", "tenant_id": "acme-ai", "amount_eu": "5000",
+               "expires_at": "2026-11-02T22:00:00Z"}),
+    );
     // Monday 2 November 2026; CST = UTC-6.
     let readings = "2026-11-02T21:00:00Z";
     s.run(
@@ -196,13 +227,25 @@ fn scenario() -> Scenario {
         json!({"command": "post_reading", "meter_id": "pv-meter-1", "flow": "generated",
                "start": "2026-11-02T20:15:00Z", "end": "2026-11-02T20:30:00Z", "wh": "1100000.125", "quality": "estimated"}),
     );
-    // 13:30–14:30 CST: half standard, half peak.
+    s.run(
+        "HoldCaptured",
+        readings,
+        json!({"command": "capture_hold", "hold_id": "h_2", "amount_eu": "1000.5"}),
+    );
+    s.run(
+        "HoldReleased",
+        readings,
+        json!({"command": "release_hold", "hold_id": "h_2"}),
+    );
+    // 13:30–14:30 CST: half standard, half peak; the job's hold pays the first 100000 EU.
     let consumed = s.run(
         "EnergyConsumed",
         readings,
         json!({"command": "post_reading", "meter_id": "hall-a.acme", "flow": "consumed",
-               "start": "2026-11-02T19:30:00Z", "end": "2026-11-02T20:30:00Z", "wh": "2400000"}),
+               "start": "2026-11-02T19:30:00Z", "end": "2026-11-02T20:30:00Z", "wh": "2400000", "job_id": "train-7"}),
     );
+    s.due("SpendingLimitExceeded", readings);
+    s.due("HoldExpired", "2026-11-03T10:15:00Z");
     s.run(
         "ReadingCorrected",
         "2026-11-03T10:15:00Z",
@@ -629,6 +672,39 @@ fn cases() -> Vec<Case> {
         reject("CreditsTransferred", "/data/memo", Set(json!(null))),
         reject("CreditsTransferred", "/data/booked_period", Remove),
         accept("CreditsTransferred", "/data/memo", s("rebalancing")),
+        // Holds
+        reject("HoldPlaced", "/data/amount_eu", s("0")),
+        reject("HoldPlaced", "/data/expires_at", s("tomorrow")),
+        reject("HoldPlaced", "/data/hold_id", s("Hold 1")),
+        reject("HoldPlaced", "/data/job_id", Set(json!(null))),
+        reject("HoldPlaced", "/data/booked_period", Remove),
+        accept("HoldPlaced", "/data/job_id", Remove),
+        reject("HoldCaptured", "/data/amount_eu", s("-1")),
+        reject("HoldCaptured", "/data/remaining_eu", s("-0.5")),
+        reject("HoldCaptured", "/data/remaining_eu", Remove),
+        accept("HoldCaptured", "/data/remaining_eu", s("0")),
+        reject("HoldReleased", "/data/released_eu", s("1e3")),
+        reject("HoldReleased", "/data/expires_at", Remove),
+        reject("HoldReleased", "/data/reason", s("done")),
+        reject("HoldExpired", "/data/released_eu", Remove),
+        reject("HoldExpired", "/data/tenant_id", s("ACME")),
+        reject("HoldExpired", "/data/expires_at", s("2026-11-02 23:00:00")),
+        accept("HoldExpired", "/data/released_eu", s("0")),
+        // Spending limits
+        reject("SpendingLimitSet", "/data/limit_eu", s("-1")),
+        reject("SpendingLimitSet", "/data/limit_eu", Set(json!(null))),
+        reject("SpendingLimitSet", "/data/period", s("2026-13")),
+        accept("SpendingLimitSet", "/data/limit_eu", Remove),
+        accept("SpendingLimitSet", "/data/limit_eu", s("0")),
+        reject("SpendingLimitExceeded", "/data/caused_by", s("the reading")),
+        reject("SpendingLimitExceeded", "/data/limit_eu", Remove),
+        reject("SpendingLimitExceeded", "/data/charged_eu", s("1.0000001")),
+        // Jobs on readings
+        reject("EnergyConsumed", "/data/hold_draws", Set(json!([]))),
+        reject("EnergyConsumed", "/data/hold_draws/0/amount_eu", s("0")),
+        reject("EnergyConsumed", "/data/job_id", s("Train 7")),
+        accept("EnergyConsumed", "/data/hold_draws", Remove),
+        reject("ReadingCorrected", "/data/job_id", Set(json!(7))),
     ]
 }
 

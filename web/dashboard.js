@@ -62,7 +62,7 @@
   const summary = {
     state: 'idle', role: null, tenant_id: null, site: null, from: null, to: null,
     chart: { drawn: false, intervals: 0, width: 0, height: 0 },
-    series: [], flagged: null, batteries: null, settlement: null, statement: null, attribution: null,
+    series: [], flagged: null, batteries: null, settlement: null, statement: null, holds: null, attribution: null,
     live: { state: 'off', events: 0, readings: 0, last_position: null }, errors: [],
   };
   function publish() {
@@ -200,7 +200,7 @@
   function notice(text, kind) {
     const el = $('notice');
     if (!text) { el.hidden = true; return; }
-    el.className = 'notice' + (kind === 'error' ? ' error' : '');
+    el.className = 'notice' + (kind === 'error' ? ' error' : kind === 'warn' ? ' warn' : '');
     el.textContent = text;
     el.hidden = false;
   }
@@ -743,14 +743,18 @@
     }
     $('statement-title').textContent = `${tenant} · ${period}`;
     const path = `/v1/tenants/${encodeURIComponent(tenant)}/statements/${encodeURIComponent(period)}`;
-    const [stmt, account, attribution] = await Promise.allSettled([
+    const [stmt, account, holds, attribution] = await Promise.allSettled([
       api(path, { signal }),
       api(`/v1/accounts/${encodeURIComponent('tenant:' + tenant)}`, { signal }),
+      api(`/v1/tenants/${encodeURIComponent(tenant)}/holds?status=active`, { signal }),
       api(`/v1/tenants/${encodeURIComponent(tenant)}/attribution/${encodeURIComponent(period)}`, { signal }),
     ]);
     if (signal && signal.aborted) return;
     $('tenant-balance').textContent = account.status === 'fulfilled'
-      ? `Holding now: ${groupDecimal(account.value.balance_eu)} EU` : '';
+      ? `Holding now: ${groupDecimal(account.value.balance_eu)} EU in total · ` +
+        `${groupDecimal(account.value.held_eu || '0')} EU on hold · ` +
+        `${groupDecimal(account.value.available_eu || account.value.balance_eu)} EU available` : '';
+    renderHolds(holds.status === 'fulfilled' ? holds.value : null);
     if (stmt.status === 'rejected') {
       clear($('statement-totals'));
       panelError(lines, stmt.reason);
@@ -837,6 +841,33 @@
         }],
       },
     }, [xs, ...drawn.map((s) => s.cum)], el);
+  }
+
+  /** The tenant's active holds: what is reserved, for which job, and until when. */
+  function renderHolds(list) {
+    const panel = $('holds-panel');
+    if (!list) {
+      panel.hidden = true;
+      summary.holds = null;
+      return;
+    }
+    panel.hidden = false;
+    const limits = list.spending_limits || [];
+    const limit = limits.length ? limits[limits.length - 1] : null;
+    $('holds-summary').textContent = `${list.active_holds} active · ${groupDecimal(list.held_eu)} EU held of ` +
+      `${groupDecimal(list.balance_eu)} EU · ${groupDecimal(list.available_eu)} EU available` +
+      (limit ? ` · spending limit ${limit.limit_eu == null ? 'none' : groupDecimal(limit.limit_eu) + ' EU'} from ${limit.period}` : '');
+    summary.holds = { active: list.active_holds, held_eu: list.held_eu, available_eu: list.available_eu, balance_eu: list.balance_eu };
+    const el = clear($('holds'));
+    if (!list.holds.length) {
+      el.append(h('p', { class: 'empty', text: 'No active hold.' }));
+      return;
+    }
+    el.append(table(['Hold', 'Job', 'Reserved EU', 'Used EU', 'Left EU', 'Expires (UTC)'],
+      list.holds.map((x) => ({
+        cells: [x.hold_id, x.job_id || '', groupDecimal(x.amount_eu),
+          groupDecimal(String(num(x.captured_eu) + num(x.drawn_eu))), groupDecimal(x.remaining_eu), utcLabel(x.expires_at)],
+      })), [2, 3, 4]));
   }
 
   function renderStatement(s) {
@@ -1016,7 +1047,12 @@
       $('live').title = `Latest: ${ev.meter_id} ${ev.flow} ${wh != null ? whToMWh(wh) + ' MWh' : ''} ` +
         `${utcLabel(ev.start || '')} (position ${rec.position})`;
       scheduleRefresh();
-    } else if (type.startsWith('Credits') || type === 'PeriodClosed' || type === 'TenantRegistered') {
+    } else if (type.startsWith('Credits') || type.startsWith('Hold') || type.startsWith('SpendingLimit') ||
+      type === 'PeriodClosed' || type === 'TenantRegistered') {
+      if (type === 'SpendingLimitExceeded') {
+        notice(`Tenant ${ev.tenant_id} went past its spending limit of ${groupDecimal(ev.limit_eu)} EU in ${ev.period} ` +
+          `(${groupDecimal(ev.charged_eu)} EU charged).`, 'warn');
+      }
       scheduleRefresh();
     }
     summary.live = { state: st.live.state, events: st.live.events, readings: st.live.readings, last_position: st.live.lastId };

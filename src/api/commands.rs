@@ -174,20 +174,79 @@ pub async fn close_period(
     body: Body,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator])?;
-    // The body is optional; when given it must be JSON.
-    let obj = if headers.contains_key(header::CONTENT_TYPE) {
-        let bytes = body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            Map::new()
-        } else {
-            body::kind(&headers, false)?;
-            body::parse_object(&bytes)?
-        }
-    } else {
-        Map::new()
-    };
-    let obj = with_path_field(obj, "period", &period)?;
+    let obj = with_path_field(optional_object(&headers, body).await?, "period", &period)?;
     run(&s, "close_period", &obj).await
+}
+
+/// A body that may be left out; when given it must be a JSON object.
+async fn optional_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        return Ok(Map::new());
+    }
+    let bytes = body::read_limited(headers, body, body::JSON_BODY_BYTES_MAX).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(Map::new())
+    } else {
+        body::kind(headers, false)?;
+        body::parse_object(&bytes)
+    }
+}
+
+/// Places a hold on a tenant's EU: the tenant itself, or an operator.
+pub async fn place_hold(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    run(&s, "place_hold", &obj).await
+}
+
+/// Captures part (or all) of a hold; the hold must be the path's tenant's.
+pub async fn capture_hold(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((tenant_id, hold_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    let obj = with_path_field(obj, "hold_id", &hold_id)?;
+    run(&s, "capture_hold", &obj).await
+}
+
+/// Frees what is left of a hold (the body may be left out).
+pub async fn release_hold(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((tenant_id, hold_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    let obj = with_path_field(optional_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    let obj = with_path_field(obj, "hold_id", &hold_id)?;
+    run(&s, "release_hold", &obj).await
+}
+
+/// Sets (or lifts, with `"limit_eu": null`) a tenant's spending limit: operators only.
+pub async fn set_spending_limit(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator])?;
+    let obj = with_path_field(body::json_object(&headers, body).await?, "tenant_id", &tenant_id)?;
+    run(&s, "set_spending_limit", &obj).await
 }
 
 /// Whether a meter token may post for this meter (its meter, or a meter of its sites).

@@ -78,11 +78,14 @@ impl ApiError {
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         let status = match r.code {
-            Code::Validation | Code::InsufficientCredits | Code::StorageUnderflow | Code::StorageOverflow => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Code::Validation
+            | Code::InsufficientCredits
+            | Code::StorageUnderflow
+            | Code::StorageOverflow
+            | Code::InsufficientHold
+            | Code::SpendingLimit => StatusCode::UNPROCESSABLE_ENTITY,
             Code::NotFound => StatusCode::NOT_FOUND,
-            Code::Conflict => StatusCode::CONFLICT,
+            Code::Conflict | Code::HoldClosed => StatusCode::CONFLICT,
         };
         Self {
             status,

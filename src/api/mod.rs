@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
+/// How often `serve` records what the log is owed without traffic (expired holds).
+pub const SWEEP_INTERVAL_MS: u64 = 1_000;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -65,6 +68,12 @@ routes! {
     post "/v1/meters/{meter_id}/imports" => commands::import_readings,
     post "/v1/tenants/{tenant_id}/credits" => commands::issue_credits,
     post "/v1/transfers" => commands::transfer_credits,
+    post "/v1/tenants/{tenant_id}/holds" => commands::place_hold,
+    get "/v1/tenants/{tenant_id}/holds" => reads::holds,
+    get "/v1/tenants/{tenant_id}/holds/{hold_id}" => reads::hold,
+    post "/v1/tenants/{tenant_id}/holds/{hold_id}/captures" => commands::capture_hold,
+    post "/v1/tenants/{tenant_id}/holds/{hold_id}/release" => commands::release_hold,
+    post "/v1/tenants/{tenant_id}/spending-limit" => commands::set_spending_limit,
     post "/v1/periods/{period}/close" => commands::close_period,
     get "/v1/accounts/{account}" => reads::account,
     get "/v1/tenants/{tenant_id}/statements/{period}" => reads::statement,
@@ -169,6 +178,7 @@ pub struct RunningServer {
     stopping: tokio::sync::watch::Sender<bool>,
     join: tokio::task::JoinHandle<std::io::Result<()>>,
     follower: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -179,6 +189,8 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let served = self.join.await.map_err(std::io::Error::other)?;
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
         self.state.ledger.store().shutdown().await;
         self.follower.abort();
         // Wait for it to let go of the store, so that the store can be reopened at once.
@@ -216,6 +228,20 @@ pub async fn start(
             }
         }
     });
+    // Holds expire on time even when no command arrives: a bounded sweep once a second.
+    let sweep_ledger = state.ledger.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(SWEEP_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match sweep_ledger.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "recorded expired holds"),
+                Err(e) => tracing::warn!(error = %e, "the sweep for expired holds failed; retrying"),
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -238,5 +264,6 @@ pub async fn start(
         stopping: stopping_tx,
         join,
         follower,
+        sweeper,
     })
 }

@@ -29,6 +29,7 @@ pub struct ReadQuery {
     pub format: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    pub status: Option<String>,
 }
 
 /// Waits (bounded) until the projections have applied position `min`. A position past the
@@ -334,4 +335,41 @@ pub async fn hour_readings(
         "readings": readings,
         "truncated": truncated,
     })))
+}
+
+/// A tenant's holds with its total and available balance (`?status=active|released|expired`).
+pub async fn holds(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(tenant_id): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    if let Some(st) = q.status.as_deref()
+        && !["active", "released", "expired"].contains(&st)
+    {
+        return Err(ApiError::invalid("status", "must be active, released or expired"));
+    }
+    wait_min_position(&s, q.min_position).await?;
+    s.projections
+        .read(|b| b.holds_of(&tenant_id, q.status.as_deref()))
+        .map(json)
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id:?} is registered")))
+}
+
+/// One hold of a tenant.
+pub async fn hold(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((tenant_id, hold_id)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
+    c.require(&[Role::Operator, Role::Auditor, Role::Tenant])?;
+    c.require_tenant_scope(&tenant_id)?;
+    wait_min_position(&s, q.min_position).await?;
+    s.projections
+        .read(|b| b.hold(&tenant_id, &hold_id))
+        .map(json)
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id:?} has no hold {hold_id:?}")))
 }

@@ -27,6 +27,22 @@ pub struct PageQuery {
     pub from_version: Option<u64>,
     pub from_position: Option<u64>,
     pub limit: Option<usize>,
+    /// Live events only: a comma-separated list of event types to send (all when absent).
+    pub types: Option<String>,
+}
+
+/// The event types a `?types=` list names, each checked against the catalog.
+fn event_types(q: &PageQuery) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(list) = &q.types else { return Ok(None) };
+    let mut out = Vec::new();
+    for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !crate::domain::events::EVENT_TYPES.contains(&t) {
+            let shown: String = t.chars().take(64).collect();
+            return Err(ApiError::invalid("types", format!("{shown:?} is not an event type")));
+        }
+        out.push(t.to_string());
+    }
+    Ok(Some(out))
 }
 
 fn limit(q: &PageQuery) -> Result<usize, ApiError> {
@@ -96,6 +112,7 @@ pub async fn live(
             .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a position (a whole number)"))?,
         None => q.from_position.map_or(0, |p| p.saturating_sub(1)),
     };
+    let types = event_types(&q)?;
     let slot =
         s.sse_slots.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(format!("{SSE_SUBSCRIBERS_MAX} live subscribers are already connected"))
@@ -103,15 +120,21 @@ pub async fn live(
     let sub = Subscription::new(s.ledger.store().clone(), after);
     // The slot is held by the stream and freed when the client goes away; the stream ends
     // when the server stops, so that a graceful shutdown does not wait for it forever.
-    let stream = futures_util::stream::unfold(
-        (sub, slot, s.stopping.clone()),
-        |(mut sub, slot, mut stopping)| async move {
-            if *stopping.borrow() {
-                return None;
-            }
-            let next = tokio::select! {
-                r = sub.next() => r,
-                _ = stopping.wait_for(|s| *s) => return None,
+    let stream = futures_util::stream::unfold((sub, slot, s.stopping.clone()), move |(mut sub, slot, mut stopping)| {
+        let types = types.clone();
+        async move {
+            let next = loop {
+                if *stopping.borrow() {
+                    return None;
+                }
+                let next = tokio::select! {
+                    r = sub.next() => r,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                match (&next, &types) {
+                    (Ok(r), Some(types)) if !types.contains(&r.event_type) => continue,
+                    _ => break next,
+                }
             };
             match next {
                 Ok(r) => {
@@ -126,8 +149,8 @@ pub async fn live(
                     None
                 }
             }
-        },
-    );
+        }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 

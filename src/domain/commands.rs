@@ -3,7 +3,7 @@
 
 use super::error::{FieldError, Rejection};
 use super::events::{EmissionFactorsPublished, MeterKind, MeterRegistered, Quality};
-use super::ids::{AssetId, MeterId, SiteId, TenantId};
+use super::ids::{AssetId, HoldId, JobId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, decimal_from_json, json_kind};
 use super::tariff::{Band, DefaultBand, Flow, LocalMinute, MIXED_BAND, Rates, Source, Tariff, parse_day};
 use super::time::{Interval, Period, parse_time};
@@ -42,6 +42,8 @@ pub enum Command {
         interval: Interval,
         energy_wh: EnergyWh,
         quality: Quality,
+        /// The compute job that consumed the energy (consumed readings only).
+        job_id: Option<JobId>,
     },
     CorrectReading {
         corrected_event_id: Uuid,
@@ -67,12 +69,37 @@ pub enum Command {
     },
     /// `factors_version` is assigned when the command is decided.
     PublishEmissionFactors(EmissionFactorsPublished),
+    PlaceHold {
+        hold_id: HoldId,
+        tenant_id: TenantId,
+        amount_eu: AmountEu,
+        expires_at: DateTime<Utc>,
+        memo: String,
+        job_id: Option<JobId>,
+    },
+    CaptureHold {
+        hold_id: HoldId,
+        /// When given (the HTTP route's tenant), the hold must be this tenant's.
+        tenant_id: Option<TenantId>,
+        amount_eu: AmountEu,
+        capture_id: Option<Uuid>,
+    },
+    ReleaseHold {
+        hold_id: HoldId,
+        tenant_id: Option<TenantId>,
+    },
+    SetSpendingLimit {
+        tenant_id: TenantId,
+        /// `None`: no limit from `period` on.
+        limit_eu: Option<AmountEu>,
+        period: Period,
+    },
 }
 
 /// The largest emission factor accepted, in gCO2e per kWh (coal is about 1,000).
 pub const EMISSION_FACTOR_MAX: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
-pub const COMMAND_NAMES: [&str; 10] = [
+pub const COMMAND_NAMES: [&str; 14] = [
     "register_site",
     "register_tenant",
     "register_meter",
@@ -83,6 +110,10 @@ pub const COMMAND_NAMES: [&str; 10] = [
     "transfer_credits",
     "close_period",
     "publish_emission_factors",
+    "place_hold",
+    "capture_hold",
+    "release_hold",
+    "set_spending_limit",
 ];
 
 /// Reads the fields of one JSON object, collecting every problem.
@@ -133,6 +164,24 @@ impl<'a> Fields<'a> {
         match self.obj.get(field) {
             None | Some(Value::Null) => None,
             Some(v) => self.parsed(field, parse(v)),
+        }
+    }
+
+    /// A field that must be present but may be `null` (`Some(None)`); `None` when it is
+    /// missing or invalid (the error is recorded).
+    pub fn nullable<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(&'a Value) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        self.known.push(field);
+        match self.obj.get(field) {
+            None => {
+                self.error(field, "is required (null for none)");
+                None
+            }
+            Some(Value::Null) => Some(None),
+            Some(v) => self.parsed(field, parse(v)).map(Some),
         }
     }
 
@@ -231,6 +280,19 @@ pub fn positive_amount(v: &Value) -> Result<AmountEu, String> {
     }
     Ok(a)
 }
+pub fn non_negative_amount(v: &Value) -> Result<AmountEu, String> {
+    let a = AmountEu::from_json(v)?;
+    if a.value() < Decimal::ZERO {
+        return Err(format!("must not be negative, got {a}"));
+    }
+    Ok(a)
+}
+pub fn hold_id(v: &Value) -> Result<HoldId, String> {
+    HoldId::parse(string(v)?)
+}
+pub fn job_id(v: &Value) -> Result<JobId, String> {
+    JobId::parse(string(v)?)
+}
 pub fn period(v: &Value) -> Result<Period, String> {
     Period::parse(string(v)?)
 }
@@ -323,6 +385,7 @@ impl Command {
                 let start = f.req("start", time);
                 let end = f.req("end", time);
                 let energy_wh = f.req("wh", energy);
+                let job_id = f.opt("job_id", job_id);
                 let quality = f
                     .opt("quality", |v| match string(v)? {
                         "actual" => Ok(Quality::Actual),
@@ -348,6 +411,7 @@ impl Command {
                         interval,
                         energy_wh,
                         quality,
+                        job_id,
                     }),
                     _ => None,
                 }
@@ -408,6 +472,55 @@ impl Command {
             }
             "close_period" => f.req("period", period).map(|period| Command::ClosePeriod { period }),
             "publish_emission_factors" => parse_emission_factors(&mut f),
+            "place_hold" => {
+                let hold_id = f.req("hold_id", hold_id);
+                let tenant_id = f.req("tenant_id", tenant_id);
+                let amount_eu = f.req("amount_eu", positive_amount);
+                let expires_at = f.req("expires_at", time);
+                let memo = f.opt("memo", text).unwrap_or_default();
+                let job_id = f.opt("job_id", job_id);
+                match (hold_id, tenant_id, amount_eu, expires_at) {
+                    (Some(hold_id), Some(tenant_id), Some(amount_eu), Some(expires_at)) => Some(Command::PlaceHold {
+                        hold_id,
+                        tenant_id,
+                        amount_eu,
+                        expires_at,
+                        memo,
+                        job_id,
+                    }),
+                    _ => None,
+                }
+            }
+            "capture_hold" => {
+                let hold_id = f.req("hold_id", hold_id);
+                let tenant_id = f.opt("tenant_id", tenant_id);
+                let amount_eu = f.req("amount_eu", positive_amount);
+                let capture_id = f.opt("capture_id", uuid);
+                hold_id.zip(amount_eu).map(|(hold_id, amount_eu)| Command::CaptureHold {
+                    hold_id,
+                    tenant_id,
+                    amount_eu,
+                    capture_id,
+                })
+            }
+            "release_hold" => {
+                let tenant_id = f.opt("tenant_id", tenant_id);
+                f.req("hold_id", hold_id)
+                    .map(|hold_id| Command::ReleaseHold { hold_id, tenant_id })
+            }
+            "set_spending_limit" => {
+                let tenant_id = f.req("tenant_id", tenant_id);
+                let limit_eu = f.nullable("limit_eu", non_negative_amount);
+                let period = f.req("period", period);
+                match (tenant_id, limit_eu, period) {
+                    (Some(tenant_id), Some(limit_eu), Some(period)) => Some(Command::SetSpendingLimit {
+                        tenant_id,
+                        limit_eu,
+                        period,
+                    }),
+                    _ => None,
+                }
+            }
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(Rejection::validation(
@@ -438,6 +551,10 @@ impl Command {
             Command::TransferCredits { .. } => "transfer_credits",
             Command::ClosePeriod { .. } => "close_period",
             Command::PublishEmissionFactors(_) => "publish_emission_factors",
+            Command::PlaceHold { .. } => "place_hold",
+            Command::CaptureHold { .. } => "capture_hold",
+            Command::ReleaseHold { .. } => "release_hold",
+            Command::SetSpendingLimit { .. } => "set_spending_limit",
         }
     }
 }

@@ -14,6 +14,12 @@ pub enum Code {
     InsufficientCredits,
     StorageUnderflow,
     StorageOverflow,
+    /// A hold cannot cover the capture asked of it.
+    InsufficientHold,
+    /// The hold was already released or has expired.
+    HoldClosed,
+    /// The tenant's spending limit for the period would be exceeded.
+    SpendingLimit,
 }
 
 impl Code {
@@ -25,6 +31,9 @@ impl Code {
             Code::InsufficientCredits => "insufficient_credits",
             Code::StorageUnderflow => "storage_underflow",
             Code::StorageOverflow => "storage_overflow",
+            Code::InsufficientHold => "insufficient_hold",
+            Code::HoldClosed => "hold_closed",
+            Code::SpendingLimit => "spending_limit",
         }
     }
 }
@@ -76,6 +85,12 @@ impl Rejection {
         let mut r = Self::new(Code::Conflict, field, message);
         r.existing_event_id = existing;
         r
+    }
+
+    /// Names the recorded event a refusal is about.
+    pub fn with_existing(mut self, existing: Option<Uuid>) -> Self {
+        self.existing_event_id = existing;
+        self
     }
 
     /// Several field problems at once (the first names the rejection).

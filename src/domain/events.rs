@@ -1,7 +1,7 @@
 //! Events: the facts the ledger records, named in the past tense. Their JSON is public
 //! contract; each type has a JSON Schema in `schemas/`.
 
-use super::ids::{AssetId, MeterId, SiteId, TenantId};
+use super::ids::{AssetId, HoldId, JobId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, decimal_str, opt_decimal_str};
 use super::tariff::{Flow, Price, Source, Tariff};
 use super::time::{Interval, Period, opt_time_str, time_str};
@@ -122,6 +122,20 @@ pub struct ReadingRecorded {
     pub period: Period,
     /// The period it is booked into: `period` unless that was closed when it arrived.
     pub booked_period: Period,
+    /// The compute job the energy was consumed by (consumed readings only; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// What the job's active holds paid of this reading's charge, in draw order (absent when
+    /// nothing was drawn). The whole charge is still posted; a draw only uses up the hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold_draws: Vec<HoldDraw>,
+}
+
+/// EU of one hold used by a job's consumption.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldDraw {
+    pub hold_id: HoldId,
+    pub amount_eu: AmountEu,
 }
 
 /// A correction of an earlier reading: records the new value and the difference.
@@ -154,6 +168,9 @@ pub struct ReadingCorrected {
     pub source: Option<Source>,
     pub period: Period,
     pub booked_period: Period,
+    /// The job of the corrected reading, if it named one (holds are not drawn again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
 }
 
 /// A site's emission factors: grams of CO2e per kWh for every source kind, and which kinds
@@ -221,6 +238,68 @@ pub struct PeriodClosed {
     pub chain_hash: String,
 }
 
+/// EU of a tenant reserved until `expires_at`: no longer available to spend, still held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldPlaced {
+    pub hold_id: HoldId,
+    pub tenant_id: TenantId,
+    pub amount_eu: AmountEu,
+    #[serde(with = "time_str")]
+    pub expires_at: DateTime<Utc>,
+    pub memo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    pub booked_period: Period,
+}
+
+/// Part of a hold turned into a charge (debit the tenant, credit `issuance`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCaptured {
+    pub hold_id: HoldId,
+    pub tenant_id: TenantId,
+    pub amount_eu: AmountEu,
+    /// What is left of the hold after this capture.
+    pub remaining_eu: AmountEu,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    pub booked_period: Period,
+}
+
+/// What was left of a hold freed, on request (`HoldReleased`) or at its expiry
+/// (`HoldExpired`, recorded by the ledger itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldClosed {
+    pub hold_id: HoldId,
+    pub tenant_id: TenantId,
+    pub released_eu: AmountEu,
+    #[serde(with = "time_str")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    pub booked_period: Period,
+}
+
+/// A tenant's limit on EU charged per period, from `period` on (absent `limit_eu`: none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendingLimitSet {
+    pub tenant_id: TenantId,
+    pub period: Period,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_eu: Option<AmountEu>,
+}
+
+/// A tenant's charges in a period went past its limit (recorded once per tenant and
+/// period, right after the event that crossed it, `caused_by`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendingLimitExceeded {
+    pub tenant_id: TenantId,
+    pub period: Period,
+    pub limit_eu: AmountEu,
+    #[serde(with = "decimal_str")]
+    pub charged_eu: Decimal,
+    pub caused_by: Uuid,
+}
+
 /// Every event the ledger records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "data")]
@@ -238,10 +317,16 @@ pub enum Event {
     CreditsIssued(CreditsIssued),
     CreditsTransferred(CreditsTransferred),
     EmissionFactorsPublished(EmissionFactorsPublished),
+    HoldPlaced(HoldPlaced),
+    HoldCaptured(HoldCaptured),
+    HoldReleased(HoldClosed),
+    HoldExpired(HoldClosed),
+    SpendingLimitSet(SpendingLimitSet),
+    SpendingLimitExceeded(SpendingLimitExceeded),
 }
 
 /// All event type names, in the order of the catalog.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 19] = [
     "SiteRegistered",
     "TariffPublished",
     "PeriodClosed",
@@ -255,6 +340,12 @@ pub const EVENT_TYPES: [&str; 13] = [
     "CreditsIssued",
     "CreditsTransferred",
     "EmissionFactorsPublished",
+    "HoldPlaced",
+    "HoldCaptured",
+    "HoldReleased",
+    "HoldExpired",
+    "SpendingLimitSet",
+    "SpendingLimitExceeded",
 ];
 
 impl ReadingRecorded {
@@ -291,6 +382,12 @@ impl Event {
             Event::CreditsIssued(_) => "CreditsIssued",
             Event::CreditsTransferred(_) => "CreditsTransferred",
             Event::EmissionFactorsPublished(_) => "EmissionFactorsPublished",
+            Event::HoldPlaced(_) => "HoldPlaced",
+            Event::HoldCaptured(_) => "HoldCaptured",
+            Event::HoldReleased(_) => "HoldReleased",
+            Event::HoldExpired(_) => "HoldExpired",
+            Event::SpendingLimitSet(_) => "SpendingLimitSet",
+            Event::SpendingLimitExceeded(_) => "SpendingLimitExceeded",
         }
     }
 
@@ -344,6 +441,12 @@ impl Event {
             "CreditsIssued" => p(data).map(Event::CreditsIssued),
             "CreditsTransferred" => p(data).map(Event::CreditsTransferred),
             "EmissionFactorsPublished" => p(data).map(Event::EmissionFactorsPublished),
+            "HoldPlaced" => p(data).map(Event::HoldPlaced),
+            "HoldCaptured" => p(data).map(Event::HoldCaptured),
+            "HoldReleased" => p(data).map(Event::HoldReleased),
+            "HoldExpired" => p(data).map(Event::HoldExpired),
+            "SpendingLimitSet" => p(data).map(Event::SpendingLimitSet),
+            "SpendingLimitExceeded" => p(data).map(Event::SpendingLimitExceeded),
             other => return Err(format!("unknown event type {other:?}")),
         };
         ev.map_err(|e| format!("{event_type}: {e}"))

@@ -83,6 +83,14 @@ id_type!(
     /// A generator, a battery or a grid tie.
     AssetId
 );
+id_type!(
+    /// A reservation of a tenant's EU (chosen by the client; unique across the ledger).
+    HoldId
+);
+id_type!(
+    /// A compute job of a tenant, named by its scheduler (readings and holds may carry it).
+    JobId
+);
 
 #[cfg(test)]
 mod tests {

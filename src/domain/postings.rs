@@ -90,8 +90,8 @@ fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&st
     }
 }
 
-/// The postings an event makes. Registrations, tariffs, emission factors and period closes
-/// post nothing.
+/// The postings an event makes. Registrations, tariffs, emission factors, period closes, holds
+/// (placed, released, expired) and spending limits post nothing.
 pub fn postings(event: &Event) -> Vec<Posting> {
     match event {
         Event::EnergyGenerated(r) | Event::EnergyStored(r) | Event::EnergyDispatched(r) | Event::EnergyConsumed(r) => {
@@ -124,7 +124,21 @@ pub fn postings(event: &Event) -> Vec<Posting> {
             c.amount_eu.value(),
             Decimal::ZERO,
         ),
-        Event::SiteRegistered(_)
+        // A capture turns held EU into a charge: the tenant pays them back to where EU come
+        // from (they are retired), like consumption pays the site's bus.
+        Event::HoldCaptured(c) => pair(
+            format!("tenant:{}", c.tenant_id),
+            ISSUANCE_ACCOUNT.to_string(),
+            c.amount_eu.value(),
+            Decimal::ZERO,
+        ),
+        // A hold only reserves: the EU stay in the tenant's account until captured.
+        Event::HoldPlaced(_)
+        | Event::HoldReleased(_)
+        | Event::HoldExpired(_)
+        | Event::SpendingLimitSet(_)
+        | Event::SpendingLimitExceeded(_)
+        | Event::SiteRegistered(_)
         | Event::TariffPublished(_)
         | Event::PeriodClosed(_)
         | Event::MeterRegistered(_)

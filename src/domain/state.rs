@@ -8,8 +8,8 @@
 use super::commands::Command;
 use super::error::{Code, Rejection};
 use super::events::*;
-use super::ids::{AssetId, MeterId, SiteId, TenantId};
-use super::quantity::{EnergyWh, fmt_decimal, round_eu};
+use super::ids::{AssetId, HoldId, JobId, MeterId, SiteId, TenantId};
+use super::quantity::{AmountEu, EnergyWh, fmt_decimal, round_eu};
 use super::tariff::{Flow, Price, Tariff, price};
 use super::time::{Interval, Period, fmt_time};
 use chrono::{DateTime, Duration, Utc};
@@ -24,6 +24,8 @@ pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1e_2c3a_9b7d_4e21_8a55_77c0_1
 pub const FUTURE_TOLERANCE_S: i64 = 300;
 /// A reading may exceed rated power × duration by this many percent (meter accuracy).
 pub const RATED_POWER_TOLERANCE_PCT: i64 = 5;
+/// A hold may be placed for at most this many days ahead.
+pub const HOLD_DAYS_MAX: i64 = 366;
 
 /// What deciding a command needs from outside the state.
 #[derive(Clone, Debug)]
@@ -138,6 +140,76 @@ pub struct TenantState {
     pub reg: TenantRegistered,
     /// What the tenant holds: credits − charges ± transfers ± corrections.
     pub balance_eu: Decimal,
+    /// What is left of its active holds (reserved, not yet charged or freed).
+    pub held_eu: Decimal,
+    /// Its active holds, by expiry.
+    pub holds: HoldsByExpiry,
+    /// Spending limit settings: effective period → (limit, the event that set it).
+    pub limits: BTreeMap<Period, (Option<AmountEu>, Uuid)>,
+    /// How many limit settings it has had (names the next one's id).
+    pub limit_settings: u32,
+    /// EU charged per booked period (consumption, corrections, captures, transfers out),
+    /// with the last event that charged it.
+    pub charged: BTreeMap<Period, (Decimal, Uuid)>,
+    /// Periods whose limit was exceeded and flagged (`SpendingLimitExceeded` recorded).
+    pub exceeded: BTreeSet<Period>,
+}
+
+impl TenantState {
+    /// The limit in force for a period: the latest setting effective at or before it.
+    pub fn limit_at(&self, p: Period) -> Option<AmountEu> {
+        self.limits.range(..=p).next_back().and_then(|(_, (l, _))| *l)
+    }
+
+    pub fn charged_in(&self, p: Period) -> Decimal {
+        self.charged.get(&p).map_or(Decimal::ZERO, |c| c.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldStatus {
+    Active,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Released => "released",
+            HoldStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HoldState {
+    pub placed: HoldPlaced,
+    pub event_id: Uuid,
+    /// EU captured by commands, and drawn by the job's consumption.
+    pub captured_eu: Decimal,
+    pub drawn_eu: Decimal,
+    pub status: HoldStatus,
+    /// The event that released or expired it.
+    pub closed_by: Option<Uuid>,
+    pub captures: u32,
+    /// The latest capture: (event id, amount).
+    pub last_capture: Option<(Uuid, AmountEu)>,
+    /// Every capture's event id (a `capture_id` retried must name one of them).
+    pub capture_ids: BTreeSet<Uuid>,
+}
+
+impl HoldState {
+    /// What is left to capture or draw.
+    pub fn remaining_eu(&self) -> Decimal {
+        self.placed.amount_eu.value() - self.captured_eu - self.drawn_eu
+    }
+
+    /// Whether it can still be captured or drawn at `now`.
+    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
+        self.status == HoldStatus::Active && self.placed.expires_at > now
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -154,7 +226,11 @@ pub struct ReadingState {
     /// How many corrections it has had, and the last one: (event id, Wh, reason).
     pub corrections: u32,
     pub last_correction: Option<(Uuid, EnergyWh, String)>,
+    pub job_id: Option<JobId>,
 }
+
+/// Holds by expiry time (the order they expire and a job draws on them).
+pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
 
 /// Interval start → (end, reading event id), for one meter and flow.
 pub type IntervalIndex = BTreeMap<DateTime<Utc>, (DateTime<Utc>, Uuid)>;
@@ -174,6 +250,44 @@ pub struct LedgerState {
     pub events: HashMap<Uuid, (String, u64)>,
     pub stream_versions: HashMap<String, u64>,
     pub closed: BTreeSet<Period>,
+    pub holds: HashMap<HoldId, HoldState>,
+    /// Every active hold, by expiry: the ledger records `HoldExpired` for those due.
+    pub expiries: HoldsByExpiry,
+    /// Tenants and periods whose charges passed the limit and are not flagged yet, with the
+    /// event that took them past it.
+    pub over_limit: BTreeMap<(TenantId, Period), Uuid>,
+    /// Active holds of each tenant's job, by expiry (the order a job's consumption draws).
+    pub job_holds: HashMap<(TenantId, JobId), HoldsByExpiry>,
+}
+
+/// An amount already known to fit (sums and differences of amounts of at most 6 dp).
+fn eu(d: Decimal) -> AmountEu {
+    AmountEu::new(d).unwrap_or(AmountEu::ZERO)
+}
+
+fn held_note(held: Decimal) -> String {
+    if held.is_zero() {
+        String::new()
+    } else {
+        format!(" of which {} EU are held", fmt_decimal(&held))
+    }
+}
+
+/// The refusal for a capture or release of a hold that can no longer be used.
+fn closed_hold(h: &HoldState) -> Rejection {
+    let why = match h.status {
+        HoldStatus::Released => "was released".to_string(),
+        _ => format!("expired at {}", fmt_time(&h.placed.expires_at)),
+    };
+    Rejection::new(
+        Code::HoldClosed,
+        "hold_id",
+        format!(
+            "hold {:?} {why}; it can no longer be captured or released",
+            h.placed.hold_id
+        ),
+    )
+    .with_existing(h.closed_by)
 }
 
 fn v5(name: &str) -> Uuid {
@@ -283,7 +397,17 @@ impl LedgerState {
                 interval,
                 energy_wh,
                 quality,
-            } => self.decide_reading(*event_id, meter_id, *flow, interval, *energy_wh, *quality, ctx),
+                job_id,
+            } => self.decide_reading(
+                *event_id,
+                meter_id,
+                *flow,
+                interval,
+                *energy_wh,
+                *quality,
+                job_id.as_ref(),
+                ctx,
+            ),
             Command::CorrectReading {
                 corrected_event_id,
                 correction_id,
@@ -335,16 +459,19 @@ impl LedgerState {
                 }
                 let from = self.tenant("from_tenant", from_tenant)?;
                 self.tenant("to_tenant", to_tenant)?;
-                if from.balance_eu < amount_eu.value() {
+                let held = self.held_at(from, ctx.now);
+                if from.balance_eu - held < amount_eu.value() {
                     return Err(Rejection::new(
                         Code::InsufficientCredits,
                         "amount_eu",
                         format!(
-                            "tenant {from_tenant:?} holds {} EU; a transfer of {amount_eu} EU would overdraw it",
-                            fmt_decimal(&from.balance_eu)
+                            "tenant {from_tenant:?} holds {} EU{}; a transfer of {amount_eu} EU would overdraw it",
+                            fmt_decimal(&from.balance_eu),
+                            held_note(held)
                         ),
                     ));
                 }
+                self.check_limit(from, ctx.now, amount_eu.value(), "amount_eu")?;
                 let ev = Event::CreditsTransferred(CreditsTransferred {
                     from_tenant: from_tenant.clone(),
                     to_tenant: to_tenant.clone(),
@@ -381,7 +508,357 @@ impl LedgerState {
                 });
                 Ok(self.new_event(v5(&format!("period/{period}")), stream, ctx, ev))
             }
+            Command::PlaceHold {
+                hold_id,
+                tenant_id,
+                amount_eu,
+                expires_at,
+                memo,
+                job_id,
+            } => {
+                let placed = HoldPlaced {
+                    hold_id: hold_id.clone(),
+                    tenant_id: tenant_id.clone(),
+                    amount_eu: *amount_eu,
+                    expires_at: *expires_at,
+                    memo: memo.clone(),
+                    job_id: job_id.clone(),
+                    booked_period: self.booking_period(Period::of(ctx.now)),
+                };
+                self.decide_place_hold(placed, ctx)
+            }
+            Command::CaptureHold {
+                hold_id,
+                tenant_id,
+                amount_eu,
+                capture_id,
+            } => self.decide_capture(hold_id, tenant_id.as_ref(), *amount_eu, *capture_id, ctx),
+            Command::ReleaseHold { hold_id, tenant_id } => {
+                let h = self.hold_of(hold_id, tenant_id.as_ref())?;
+                match h.status {
+                    HoldStatus::Released => {
+                        return Ok(self
+                            .duplicate_of(h.closed_by.expect("a released hold names its release"))
+                            .expect("a recorded release"));
+                    }
+                    HoldStatus::Expired => return Err(closed_hold(h)),
+                    HoldStatus::Active if !h.active_at(ctx.now) => return Err(closed_hold(h)),
+                    HoldStatus::Active => {}
+                }
+                let ev = Event::HoldReleased(HoldClosed {
+                    hold_id: hold_id.clone(),
+                    tenant_id: h.placed.tenant_id.clone(),
+                    released_eu: eu(h.remaining_eu()),
+                    expires_at: h.placed.expires_at,
+                    job_id: h.placed.job_id.clone(),
+                    booked_period: self.booking_period(Period::of(ctx.now)),
+                });
+                Ok(self.new_event(
+                    v5(&format!("hold-release/{hold_id}")),
+                    tenant_stream(&h.placed.tenant_id),
+                    ctx,
+                    ev,
+                ))
+            }
+            Command::SetSpendingLimit {
+                tenant_id,
+                limit_eu,
+                period,
+            } => {
+                let t = self.tenant("tenant_id", tenant_id)?;
+                if let Some((current, id)) = t.limits.get(period)
+                    && current == limit_eu
+                {
+                    return Ok(self.duplicate_of(*id).expect("a recorded limit"));
+                }
+                if self.closed.contains(period) {
+                    return Err(Rejection::validation(
+                        "period",
+                        format!("period {period} is closed; a limit applies from an open period on"),
+                    ));
+                }
+                let shown = limit_eu.map_or("none".to_string(), |l| l.to_string());
+                let id = v5(&format!(
+                    "spending-limit/{tenant_id}/{period}/{}/{shown}",
+                    t.limit_settings + 1
+                ));
+                let ev = Event::SpendingLimitSet(SpendingLimitSet {
+                    tenant_id: tenant_id.clone(),
+                    period: *period,
+                    limit_eu: *limit_eu,
+                });
+                Ok(self.new_event(id, tenant_stream(tenant_id), ctx, ev))
+            }
         }
+    }
+
+    /// EU of a tenant's holds still active at `now` (an expiry not yet recorded does not
+    /// count: deciding never relies on the caller having recorded it).
+    pub fn held_at(&self, t: &TenantState, now: DateTime<Utc>) -> Decimal {
+        // `held_eu` counts every active hold; take off those already past due (none, when the
+        // ledger recorded what was due before deciding), so this costs O(due), not O(holds).
+        let past_due: Decimal = t
+            .holds
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter_map(|(_, id)| self.holds.get(id))
+            .map(HoldState::remaining_eu)
+            .sum();
+        t.held_eu - past_due
+    }
+
+    /// What a tenant may still spend or reserve at `now`: balance − active holds.
+    pub fn available_eu(&self, tenant: &TenantId, now: DateTime<Utc>) -> Option<Decimal> {
+        let t = self.tenants.get(tenant)?;
+        Some(t.balance_eu - self.held_at(t, now))
+    }
+
+    /// Refuses `amount` more of charges or holds that would take the tenant past its limit
+    /// for the current period: charged + held + amount must stay within it.
+    fn check_limit(&self, t: &TenantState, now: DateTime<Utc>, amount: Decimal, field: &str) -> Result<(), Rejection> {
+        let p = self.booking_period(Period::of(now));
+        let Some(limit) = t.limit_at(p) else {
+            return Ok(());
+        };
+        let charged = t.charged_in(p);
+        let held = self.held_at(t, now);
+        if charged + held + amount > limit.value() {
+            return Err(Rejection::new(
+                Code::SpendingLimit,
+                field,
+                format!(
+                    "tenant {:?} may be charged at most {limit} EU in {p}; {} EU are charged and {} EU held, so {} EU more would exceed its spending limit",
+                    t.reg.tenant_id,
+                    fmt_decimal(&charged),
+                    fmt_decimal(&held),
+                    fmt_decimal(&amount)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A hold by id, refused as not found when it is unknown or (with `tenant`) another
+    /// tenant's.
+    fn hold_of(&self, hold_id: &HoldId, tenant: Option<&TenantId>) -> Result<&HoldState, Rejection> {
+        match self.holds.get(hold_id) {
+            Some(h) if tenant.is_none_or(|t| *t == h.placed.tenant_id) => Ok(h),
+            _ => Err(Rejection::not_found(
+                "hold_id",
+                match tenant {
+                    Some(t) => format!("tenant {t:?} has no hold {hold_id:?}"),
+                    None => format!("no hold {hold_id:?} is placed"),
+                },
+            )),
+        }
+    }
+
+    fn decide_place_hold(&self, placed: HoldPlaced, ctx: &DecideContext) -> Result<Decision, Rejection> {
+        let hold_id = &placed.hold_id;
+        if let Some(h) = self.holds.get(hold_id) {
+            let p = &h.placed;
+            if p.tenant_id != placed.tenant_id {
+                return Err(Rejection::conflict(
+                    "hold_id",
+                    format!("hold_id {hold_id:?} is already used by another hold; choose another"),
+                    None,
+                ));
+            }
+            if (&p.amount_eu, &p.expires_at, &p.memo, &p.job_id)
+                == (&placed.amount_eu, &placed.expires_at, &placed.memo, &placed.job_id)
+            {
+                return Ok(self.duplicate_of(h.event_id).expect("a recorded hold"));
+            }
+            return Err(Rejection::conflict(
+                "hold_id",
+                format!("hold {hold_id:?} is already placed with other terms"),
+                Some(h.event_id),
+            ));
+        }
+        let t = self.tenant("tenant_id", &placed.tenant_id)?;
+        if placed.expires_at <= ctx.now {
+            return Err(Rejection::validation(
+                "expires_at",
+                format!(
+                    "must be after the ledger's clock ({}), got {}",
+                    fmt_time(&ctx.now),
+                    fmt_time(&placed.expires_at)
+                ),
+            ));
+        }
+        if placed.expires_at > ctx.now + Duration::days(HOLD_DAYS_MAX) {
+            return Err(Rejection::validation(
+                "expires_at",
+                format!("a hold lasts at most {HOLD_DAYS_MAX} days"),
+            ));
+        }
+        let amount = placed.amount_eu.value();
+        let held = self.held_at(t, ctx.now);
+        let available = t.balance_eu - held;
+        if amount > available {
+            return Err(Rejection::new(
+                Code::InsufficientCredits,
+                "amount_eu",
+                format!(
+                    "tenant {:?} holds {} EU{}, so {} EU are available; a hold of {} EU would overdraw it",
+                    placed.tenant_id,
+                    fmt_decimal(&t.balance_eu),
+                    held_note(held),
+                    fmt_decimal(&available),
+                    placed.amount_eu
+                ),
+            ));
+        }
+        self.check_limit(t, ctx.now, amount, "amount_eu")?;
+        let id = v5(&format!("hold/{hold_id}"));
+        if self.events.contains_key(&id) {
+            return Err(Rejection::conflict(
+                "hold_id",
+                format!("event id {id} already names another event"),
+                Some(id),
+            ));
+        }
+        let stream = tenant_stream(&placed.tenant_id);
+        Ok(self.new_event(id, stream, ctx, Event::HoldPlaced(placed)))
+    }
+
+    fn decide_capture(
+        &self,
+        hold_id: &HoldId,
+        tenant: Option<&TenantId>,
+        amount: AmountEu,
+        client_id: Option<Uuid>,
+        ctx: &DecideContext,
+    ) -> Result<Decision, Rejection> {
+        let h = self.hold_of(hold_id, tenant)?;
+        if let Some(id) = client_id
+            && let Some(d) = self.duplicate_of(id)
+        {
+            if !h.capture_ids.contains(&id) {
+                return Err(Rejection::conflict(
+                    "capture_id",
+                    format!("capture_id {id} names another event, not a capture of hold {hold_id:?}"),
+                    Some(id),
+                ));
+            }
+            return Ok(d);
+        }
+        // A retry of the latest capture is recognised; to capture the same amount twice,
+        // give each its own capture_id.
+        if client_id.is_none()
+            && let Some((last, last_amount)) = &h.last_capture
+            && *last_amount == amount
+        {
+            return Ok(self.duplicate_of(*last).expect("a recorded capture"));
+        }
+        if !h.active_at(ctx.now) {
+            return Err(closed_hold(h));
+        }
+        let remaining = h.remaining_eu();
+        if amount.value() > remaining {
+            return Err(Rejection::new(
+                Code::InsufficientHold,
+                "amount_eu",
+                format!(
+                    "hold {hold_id:?} has {} EU left of {} EU; it cannot capture {amount} EU",
+                    fmt_decimal(&remaining),
+                    h.placed.amount_eu
+                ),
+            ));
+        }
+        let id = client_id.unwrap_or_else(|| v5(&format!("hold-capture/{hold_id}/{}/{amount}", h.captures + 1)));
+        if self.readings.contains_key(&id) || self.events.contains_key(&id) {
+            return Err(Rejection::conflict(
+                "capture_id",
+                format!("event id {id} already names another event"),
+                Some(id),
+            ));
+        }
+        let ev = Event::HoldCaptured(HoldCaptured {
+            hold_id: hold_id.clone(),
+            tenant_id: h.placed.tenant_id.clone(),
+            amount_eu: amount,
+            remaining_eu: eu(remaining - amount.value()),
+            job_id: h.placed.job_id.clone(),
+            booked_period: self.booking_period(Period::of(ctx.now)),
+        });
+        Ok(self.new_event(id, tenant_stream(&h.placed.tenant_id), ctx, ev))
+    }
+
+    /// The next event the ledger owes the log at `now`, before deciding anything else: a
+    /// `HoldExpired` for the hold that expired first, else a `SpendingLimitExceeded` for a
+    /// tenant and period past their limit. `None` when nothing is due. The caller records it,
+    /// folds it, and asks again.
+    pub fn next_due(&self, now: DateTime<Utc>) -> Option<NewEvent> {
+        let ctx = DecideContext { now, head: None };
+        if let Some((at, id)) = self.expiries.first()
+            && *at <= now
+            && let Some(h) = self.holds.get(id)
+        {
+            let ev = Event::HoldExpired(HoldClosed {
+                hold_id: id.clone(),
+                tenant_id: h.placed.tenant_id.clone(),
+                released_eu: eu(h.remaining_eu()),
+                expires_at: h.placed.expires_at,
+                job_id: h.placed.job_id.clone(),
+                booked_period: self.booking_period(Period::of(now)),
+            });
+            let Decision::Append(new) = self.new_event(
+                v5(&format!("hold-expired/{id}")),
+                tenant_stream(&h.placed.tenant_id),
+                &ctx,
+                ev,
+            ) else {
+                unreachable!("new_event appends")
+            };
+            return Some(*new);
+        }
+        let ((tenant, period), cause) = self.over_limit.first_key_value()?;
+        let t = self.tenants.get(tenant)?;
+        let ev = Event::SpendingLimitExceeded(SpendingLimitExceeded {
+            tenant_id: tenant.clone(),
+            period: *period,
+            limit_eu: t.limit_at(*period)?,
+            charged_eu: t.charged_in(*period).normalize(),
+            caused_by: *cause,
+        });
+        let Decision::Append(new) = self.new_event(
+            v5(&format!("spending-limit-exceeded/{tenant}/{period}")),
+            tenant_stream(tenant),
+            &ctx,
+            ev,
+        ) else {
+            unreachable!("new_event appends")
+        };
+        Some(*new)
+    }
+
+    /// What a job's consumption of `charge` EU draws from the tenant's active holds for that
+    /// job at `now`: soonest expiry first, each up to what is left of it.
+    fn hold_draws(&self, tenant: &TenantId, job: &JobId, charge: Decimal, now: DateTime<Utc>) -> Vec<HoldDraw> {
+        let mut left = charge;
+        let mut draws = Vec::new();
+        let Some(holds) = self.job_holds.get(&(tenant.clone(), job.clone())) else {
+            return draws;
+        };
+        for (_, id) in holds {
+            if left <= Decimal::ZERO {
+                break;
+            }
+            let Some(h) = self.holds.get(id) else { continue };
+            if !h.active_at(now) {
+                continue;
+            }
+            let take = h.remaining_eu().min(left);
+            if take > Decimal::ZERO {
+                left -= take;
+                draws.push(HoldDraw {
+                    hold_id: id.clone(),
+                    amount_eu: eu(take),
+                });
+            }
+        }
+        draws
     }
 
     fn same_registration(
@@ -587,6 +1064,7 @@ impl LedgerState {
         interval: &Interval,
         wh: EnergyWh,
         quality: Quality,
+        job_id: Option<&JobId>,
         ctx: &DecideContext,
     ) -> Result<Decision, Rejection> {
         let meter = &self
@@ -600,6 +1078,12 @@ impl LedgerState {
                 format!("a {} meter cannot post {flow} energy", meter.kind.as_str()),
             ));
         }
+        if job_id.is_some() && flow != Flow::Consumed {
+            return Err(Rejection::validation(
+                "job_id",
+                format!("only consumed energy is charged to a job; a {flow} reading names none"),
+            ));
+        }
         let id = client_id.unwrap_or_else(|| reading_id(meter_id, flow, interval));
         // Identity first: a retry is recognised even if the world moved on since.
         if let Some(by_interval) = self.intervals.get(&(meter_id.clone(), flow)) {
@@ -609,8 +1093,18 @@ impl LedgerState {
             {
                 let r = &self.readings[existing];
                 if *start == interval.start && *end == interval.end {
-                    if r.posted_wh == wh {
+                    if r.posted_wh == wh && r.job_id.as_ref() == job_id {
                         return Ok(self.duplicate_of(*existing).expect("recorded reading"));
+                    }
+                    if r.posted_wh == wh {
+                        return Err(Rejection::conflict(
+                            "job_id",
+                            format!(
+                                "this reading is already recorded for job {} (event {existing})",
+                                r.job_id.as_ref().map_or("(none)".to_string(), |j| format!("{j:?}"))
+                            ),
+                            Some(*existing),
+                        ));
                     }
                     return Err(Rejection::conflict(
                         "wh",
@@ -679,6 +1173,10 @@ impl LedgerState {
         let price = price(tariff, &site.tz, flow, meter.source, interval, wh.value())
             .map_err(|m| Rejection::validation("wh", m))?;
         let period = Period::of(interval.start);
+        let hold_draws = match (job_id, &meter.tenant_id) {
+            (Some(job), Some(tenant)) => self.hold_draws(tenant, job, price.amount_eu, ctx.now),
+            _ => Vec::new(),
+        };
         let ev = Event::reading(ReadingRecorded {
             meter_id: meter_id.clone(),
             site_id: meter.site_id.clone(),
@@ -693,6 +1191,8 @@ impl LedgerState {
             price,
             period,
             booked_period: self.booking_period(period),
+            job_id: job_id.cloned(),
+            hold_draws,
         });
         Ok(self.new_event(id, meter_stream(meter_id), ctx, ev))
     }
@@ -777,6 +1277,7 @@ impl LedgerState {
             source: meter.source,
             period,
             booked_period: self.booking_period(period),
+            job_id: r.job_id.clone(),
         });
         Ok(self.new_event(id, meter_stream(&r.meter_id), ctx, ev))
     }
@@ -843,6 +1344,17 @@ impl LedgerState {
                     r.energy_wh.value(),
                     r.price.amount_eu,
                 );
+                if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
+                    for d in &r.hold_draws {
+                        if let Some(h) = self.holds.get_mut(&d.hold_id) {
+                            h.drawn_eu += d.amount_eu.value();
+                        }
+                        if let Some(ts) = self.tenants.get_mut(t) {
+                            ts.held_eu -= d.amount_eu.value();
+                        }
+                    }
+                    self.charge(t, r.booked_period, r.price.amount_eu, event_id);
+                }
                 self.intervals
                     .entry((r.meter_id.clone(), r.flow))
                     .or_default()
@@ -861,6 +1373,7 @@ impl LedgerState {
                         version,
                         corrections: 0,
                         last_correction: None,
+                        job_id: r.job_id.clone(),
                     },
                 );
             }
@@ -872,6 +1385,9 @@ impl LedgerState {
                     c.delta_wh,
                     c.delta_eu,
                 );
+                if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
+                    self.charge(t, c.booked_period, c.delta_eu, event_id);
+                }
                 if let Some(r) = self.readings.get_mut(&c.corrected_event_id) {
                     r.current_wh = c.energy_wh;
                     r.current_eu = c.price.amount_eu;
@@ -885,6 +1401,12 @@ impl LedgerState {
                     TenantState {
                         reg: t.clone(),
                         balance_eu: Decimal::ZERO,
+                        held_eu: Decimal::ZERO,
+                        holds: BTreeSet::new(),
+                        limits: BTreeMap::new(),
+                        limit_settings: 0,
+                        charged: BTreeMap::new(),
+                        exceeded: BTreeSet::new(),
                     },
                 );
             }
@@ -900,10 +1422,118 @@ impl LedgerState {
                 if let Some(t) = self.tenants.get_mut(&c.to_tenant) {
                     t.balance_eu += c.amount_eu.value();
                 }
+                self.charge(&c.from_tenant, c.booked_period, c.amount_eu.value(), event_id);
+            }
+            Event::HoldPlaced(p) => {
+                if let Some(t) = self.tenants.get_mut(&p.tenant_id) {
+                    t.held_eu += p.amount_eu.value();
+                    t.holds.insert((p.expires_at, p.hold_id.clone()));
+                }
+                self.expiries.insert((p.expires_at, p.hold_id.clone()));
+                if let Some(job) = &p.job_id {
+                    self.job_holds
+                        .entry((p.tenant_id.clone(), job.clone()))
+                        .or_default()
+                        .insert((p.expires_at, p.hold_id.clone()));
+                }
+                self.holds.insert(
+                    p.hold_id.clone(),
+                    HoldState {
+                        placed: p.clone(),
+                        event_id,
+                        captured_eu: Decimal::ZERO,
+                        drawn_eu: Decimal::ZERO,
+                        status: HoldStatus::Active,
+                        closed_by: None,
+                        captures: 0,
+                        last_capture: None,
+                        capture_ids: BTreeSet::new(),
+                    },
+                );
+            }
+            Event::HoldCaptured(c) => {
+                let amount = c.amount_eu.value();
+                if let Some(h) = self.holds.get_mut(&c.hold_id) {
+                    h.captured_eu += amount;
+                    h.captures += 1;
+                    h.last_capture = Some((event_id, c.amount_eu));
+                    h.capture_ids.insert(event_id);
+                }
+                if let Some(t) = self.tenants.get_mut(&c.tenant_id) {
+                    t.held_eu -= amount;
+                    t.balance_eu -= amount;
+                }
+                self.charge(&c.tenant_id, c.booked_period, amount, event_id);
+            }
+            Event::HoldReleased(c) | Event::HoldExpired(c) => {
+                let status = if matches!(event, Event::HoldExpired(_)) {
+                    HoldStatus::Expired
+                } else {
+                    HoldStatus::Released
+                };
+                if let Some(h) = self.holds.get_mut(&c.hold_id) {
+                    let left = h.remaining_eu();
+                    h.status = status;
+                    h.closed_by = Some(event_id);
+                    let key = (h.placed.expires_at, c.hold_id.clone());
+                    self.expiries.remove(&key);
+                    if let Some(job) = &h.placed.job_id {
+                        let jk = (h.placed.tenant_id.clone(), job.clone());
+                        if let Some(set) = self.job_holds.get_mut(&jk) {
+                            set.remove(&key);
+                            if set.is_empty() {
+                                self.job_holds.remove(&jk);
+                            }
+                        }
+                    }
+                    if let Some(t) = self.tenants.get_mut(&c.tenant_id) {
+                        t.held_eu -= left;
+                        t.holds.remove(&key);
+                    }
+                }
+            }
+            Event::SpendingLimitSet(l) => {
+                if let Some(t) = self.tenants.get_mut(&l.tenant_id) {
+                    t.limits.insert(l.period, (l.limit_eu, event_id));
+                    t.limit_settings += 1;
+                    let periods: Vec<Period> = t.charged.range(l.period..).map(|(p, _)| *p).collect();
+                    for p in periods {
+                        self.watch_limit(&l.tenant_id, p, event_id);
+                    }
+                }
+            }
+            Event::SpendingLimitExceeded(x) => {
+                if let Some(t) = self.tenants.get_mut(&x.tenant_id) {
+                    t.exceeded.insert(x.period);
+                }
+                self.over_limit.remove(&(x.tenant_id.clone(), x.period));
             }
         }
         if remember {
             self.events.insert(event_id, (stream.to_string(), version));
+        }
+    }
+
+    /// Adds a charge to a tenant's period and checks it against the limit.
+    fn charge(&mut self, tenant: &TenantId, period: Period, eu: Decimal, cause: Uuid) {
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            let c = t.charged.entry(period).or_insert((Decimal::ZERO, cause));
+            c.0 += eu;
+            c.1 = cause;
+            self.watch_limit(tenant, period, cause);
+        }
+    }
+
+    /// Keeps `over_limit` true to the tenant's charges and limit for a period.
+    fn watch_limit(&mut self, tenant: &TenantId, period: Period, cause: Uuid) {
+        let Some(t) = self.tenants.get(tenant) else { return };
+        let over =
+            !t.exceeded.contains(&period) && t.limit_at(period).is_some_and(|l| t.charged_in(period) > l.value());
+        let key = (tenant.clone(), period);
+        if over {
+            self.over_limit.entry(key).or_insert(cause);
+        } else {
+            self.over_limit.remove(&key);
         }
     }
 

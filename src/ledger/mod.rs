@@ -60,6 +60,9 @@ pub struct Accepted {
     pub position: u64,
     pub duplicate: bool,
     pub event: Event,
+    /// Events the ledger recorded on its own right after this one (a spending limit the
+    /// command took its tenant past): `(event id, position, event)`.
+    pub triggered: Vec<(Uuid, u64, Event)>,
 }
 
 impl Accepted {
@@ -89,11 +92,37 @@ impl Accepted {
             Event::EmissionFactorsPublished(f) => {
                 m.insert("factors_version".into(), json!(f.factors_version));
             }
+            Event::HoldPlaced(h) => {
+                m.insert("hold_id".into(), json!(h.hold_id));
+                m.insert("remaining_eu".into(), json!(h.amount_eu));
+                m.insert("expires_at".into(), json!(crate::domain::time::fmt_time(&h.expires_at)));
+            }
+            Event::HoldCaptured(h) => {
+                m.insert("hold_id".into(), json!(h.hold_id));
+                m.insert("amount_eu".into(), json!(h.amount_eu));
+                m.insert("remaining_eu".into(), json!(h.remaining_eu));
+            }
+            Event::HoldReleased(h) => {
+                m.insert("hold_id".into(), json!(h.hold_id));
+                m.insert("released_eu".into(), json!(h.released_eu));
+            }
             e => {
                 if let Some(r) = e.as_reading() {
                     m.insert("price".into(), serde_json::to_value(&r.price).expect("price"));
+                    if let Some(j) = &r.job_id {
+                        m.insert("job_id".into(), json!(j));
+                        m.insert("hold_draws".into(), serde_json::to_value(&r.hold_draws).expect("draws"));
+                    }
                 }
             }
+        }
+        if !self.triggered.is_empty() {
+            let list: Vec<Value> = self
+                .triggered
+                .iter()
+                .map(|(id, position, ev)| json!({"event_id": id, "event_type": ev.event_type(), "position": position}))
+                .collect();
+            m.insert("triggered".into(), Value::Array(list));
         }
         v
     }
@@ -149,6 +178,51 @@ struct Inner {
 }
 
 impl Inner {
+    /// Queues one event and folds it into the state (the log's order is the order of the
+    /// calls). A refusal before queueing (busy) changes nothing.
+    fn queue(&mut self, store: &dyn EventStore, new: &NewEvent) -> Result<AppendTicket, StoreError> {
+        let ticket = store.append(AppendBatch {
+            stream: new.stream.clone(),
+            expected: ExpectedVersion::at(new.expected_version),
+            events: vec![EventToAppend {
+                event_id: new.event_id,
+                event_type: new.event.event_type().to_string(),
+                schema_version: crate::domain::events::SCHEMA_VERSION,
+                recorded_at: new.recorded_at,
+                data: canonical_json(&new.event.to_data()),
+            }],
+            fence: Some(self.fence),
+        });
+        if let Some(e) = ticket.refusal() {
+            return Err(e.clone());
+        }
+        self.state
+            .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+        if store.shared() {
+            self.pending.insert(new.event_id);
+        }
+        Ok(ticket)
+    }
+
+    /// Queues every event the ledger owes the log at `now` (see [`LedgerState::next_due`]).
+    fn queue_due(
+        &mut self,
+        store: &dyn EventStore,
+        now: DateTime<Utc>,
+        after: bool,
+        into: &mut Vec<Automatic>,
+    ) -> Result<(), StoreError> {
+        while let Some(new) = self.state.next_due(now) {
+            let ticket = self.queue(store, &new)?;
+            into.push(Automatic {
+                ticket,
+                new: Box::new(new),
+                after,
+            });
+        }
+        Ok(())
+    }
+
     async fn rebuild(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
         let fence = store.failures();
         let (state, applied) = replay_state(store).await?;
@@ -192,13 +266,27 @@ pub struct Ledger {
     stale: Arc<AtomicBool>,
 }
 
+/// An event the ledger recorded on its own around a command: an expiry before it, or a
+/// spending limit flag after it.
+struct Automatic {
+    ticket: AppendTicket,
+    new: Box<NewEvent>,
+    /// Recorded after the command's own event (because of it).
+    after: bool,
+}
+
 /// A decided command waiting for its answer.
-pub enum Pending {
+pub struct Pending {
+    answer: Answer,
+    automatic: Vec<Automatic>,
+    stale: Arc<AtomicBool>,
+}
+
+enum Answer {
     Ready(Box<Outcome>),
     Append {
         ticket: AppendTicket,
         new: Box<NewEvent>,
-        stale: Arc<AtomicBool>,
         metrics: Arc<crate::metrics::Metrics>,
         started: std::time::Instant,
     },
@@ -211,13 +299,41 @@ pub enum Pending {
 }
 
 impl Pending {
+    fn ready(stale: &Arc<AtomicBool>, automatic: Vec<Automatic>, out: Outcome) -> Self {
+        Pending {
+            answer: Answer::Ready(Box::new(out)),
+            automatic,
+            stale: stale.clone(),
+        }
+    }
+
     pub async fn wait(self) -> Outcome {
+        let stale = self.stale.clone();
+        let mut out = self.answer.wait(&stale).await;
+        for a in self.automatic {
+            match a.ticket.wait().await {
+                Ok(r) => {
+                    if a.after
+                        && let Ok(acc) = &mut out
+                    {
+                        acc.triggered.push((a.new.event_id, r.recorded[0].0, a.new.event));
+                    }
+                }
+                // The state counted it: rebuild before the next decision (it is owed again).
+                Err(_) => stale.store(true, Ordering::SeqCst),
+            }
+        }
+        out
+    }
+}
+
+impl Answer {
+    async fn wait(self, stale: &AtomicBool) -> Outcome {
         match self {
-            Pending::Ready(o) => *o,
-            Pending::Append {
+            Answer::Ready(o) => *o,
+            Answer::Append {
                 ticket,
                 new,
-                stale,
                 metrics,
                 started,
             } => match ticket.wait().await {
@@ -232,6 +348,7 @@ impl Pending {
                         position,
                         duplicate: a.duplicate,
                         event: new.event,
+                        triggered: Vec::new(),
                     })
                 }
                 Err(e) => {
@@ -240,7 +357,7 @@ impl Pending {
                     Err(CommandError::Store(e))
                 }
             },
-            Pending::Duplicate {
+            Answer::Duplicate {
                 store,
                 event_id,
                 stream,
@@ -268,6 +385,7 @@ async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, v
                 position: r.position,
                 duplicate: true,
                 event,
+                triggered: Vec::new(),
             });
         }
         if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
@@ -322,79 +440,102 @@ impl Ledger {
     }
 
     /// Decides a command and queues its event; await the returned [`Pending`] for the answer.
+    ///
+    /// Before deciding, the ledger records what it owes the log at this command's time
+    /// (`HoldExpired` for every hold whose `expires_at` has come, in expiry order); after the
+    /// command's event, what that event caused (`SpendingLimitExceeded`). All are queued under
+    /// the same lock, so their positions in the log are fixed by the log itself.
     pub async fn submit(&self, cmd: &Command) -> Pending {
         let mut inner = self.inner.lock().await;
-        // An append failed since the state was built (ours, or one queued ahead of ours):
-        // the state counts events that were not recorded. Rebuild it from the log.
-        let failures = self.store.failures();
-        if self.stale.load(Ordering::SeqCst) || failures != inner.fence {
-            if let Err(e) = inner.rebuild(self.store.as_ref()).await {
-                return Pending::Ready(Box::new(Err(e.into())));
-            }
-            self.stale.store(false, Ordering::SeqCst);
-        }
-        if self.store.shared()
-            && let Err(e) = inner.catch_up(self.store.as_ref()).await
-        {
-            return Pending::Ready(Box::new(Err(e.into())));
-        }
+        let mut automatic = Vec::new();
+        let now = match self.prepare(&mut inner, &mut automatic).await {
+            Ok(now) => now,
+            Err(e) => return Pending::ready(&self.stale, automatic, Err(e.into())),
+        };
         let head = if matches!(cmd, Command::ClosePeriod { .. }) {
             match self.store.head().await {
                 Ok(h) => Some((h.position, h.hash)),
-                Err(e) => return Pending::Ready(Box::new(Err(e.into()))),
+                Err(e) => return Pending::ready(&self.stale, automatic, Err(e.into())),
             }
         } else {
             None
         };
-        // Millisecond precision: every backend stores it exactly.
-        let now = self.clock.now();
-        let now = now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now);
         let ctx = DecideContext { now, head };
-        match inner.state.decide(cmd, &ctx) {
-            Err(r) => Pending::Ready(Box::new(Err(CommandError::Rejected(r)))),
+        let answer = match inner.state.decide(cmd, &ctx) {
+            Err(r) => Answer::Ready(Box::new(Err(CommandError::Rejected(r)))),
             Ok(Decision::Duplicate {
                 event_id,
                 stream,
                 version,
-            }) => Pending::Duplicate {
+            }) => Answer::Duplicate {
                 store: self.store.clone(),
                 event_id,
                 stream,
                 version,
             },
-            Ok(Decision::Append(new)) => {
-                let ticket = self.store.append(AppendBatch {
-                    stream: new.stream.clone(),
-                    expected: ExpectedVersion::at(new.expected_version),
-                    events: vec![EventToAppend {
-                        event_id: new.event_id,
-                        event_type: new.event.event_type().to_string(),
-                        schema_version: crate::domain::events::SCHEMA_VERSION,
-                        recorded_at: new.recorded_at,
-                        data: canonical_json(&new.event.to_data()),
-                    }],
-                    fence: Some(inner.fence),
-                });
+            Ok(Decision::Append(new)) => match inner.queue(self.store.as_ref(), &new) {
                 // Refused before it was queued (busy): nothing to undo, the state stays.
-                if let Some(e) = ticket.refusal() {
+                Err(e) => {
                     self.metrics.append_errors_total.fetch_add(1, Ordering::Relaxed);
-                    return Pending::Ready(Box::new(Err(CommandError::Store(e.clone()))));
+                    Answer::Ready(Box::new(Err(CommandError::Store(e))))
                 }
-                inner
-                    .state
-                    .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
-                if self.store.shared() {
-                    inner.pending.insert(new.event_id);
+                Ok(ticket) => {
+                    if let Err(e) = inner.queue_due(self.store.as_ref(), now, true, &mut automatic) {
+                        tracing::warn!(error = %e, "an owed event was not queued; it is owed again next time");
+                    }
+                    Answer::Append {
+                        ticket,
+                        new,
+                        metrics: self.metrics.clone(),
+                        started: std::time::Instant::now(),
+                    }
                 }
-                Pending::Append {
-                    ticket,
-                    new,
-                    stale: self.stale.clone(),
-                    metrics: self.metrics.clone(),
-                    started: std::time::Instant::now(),
-                }
+            },
+        };
+        Pending {
+            answer,
+            automatic,
+            stale: self.stale.clone(),
+        }
+    }
+
+    /// Under the lock: rebuild a stale state, catch up with other writers, read the clock,
+    /// and queue what is owed at that time. Returns the time of the decision.
+    async fn prepare(&self, inner: &mut Inner, automatic: &mut Vec<Automatic>) -> Result<DateTime<Utc>, StoreError> {
+        // An append failed since the state was built (ours, or one queued ahead of ours):
+        // the state counts events that were not recorded. Rebuild it from the log.
+        let failures = self.store.failures();
+        if self.stale.load(Ordering::SeqCst) || failures != inner.fence {
+            inner.rebuild(self.store.as_ref()).await?;
+            self.stale.store(false, Ordering::SeqCst);
+        }
+        if self.store.shared() {
+            inner.catch_up(self.store.as_ref()).await?;
+        }
+        // Millisecond precision: every backend stores it exactly.
+        let now = self.clock.now();
+        let now = now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now);
+        inner.queue_due(self.store.as_ref(), now, false, automatic)?;
+        Ok(now)
+    }
+
+    /// Records what the log is owed at the clock's time (expired holds, crossed spending
+    /// limits) without any command: `serve` calls it periodically so that holds expire
+    /// without traffic. Returns how many events were recorded.
+    pub async fn sweep(&self) -> Result<usize, CommandError> {
+        let mut automatic = Vec::new();
+        {
+            let mut inner = self.inner.lock().await;
+            self.prepare(&mut inner, &mut automatic).await?;
+        }
+        let n = automatic.len();
+        for a in automatic {
+            if let Err(e) = a.ticket.wait().await {
+                self.stale.store(true, Ordering::SeqCst);
+                return Err(e.into());
             }
         }
+        Ok(n)
     }
 
     /// Decides, appends and waits for one command. A version conflict (another writer moved

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 /// The snapshot file format; a file with another format is ignored and rebuilt.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 /// A live follower snapshots after applying this many events.
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 50_000;
 

@@ -80,6 +80,108 @@ pub struct StatementAcc {
     pub first_position: u64,
     pub last_position: u64,
     pub chain_hash: String,
+    /// The part of `charges_eu` that captured holds.
+    #[serde(default)]
+    pub captured_eu: Decimal,
+    /// Holds with activity booked into this period, by hold id.
+    #[serde(default)]
+    pub holds: BTreeMap<String, HoldLine>,
+    /// Consumption by job (readings that named one), by job id.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobLine>,
+}
+
+/// One hold's activity in one period, and where it stood after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub amount_eu: Decimal,
+    pub expires_at: String,
+    /// EU reserved by placing it in this period (0 for a hold placed earlier).
+    pub placed_eu: Decimal,
+    pub captured_eu: Decimal,
+    pub drawn_eu: Decimal,
+    pub released_eu: Decimal,
+    pub remaining_eu: Decimal,
+    pub status: String,
+}
+
+/// A job's consumption booked into one period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLine {
+    pub energy_wh: Decimal,
+    pub amount_eu: Decimal,
+    /// The part of `amount_eu` its holds paid.
+    pub drawn_eu: Decimal,
+    pub readings: u64,
+}
+
+/// A hold as it stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldBooks {
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub amount_eu: Decimal,
+    pub expires_at: String,
+    pub memo: String,
+    pub captured_eu: Decimal,
+    pub drawn_eu: Decimal,
+    pub released_eu: Decimal,
+    /// `active`, `released` or `expired`.
+    pub status: String,
+    pub placed_at: String,
+    pub position: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_position: Option<u64>,
+}
+
+impl HoldBooks {
+    pub fn remaining_eu(&self) -> Decimal {
+        if self.status == "active" {
+            self.amount_eu - self.captured_eu - self.drawn_eu
+        } else {
+            Decimal::ZERO
+        }
+    }
+
+    fn to_json(&self, hold_id: &str) -> Value {
+        json!({
+            "hold_id": hold_id,
+            "tenant_id": self.tenant_id,
+            "job_id": self.job_id,
+            "amount_eu": fmt_decimal(&self.amount_eu),
+            "captured_eu": fmt_decimal(&self.captured_eu),
+            "drawn_eu": fmt_decimal(&self.drawn_eu),
+            "released_eu": fmt_decimal(&self.released_eu),
+            "remaining_eu": fmt_decimal(&self.remaining_eu()),
+            "status": self.status,
+            "expires_at": self.expires_at,
+            "memo": self.memo,
+            "placed_at": self.placed_at,
+            "position": self.position,
+            "closed_position": self.closed_position,
+        })
+    }
+}
+
+/// A tenant's spending limits and the periods it exceeded them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitBooks {
+    /// Effective period → limit (`None`: no limit from then on).
+    pub settings: BTreeMap<String, Option<Decimal>>,
+    /// Period → position of its `SpendingLimitExceeded`.
+    pub exceeded: BTreeMap<String, u64>,
+}
+
+impl LimitBooks {
+    fn limit_at(&self, period: &str) -> Option<Decimal> {
+        self.settings
+            .range(..=period.to_string())
+            .next_back()
+            .and_then(|(_, l)| *l)
+    }
 }
 
 impl StatementAcc {
@@ -198,6 +300,15 @@ pub struct Books {
     /// Closed period → tenant → its attribution summary as it stood at the close: what the
     /// period's final statements carry (later readings change the hours, not them).
     pub closed_attribution: BTreeMap<String, BTreeMap<String, attribution::TenantAttribution>>,
+    /// Every hold, by hold id.
+    #[serde(default)]
+    pub holds: BTreeMap<String, HoldBooks>,
+    /// Tenant → EU on hold (what is left of its active holds).
+    #[serde(default)]
+    pub held: BTreeMap<String, Decimal>,
+    /// Tenant → spending limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitBooks>,
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -343,8 +454,22 @@ impl Books {
                 let key = hour_key(r.flow, r.source, r.tenant_id.as_ref(), r.asset_id.as_ref());
                 self.hour_flow(r.site_id.as_str(), r.flow, key, r.start, r.end, wh, rec.position);
                 if let (Flow::Consumed, Some(t)) = (r.flow, &r.tenant_id) {
+                    let drawn: Decimal = r.hold_draws.iter().map(|d| d.amount_eu.value()).sum();
+                    for d in &r.hold_draws {
+                        self.hold_activity(rec, d.hold_id.as_str(), r.booked_period, |h, l| {
+                            h.drawn_eu += d.amount_eu.value();
+                            l.drawn_eu += d.amount_eu.value();
+                        });
+                    }
                     let st = self.statement_mut(t.as_str(), r.booked_period);
                     st.touch(rec);
+                    if let Some(job) = &r.job_id {
+                        let j = st.jobs.entry(job.to_string()).or_default();
+                        j.energy_wh += wh;
+                        j.amount_eu += r.price.amount_eu;
+                        j.drawn_eu += drawn;
+                        j.readings += 1;
+                    }
                     if r.booked_period == r.period {
                         st.consumption_wh += wh;
                         st.charges_eu += r.price.amount_eu;
@@ -391,6 +516,11 @@ impl Books {
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     let st = self.statement_mut(t.as_str(), c.booked_period);
                     st.touch(rec);
+                    if let Some(job) = &c.job_id {
+                        let j = st.jobs.entry(job.to_string()).or_default();
+                        j.energy_wh += c.delta_wh;
+                        j.amount_eu += c.delta_eu;
+                    }
                     let open = c.booked_period == c.period;
                     if open {
                         st.charges_eu += c.delta_eu;
@@ -450,7 +580,111 @@ impl Books {
                     });
                 }
             }
+            Event::HoldPlaced(h) => {
+                let amount = h.amount_eu.value();
+                self.holds.insert(
+                    h.hold_id.to_string(),
+                    HoldBooks {
+                        tenant_id: h.tenant_id.to_string(),
+                        job_id: h.job_id.as_ref().map(|j| j.to_string()),
+                        amount_eu: amount,
+                        expires_at: fmt_time(&h.expires_at),
+                        memo: h.memo.clone(),
+                        status: "active".into(),
+                        placed_at: fmt_time(&rec.recorded_at),
+                        position: rec.position,
+                        ..HoldBooks::default()
+                    },
+                );
+                *self.held.entry(h.tenant_id.to_string()).or_default() += amount;
+                self.hold_activity(rec, h.hold_id.as_str(), h.booked_period, |_, l| l.placed_eu += amount);
+            }
+            Event::HoldCaptured(c) => {
+                let amount = c.amount_eu.value();
+                self.hold_activity(rec, c.hold_id.as_str(), c.booked_period, |h, l| {
+                    h.captured_eu += amount;
+                    l.captured_eu += amount;
+                });
+                let st = self.statement_mut(c.tenant_id.as_str(), c.booked_period);
+                st.touch(rec);
+                st.charges_eu += amount;
+                st.captured_eu += amount;
+                st.entries.push(Line {
+                    kind: "capture".into(),
+                    date: Some(day_of(rec.recorded_at)),
+                    amount_eu: amount,
+                    memo: Some(format!(
+                        "hold {}{}",
+                        c.hold_id,
+                        c.job_id.as_ref().map_or(String::new(), |j| format!(" (job {j})"))
+                    )),
+                    position: Some(rec.position),
+                    ..Line::default()
+                });
+            }
+            Event::HoldReleased(c) | Event::HoldExpired(c) => {
+                let status = if matches!(ev, Event::HoldExpired(_)) {
+                    "expired"
+                } else {
+                    "released"
+                };
+                let released = c.released_eu.value();
+                self.hold_activity(rec, c.hold_id.as_str(), c.booked_period, |h, l| {
+                    h.released_eu += released;
+                    h.status = status.into();
+                    h.closed_position = Some(rec.position);
+                    l.released_eu += released;
+                });
+            }
+            Event::SpendingLimitSet(l) => {
+                self.limits
+                    .entry(l.tenant_id.to_string())
+                    .or_default()
+                    .settings
+                    .insert(l.period.to_string(), l.limit_eu.map(|x| x.value()));
+            }
+            Event::SpendingLimitExceeded(x) => {
+                self.limits
+                    .entry(x.tenant_id.to_string())
+                    .or_default()
+                    .exceeded
+                    .insert(x.period.to_string(), rec.position);
+                self.statement_mut(x.tenant_id.as_str(), x.period).touch(rec);
+            }
         }
+    }
+
+    /// Applies a change to a hold and to its line in the period's statement, and keeps the
+    /// tenant's EU on hold in step.
+    fn hold_activity(
+        &mut self,
+        rec: &RecordedEvent,
+        hold_id: &str,
+        period: Period,
+        change: impl FnOnce(&mut HoldBooks, &mut HoldLine),
+    ) {
+        let Some(h) = self.holds.get_mut(hold_id) else {
+            return;
+        };
+        let before = h.remaining_eu();
+        let tenant = h.tenant_id.clone();
+        let st = self
+            .statements
+            .entry(tenant.clone())
+            .or_default()
+            .entry(period.to_string())
+            .or_default();
+        st.touch(rec);
+        let line = st.holds.entry(hold_id.to_string()).or_insert_with(|| HoldLine {
+            job_id: h.job_id.clone(),
+            amount_eu: h.amount_eu,
+            expires_at: h.expires_at.clone(),
+            ..HoldLine::default()
+        });
+        change(h, line);
+        line.remaining_eu = h.remaining_eu();
+        line.status = h.status.clone();
+        *self.held.entry(tenant).or_default() += h.remaining_eu() - before;
     }
 
     fn statement_mut(&mut self, tenant: &str, period: Period) -> &mut StatementAcc {
@@ -553,7 +787,7 @@ impl Books {
         } else {
             (a.debits_eu - a.credits_eu, a.debits_wh - a.credits_wh)
         };
-        Some(json!({
+        let mut v = json!({
             "account": account,
             "balance_eu": fmt_decimal(&eu),
             "debits_eu": fmt_decimal(&a.debits_eu),
@@ -563,7 +797,47 @@ impl Books {
             "credits_wh": fmt_decimal(&a.credits_wh),
             "normal_side": if credit_normal(account) { "credit" } else { "debit" },
             "position": self.position,
+        });
+        if let Some(t) = account.strip_prefix("tenant:") {
+            let held = self.held.get(t).copied().unwrap_or_default();
+            v["held_eu"] = json!(fmt_decimal(&held));
+            v["available_eu"] = json!(fmt_decimal(&(eu - held)));
+        }
+        Some(v)
+    }
+
+    /// A tenant's holds (all, or only those with `status`), with its total and available
+    /// balance; `None` for an unknown tenant.
+    pub fn holds_of(&self, tenant: &str, status: Option<&str>) -> Option<Value> {
+        if !self.tenants.contains_key(tenant) {
+            return None;
+        }
+        let a = self.accounts.get(&format!("tenant:{tenant}"));
+        let balance = a.map_or(Decimal::ZERO, |a| a.credits_eu - a.debits_eu);
+        let held = self.held.get(tenant).copied().unwrap_or_default();
+        let holds: Vec<Value> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.tenant_id == tenant && status.is_none_or(|s| h.status == s))
+            .map(|(id, h)| h.to_json(id))
+            .collect();
+        let limits = self.limits.get(tenant);
+        Some(json!({
+            "tenant_id": tenant,
+            "balance_eu": fmt_decimal(&balance),
+            "held_eu": fmt_decimal(&held),
+            "available_eu": fmt_decimal(&(balance - held)),
+            "active_holds": self.holds.values().filter(|h| h.tenant_id == tenant && h.status == "active").count(),
+            "spending_limits": limits.map(|l| l.settings.iter().map(|(p, x)| json!({"period": p, "limit_eu": x.map(|x| fmt_decimal(&x))})).collect::<Vec<_>>()).unwrap_or_default(),
+            "holds": holds,
+            "position": self.position,
         }))
+    }
+
+    /// One hold of a tenant; `None` when the tenant has no such hold.
+    pub fn hold(&self, tenant: &str, hold_id: &str) -> Option<Value> {
+        let h = self.holds.get(hold_id).filter(|h| h.tenant_id == tenant)?;
+        Some(h.to_json(hold_id))
     }
 
     /// A tenant's statement for a period (CONTRACT §2), or `None` for an unknown tenant.
@@ -579,6 +853,7 @@ impl Books {
         let closing = opening + acc.net_eu();
         let mut lines: Vec<Line> = acc.consumption.values().cloned().collect();
         lines.extend(acc.entries.iter().cloned());
+        let limits = self.limits.get(tenant);
         Some(Statement {
             tenant_id: tenant.to_string(),
             tenant_name: self.tenants[tenant].clone(),
@@ -598,6 +873,11 @@ impl Books {
             chain_hash: acc.chain_hash,
             is_final: self.closed.contains_key(&key),
             attribution: None,
+            captured_eu: acc.captured_eu,
+            holds: acc.holds,
+            jobs: acc.jobs,
+            spending_limit_eu: limits.and_then(|l| l.limit_at(&key)),
+            spending_limit_exceeded: limits.is_some_and(|l| l.exceeded.contains_key(&key)),
         })
     }
 
@@ -815,6 +1095,7 @@ fn grid_time(key: i64) -> DateTime<Utc> {
 
 fn booked_period(ev: &Event) -> Option<Period> {
     match ev {
+        Event::HoldCaptured(c) => Some(c.booked_period),
         Event::ReadingCorrected(c) => Some(c.booked_period),
         Event::CreditsIssued(c) => Some(c.booked_period),
         Event::CreditsTransferred(c) => Some(c.booked_period),
@@ -870,6 +1151,11 @@ pub struct Statement {
     /// Which sources powered the consumption ([`attribution`]); filled by
     /// [`engine::Projections::statement`], absent from [`Books::statement`].
     pub attribution: Option<attribution::TenantAttribution>,
+    pub captured_eu: Decimal,
+    pub holds: BTreeMap<String, HoldLine>,
+    pub jobs: BTreeMap<String, JobLine>,
+    pub spending_limit_eu: Option<Decimal>,
+    pub spending_limit_exceeded: bool,
 }
 
 fn opt_dec(d: &Option<Decimal>) -> Value {
@@ -919,6 +1205,28 @@ impl Statement {
             "chain_hash": self.chain_hash,
             "final": self.is_final,
             "attribution": self.attribution.as_ref().map(|a| a.summary_json()),
+            "captured_eu": fmt_decimal(&self.captured_eu),
+            "holds": self.holds.iter().map(|(id, h)| json!({
+                "hold_id": id,
+                "job_id": h.job_id,
+                "amount_eu": fmt_decimal(&h.amount_eu),
+                "expires_at": h.expires_at,
+                "placed_eu": fmt_decimal(&h.placed_eu),
+                "captured_eu": fmt_decimal(&h.captured_eu),
+                "drawn_eu": fmt_decimal(&h.drawn_eu),
+                "released_eu": fmt_decimal(&h.released_eu),
+                "remaining_eu": fmt_decimal(&h.remaining_eu),
+                "status": h.status,
+            })).collect::<Vec<_>>(),
+            "jobs": self.jobs.iter().map(|(id, j)| json!({
+                "job_id": id,
+                "energy_wh": fmt_decimal(&j.energy_wh),
+                "amount_eu": fmt_decimal(&j.amount_eu),
+                "drawn_eu": fmt_decimal(&j.drawn_eu),
+                "readings": j.readings,
+            })).collect::<Vec<_>>(),
+            "spending_limit_eu": opt_dec(&self.spending_limit_eu),
+            "spending_limit_exceeded": self.spending_limit_exceeded,
         })
     }
 }

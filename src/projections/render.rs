@@ -61,6 +61,43 @@ pub fn statement_csv(s: &Statement) -> String {
     out.push_str(&total("total_transfers_out", &s.transfers_out_eu, None));
     out.push_str(&total("total_adjustments", &s.adjustments_eu, Some(&s.adjustments_wh)));
     out.push_str(&total("closing_balance", &s.closing_balance_eu, None));
+    // Not movements: what each job consumed and what became of each hold in the period.
+    for (job, j) in &s.jobs {
+        out.push_str(&row(
+            "job",
+            [
+                String::new(),
+                String::new(),
+                String::new(),
+                fmt_decimal(&j.energy_wh),
+                fmt_decimal(&j.amount_eu),
+                format!(
+                    "job {job}: {} readings, {} EU drawn from holds",
+                    j.readings,
+                    fmt_decimal(&j.drawn_eu)
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+        ));
+    }
+    for (id, h) in &s.holds {
+        out.push_str(&row(
+            "hold",
+            [
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                fmt_decimal(&h.remaining_eu),
+                hold_memo(id, h),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+        ));
+    }
     if let Some(a) = &s.attribution {
         // The supply mix: one row per source (`energy_wh`, the source in `memo`), then the
         // carbon-free energy and the carbon, with the positions behind them.
@@ -106,6 +143,22 @@ pub fn statement_csv(s: &Statement) -> String {
     out
 }
 
+/// One hold's activity in the period, in words.
+fn hold_memo(id: &str, h: &super::HoldLine) -> String {
+    format!(
+        "hold {id}{}: {} EU until {}; placed {}, captured {}, drawn {}, released {}, left {} ({})",
+        h.job_id.as_ref().map_or(String::new(), |j| format!(" (job {j})")),
+        fmt_decimal(&h.amount_eu),
+        h.expires_at,
+        fmt_decimal(&h.placed_eu),
+        fmt_decimal(&h.captured_eu),
+        fmt_decimal(&h.drawn_eu),
+        fmt_decimal(&h.released_eu),
+        fmt_decimal(&h.remaining_eu),
+        h.status
+    )
+}
+
 pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -138,6 +191,53 @@ pub fn statement_html(s: &Statement) -> String {
     let total = |label: &str, d: &rust_decimal::Decimal| {
         format!("<tr><th>{label}</th><td class=n>{}</td></tr>", fmt_decimal(d))
     };
+    let mut extra = String::new();
+    if !s.jobs.is_empty() {
+        extra.push_str("<h2>Jobs</h2>\n<table><thead><tr><th>Job</th><th class=n>Readings</th><th class=n>Energy (Wh)</th><th class=n>Amount (EU)</th><th class=n>From holds (EU)</th></tr></thead><tbody>\n");
+        for (job, j) in &s.jobs {
+            extra.push_str(&format!(
+                "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>\n",
+                e(job),
+                j.readings,
+                fmt_decimal(&j.energy_wh),
+                fmt_decimal(&j.amount_eu),
+                fmt_decimal(&j.drawn_eu)
+            ));
+        }
+        extra.push_str("</tbody></table>\n");
+    }
+    if !s.holds.is_empty() {
+        extra.push_str("<h2>Holds</h2>\n<table><thead><tr><th>Hold</th><th>Job</th><th class=n>Amount</th><th>Expires</th><th class=n>Placed</th><th class=n>Captured</th><th class=n>Drawn</th><th class=n>Released</th><th class=n>Left</th><th>Status</th></tr></thead><tbody>\n");
+        for (id, h) in &s.holds {
+            extra.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=n>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>\n",
+                e(id),
+                e(h.job_id.as_deref().unwrap_or("")),
+                fmt_decimal(&h.amount_eu),
+                e(&h.expires_at),
+                fmt_decimal(&h.placed_eu),
+                fmt_decimal(&h.captured_eu),
+                fmt_decimal(&h.drawn_eu),
+                fmt_decimal(&h.released_eu),
+                fmt_decimal(&h.remaining_eu),
+                e(&h.status)
+            ));
+        }
+        extra.push_str("</tbody></table>\n");
+    }
+    if let Some(limit) = &s.spending_limit_eu {
+        extra.push_str(&format!(
+            "<p>Spending limit: {} EU per period{}.</p>\n",
+            fmt_decimal(limit),
+            if s.spending_limit_exceeded {
+                " — exceeded in this period"
+            } else {
+                ""
+            }
+        ));
+    } else if s.spending_limit_exceeded {
+        extra.push_str("<p>The spending limit was exceeded in this period.</p>\n");
+    }
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Statement {tenant} {period}</title>
@@ -156,7 +256,7 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
 <table><thead><tr><th>Kind</th><th>Date</th><th>Site</th><th>Band</th><th class=n>Energy (Wh)</th><th class=n>Amount (EU)</th><th>Memo</th></tr></thead>
 <tbody>
 {rows}</tbody></table>
-{attribution}
+{extra}{attribution}
 <p class=meta>Positions {first}–{last} · chain hash {hash}</p>
 </body></html>
 "#,
@@ -180,6 +280,7 @@ td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left}} .n{{t
         first = s.first_position,
         last = s.last_position,
         hash = e(&s.chain_hash),
+        extra = extra,
         attribution = s.attribution.as_ref().map(attribution_html).unwrap_or_default(),
     )
 }
