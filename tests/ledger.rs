@@ -675,3 +675,23 @@ async fn a_correction_back_to_an_earlier_value_is_recorded() {
     // 90 Wh at 1.65 EU/Wh: the last correction's delta from 165 EU is −16.5 EU.
     assert_eq!(again["delta_eu"], "-16.5");
 }
+
+/// A client's `event_id` names one event, whatever the route: credits that reuse the id of a
+/// recorded transfer are a conflict naming it (through `apply` as through the API), and the
+/// transfer itself again is still a duplicate.
+#[tokio::test]
+async fn an_event_id_reused_by_another_kind_of_command_is_a_conflict() {
+    let w = World::new().await;
+    let id = "5b0c2f4e-1d2a-4c3b-9e8f-7a6b5c4d3e2f";
+    let transfer = json!({"command":"transfer_credits","event_id":id,"from_tenant":"acme-ai","to_tenant":"beta-labs","amount_eu":"5","memo":"x"});
+    w.ok(transfer.clone()).await;
+    let msg = w
+        .refused(
+            json!({"command":"issue_credits","event_id":id,"tenant_id":"acme-ai","amount_eu":"5","memo":"x"}),
+            Code::Conflict,
+            "event_id",
+        )
+        .await;
+    assert!(msg.contains("CreditsTransferred"), "{msg}");
+    assert_eq!(w.ok(transfer).await["duplicate"], true);
+}

@@ -7,8 +7,7 @@ use super::body::Path;
 use super::body::{self, Kind, NDJSON_BODY_BYTES_MAX, NDJSON_LINES_MAX};
 use super::error::ApiError;
 use crate::domain::Command;
-use crate::domain::error::Rejection;
-use crate::ledger::{CommandError, Outcome, Pending};
+use crate::ledger::{Outcome, Pending};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -24,30 +23,6 @@ fn answer(out: Outcome) -> Result<Response, ApiError> {
         StatusCode::CREATED
     };
     Ok((status, axum::Json(a.to_json())).into_response())
-}
-
-/// A client's `event_id` names one event: a command that reuses the id of an event of
-/// another kind is a conflict naming that event, not a retry of it. (Readings check this
-/// when they decide; these commands recognise a retry by the id alone.)
-fn same_kind(cmd: &Command, out: Outcome) -> Outcome {
-    let expected = match cmd {
-        Command::IssueCredits { .. } => "CreditsIssued",
-        Command::TransferCredits { .. } => "CreditsTransferred",
-        Command::CorrectReading { .. } => "ReadingCorrected",
-        _ => return out,
-    };
-    match out {
-        Ok(a) if a.duplicate && a.event.event_type() != expected => Err(CommandError::Rejected(Rejection::conflict(
-            "event_id",
-            format!(
-                "event {} is already recorded as a {}, not a {expected}; use a new event_id",
-                a.event_id,
-                a.event.event_type()
-            ),
-            Some(a.event_id),
-        ))),
-        other => other,
-    }
 }
 
 /// Puts a path parameter into the body; a body that names another value is refused.
@@ -81,7 +56,7 @@ fn check_command_field(name: &str, obj: &Map<String, Value>) -> Result<(), ApiEr
 async fn run(state: &AppState, name: &str, obj: &Map<String, Value>) -> Result<Response, ApiError> {
     check_command_field(name, obj)?;
     let cmd = Command::parse(name, obj)?;
-    answer(same_kind(&cmd, state.ledger.execute(&cmd).await))
+    answer(state.ledger.execute(&cmd).await)
 }
 
 pub async fn register_site(
@@ -163,7 +138,7 @@ pub async fn transfer_credits(
     if let Command::TransferCredits { from_tenant, .. } = &cmd {
         c.require_tenant_scope(from_tenant.as_str())?;
     }
-    answer(same_kind(&cmd, s.ledger.execute(&cmd).await))
+    answer(s.ledger.execute(&cmd).await)
 }
 
 pub async fn close_period(
@@ -464,5 +439,5 @@ pub async fn correct_reading(
             None => {}
         }
     }
-    answer(same_kind(&cmd, s.ledger.execute(&cmd).await))
+    answer(s.ledger.execute(&cmd).await)
 }

@@ -280,6 +280,38 @@ pub struct Pending {
     answer: Answer,
     automatic: Vec<Automatic>,
     stale: Arc<AtomicBool>,
+    /// The event type a duplicate must have, for commands that recognise a retry by a
+    /// client's `event_id` alone ([`same_kind`]).
+    kind: Option<&'static str>,
+}
+
+/// A client's `event_id` names one event: a command that reuses the id of an event of
+/// another kind is a conflict naming that event, not a retry of it. (Readings check this
+/// when they decide; these commands recognise a retry by the id alone.)
+fn expected_kind(cmd: &Command) -> Option<&'static str> {
+    match cmd {
+        Command::IssueCredits { .. } => Some("CreditsIssued"),
+        Command::TransferCredits { .. } => Some("CreditsTransferred"),
+        Command::CorrectReading { .. } => Some("ReadingCorrected"),
+        _ => None,
+    }
+}
+
+fn same_kind(expected: Option<&'static str>, out: Outcome) -> Outcome {
+    match (expected, out) {
+        (Some(expected), Ok(a)) if a.duplicate && a.event.event_type() != expected => {
+            Err(CommandError::Rejected(Rejection::conflict(
+                "event_id",
+                format!(
+                    "event {} is already recorded as a {}, not a {expected}; use a new event_id",
+                    a.event_id,
+                    a.event.event_type()
+                ),
+                Some(a.event_id),
+            )))
+        }
+        (_, other) => other,
+    }
 }
 
 enum Answer {
@@ -304,12 +336,13 @@ impl Pending {
             answer: Answer::Ready(Box::new(out)),
             automatic,
             stale: stale.clone(),
+            kind: None,
         }
     }
 
     pub async fn wait(self) -> Outcome {
         let stale = self.stale.clone();
-        let mut out = self.answer.wait(&stale).await;
+        let mut out = same_kind(self.kind, self.answer.wait(&stale).await);
         for a in self.automatic {
             match a.ticket.wait().await {
                 Ok(r) => {
@@ -446,6 +479,12 @@ impl Ledger {
     /// command's event, what that event caused (`SpendingLimitExceeded`). All are queued under
     /// the same lock, so their positions in the log are fixed by the log itself.
     pub async fn submit(&self, cmd: &Command) -> Pending {
+        let mut p = self.decide_and_queue(cmd).await;
+        p.kind = expected_kind(cmd);
+        p
+    }
+
+    async fn decide_and_queue(&self, cmd: &Command) -> Pending {
         let mut inner = self.inner.lock().await;
         let mut automatic = Vec::new();
         let now = match self.prepare(&mut inner, &mut automatic).await {
@@ -496,6 +535,7 @@ impl Ledger {
             answer,
             automatic,
             stale: self.stale.clone(),
+            kind: None,
         }
     }
 
