@@ -695,3 +695,24 @@ async fn an_event_id_reused_by_another_kind_of_command_is_a_conflict() {
     assert!(msg.contains("CreditsTransferred"), "{msg}");
     assert_eq!(w.ok(transfer).await["duplicate"], true);
 }
+
+/// A leap second (`:60`) is refused on the field that names it (found by fuzzing the
+/// emission-factors route), and changes nothing.
+#[tokio::test]
+async fn a_leap_second_is_refused() {
+    let w = World::new().await;
+    let msg = w
+        .refused(
+            reading(
+                "rack-a1",
+                "consumed",
+                "2026-11-02T20:14:60Z",
+                "2026-11-02T20:30:00Z",
+                "1",
+            ),
+            Code::Validation,
+            "start",
+        )
+        .await;
+    assert!(msg.contains("leap second"), "{msg}");
+}

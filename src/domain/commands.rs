@@ -261,8 +261,18 @@ pub fn tenant_id(v: &Value) -> Result<TenantId, String> {
 pub fn asset_id(v: &Value) -> Result<AssetId, String> {
     AssetId::parse(string(v)?)
 }
+/// A command's time: RFC 3339, and no leap second (`:60`), which no interval, tariff or
+/// expiry needs and which would not survive a round trip through the log's UTC text.
 pub fn time(v: &Value) -> Result<DateTime<Utc>, String> {
-    parse_time(string(v)?)
+    use chrono::Timelike;
+    let t = parse_time(string(v)?)?;
+    if t.nanosecond() >= 1_000_000_000 {
+        return Err(format!(
+            "must not be a leap second (seconds 00 to 59), got {}",
+            v.as_str().unwrap_or_default()
+        ));
+    }
+    Ok(t)
 }
 pub fn uuid(v: &Value) -> Result<Uuid, String> {
     Uuid::parse_str(string(v)?).map_err(|_| "must be a UUID".to_string())
