@@ -119,10 +119,20 @@ pub struct HourAttribution {
 }
 
 impl HourAttribution {
+    /// A tenant's consumption in this hour, at the attribution's precision
+    /// ([`PART_DECIMALS`]): every figure built from it then adds up exactly, across sources,
+    /// hours and periods alike.
+    pub fn consumed(&self, tenant: &str) -> Decimal {
+        self.flows
+            .consumed
+            .get(tenant)
+            .map_or(Decimal::ZERO, |wh| wh.round_dp(PART_DECIMALS))
+    }
+
     /// What a tenant's consumption in this hour is attributed to (source → Wh; the Wh add up
-    /// to its consumption exactly), or `None` if it consumed nothing here.
+    /// to [`HourAttribution::consumed`] exactly), or `None` if it consumed nothing here.
     pub fn tenant(&self, tenant: &str) -> Option<BTreeMap<String, Decimal>> {
-        let wh = self.flows.consumed.get(tenant).copied()?;
+        let wh = self.consumed(tenant);
         (wh > Decimal::ZERO).then(|| pro_rata(wh, &self.weights))
     }
 }
@@ -573,7 +583,7 @@ pub fn tenant_attribution(books: &Books, sites: &[SiteAttribution], tenant: &str
             books.emission_factors.get(&site.site_id).map_or(&[], |v| v.as_slice());
         for a in site.hours.iter().filter(|a| a.hour >= from && a.hour < to) {
             let Some(by_source) = a.tenant(tenant) else { continue };
-            let consumption = a.flows.consumed.get(tenant).copied().unwrap_or_default();
+            let consumption = a.consumed(tenant);
             let fv = factors_at(factors, hour_time(a.hour));
             let (cfe, carbon) = match fv {
                 Some(fv) => (carbon_free_wh(fv, &by_source), Some(carbon_g(fv, &by_source))),
@@ -637,10 +647,11 @@ pub fn check_invariants(site: &SiteAttribution, epsilon: Decimal) -> Result<(), 
     let when = |h: i64| format!("site {} hour {}", site.site_id, fmt_time(&hour_time(h)));
     for a in &site.hours {
         let mut attributed: BTreeMap<String, Decimal> = BTreeMap::new();
-        for (tenant, consumed) in &a.flows.consumed {
+        for tenant in a.flows.consumed.keys() {
             let Some(by_source) = a.tenant(tenant) else { continue };
             let sum: Decimal = by_source.values().sum();
-            if sum != *consumed {
+            let consumed = a.consumed(tenant);
+            if sum != consumed {
                 return Err(format!(
                     "{}: tenant {tenant} is attributed {sum} Wh of {consumed} Wh consumed",
                     when(a.hour)
