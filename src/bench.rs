@@ -1584,6 +1584,18 @@ fn time_calls(iterations: u64, mut f: impl FnMut(u64) -> usize) -> (Vec<u64>, u6
 
 /// `bench read`: statement and balance reads from the projections of the log at `url`,
 /// and what opening costs (store index, write state, projections from the snapshot).
+/// Every (tenant, period) with a statement: what `bench read` and `bench attribution` read.
+fn statement_pairs(b: &crate::projections::Books) -> Vec<(String, crate::domain::time::Period)> {
+    b.statements
+        .iter()
+        .flat_map(|(t, by)| {
+            by.keys()
+                .filter_map(|k| crate::domain::time::Period::parse(k).ok())
+                .map(move |per| (t.clone(), per))
+        })
+        .collect()
+}
+
 pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
     if a.iterations == 0 || a.iterations > READ_ITERATIONS_MAX {
         return Err(usage(format!("--iterations must be 1 to {READ_ITERATIONS_MAX}")));
@@ -1609,15 +1621,7 @@ pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
     let peak_rss_open = peak_rss_bytes();
     let events = p.position();
     let (pairs, accounts, lines) = p.read(|b| {
-        let pairs: Vec<(String, crate::domain::time::Period)> = b
-            .statements
-            .iter()
-            .flat_map(|(t, by)| {
-                by.keys()
-                    .filter_map(|k| crate::domain::time::Period::parse(k).ok())
-                    .map(move |per| (t.clone(), per))
-            })
-            .collect();
+        let pairs = statement_pairs(b);
         let accounts: Vec<String> = b.accounts.keys().take(10_000).cloned().collect();
         let lines = b
             .statements
@@ -2175,15 +2179,7 @@ pub async fn attribution(url: &str, a: &AttributionArgs) -> Result<Report, AppEr
     let p = Projections::open(store, Some(snapshot_path_for(url))).await?;
     let (events, site_hours, pairs) = p.read(|b| {
         let hours: usize = b.hours.values().map(|h| h.len()).sum();
-        let pairs: Vec<(String, crate::domain::time::Period)> = b
-            .statements
-            .iter()
-            .flat_map(|(t, by)| {
-                by.keys()
-                    .filter_map(|k| crate::domain::time::Period::parse(k).ok())
-                    .map(move |per| (t.clone(), per))
-            })
-            .collect();
+        let pairs = statement_pairs(b);
         (b.position, hours, pairs)
     });
     if site_hours == 0 {

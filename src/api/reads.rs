@@ -68,6 +68,22 @@ fn opt_time(field: &'static str, v: &Option<String>) -> Result<Option<chrono::Da
         .map_err(|m| ApiError::invalid(field, m))
 }
 
+/// A site read's range: `to` defaults to the end of the site's data (`data_end`; now,
+/// before any), `from` to `default_days` before `to`; `from` must be before `to`.
+fn range_or_default(
+    from: Option<chrono::DateTime<Utc>>,
+    to: Option<chrono::DateTime<Utc>>,
+    data_end: Option<chrono::DateTime<Utc>>,
+    default_days: i64,
+) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), ApiError> {
+    let to = to.unwrap_or_else(|| data_end.unwrap_or_else(Utc::now));
+    let from = from.unwrap_or(to - chrono::Duration::days(default_days));
+    if from >= to {
+        return Err(ApiError::invalid("to", "must be after from"));
+    }
+    Ok((from, to))
+}
+
 fn json(v: Value) -> Response {
     axum::Json(v).into_response()
 }
@@ -201,12 +217,11 @@ pub async fn flows(
     wait_min_position(&s, q.min_position).await?;
     s.projections
         .read(|b| {
-            let to = to.unwrap_or_else(|| b.site_extent(&site_id).map_or_else(Utc::now, |(_, end)| end));
-            let from = from.unwrap_or(to - chrono::Duration::days(FLOWS_DEFAULT_DAYS));
-            if from >= to {
-                return Some(Err(ApiError::invalid("to", "must be after from")));
+            let data_end = b.site_extent(&site_id).map(|(_, end)| end);
+            match range_or_default(from, to, data_end, FLOWS_DEFAULT_DAYS) {
+                Ok((from, to)) => b.flows(&site_id, from, to).map(Ok),
+                Err(e) => Some(Err(e)),
             }
-            b.flows(&site_id, from, to).map(Ok)
         })
         .ok_or_else(|| ApiError::not_found(format!("no site {site_id:?} is registered")))?
         .map(json)
@@ -249,15 +264,14 @@ pub async fn mix(
     s.projections
         .read_attribution(|b, sites| {
             let site = sites.iter().find(|a| a.site_id == site_id)?;
-            let last = site.hours.last().map(|h| h.hour + HOUR_S);
-            let to = to.unwrap_or_else(|| {
-                last.and_then(|t| Utc.timestamp_opt(t, 0).single())
-                    .unwrap_or_else(Utc::now)
-            });
-            let from = from.unwrap_or(to - chrono::Duration::days(MIX_DEFAULT_DAYS));
-            if from >= to {
-                return Some(Err(ApiError::invalid("to", "must be after from")));
-            }
+            let data_end = site
+                .hours
+                .last()
+                .and_then(|h| Utc.timestamp_opt(h.hour + HOUR_S, 0).single());
+            let (from, to) = match range_or_default(from, to, data_end, MIX_DEFAULT_DAYS) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
             if (to - from).num_seconds() > MIX_HOURS_MAX as i64 * HOUR_S {
                 return Some(Err(ApiError::invalid(
                     "to",
