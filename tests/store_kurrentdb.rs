@@ -53,6 +53,19 @@ fn client(base: &str) -> kurrentdb::Client {
     kurrentdb::Client::new(base.parse().unwrap()).unwrap()
 }
 
+/// Appends one event to a new stream and returns where it was recorded.
+async fn append_first(store: &dyn EventStore, stream: &str) -> wattledger::store::Appended {
+    store
+        .append(contract::batch(
+            stream,
+            ExpectedVersion::NoStream,
+            vec![contract::ev("{}")],
+        ))
+        .wait()
+        .await
+        .unwrap()
+}
+
 async fn all_of(store: &dyn EventStore) -> Vec<wattledger::store::RecordedEvent> {
     let mut out = Vec::new();
     loop {
@@ -123,15 +136,7 @@ async fn a_reader_follows_the_writer() {
     };
     let (url, _) = fresh_url(&base);
     let writer = KurrentStore::open(&url, Access::Write).await.unwrap();
-    writer
-        .append(contract::batch(
-            "r",
-            ExpectedVersion::NoStream,
-            vec![contract::ev("{}")],
-        ))
-        .wait()
-        .await
-        .unwrap();
+    append_first(writer.as_ref(), "r").await;
     let reader = KurrentStore::open(&url, Access::Read).await.unwrap();
     assert_eq!(reader.head().await.unwrap().position, 1);
     for v in 1..20u64 {
@@ -173,15 +178,7 @@ async fn one_writer_holds_the_lease() {
     };
     let (url, _) = fresh_url(&base);
     let first = KurrentStore::open(&url, Access::Write).await.unwrap();
-    first
-        .append(contract::batch(
-            "l",
-            ExpectedVersion::NoStream,
-            vec![contract::ev("{}")],
-        ))
-        .wait()
-        .await
-        .unwrap();
+    append_first(first.as_ref(), "l").await;
     let e = match KurrentStore::open(&url, Access::Write).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a second writer is refused while the lease is renewed"),
@@ -219,15 +216,7 @@ async fn a_wrong_expected_version_is_resolved_from_the_tail() {
     };
     let (url, prefix) = fresh_url(&base);
     let store = KurrentStore::open(&url, Access::Write).await.unwrap();
-    let first = store
-        .append(contract::batch(
-            "w",
-            ExpectedVersion::NoStream,
-            vec![contract::ev("{}")],
-        ))
-        .wait()
-        .await
-        .unwrap();
+    let first = append_first(store.as_ref(), "w").await;
     assert_eq!(first.recorded, vec![(1, 1)]);
     let head = store.head().await.unwrap();
     // The record the writer would make next, appended directly.
@@ -405,15 +394,7 @@ async fn fake_a_lost_answer_retried_at_once_is_recorded_once() {
         server.dedup.store(dedup, std::sync::atomic::Ordering::SeqCst);
         let store = on_fake(&server, Access::Write).await;
         server.script(&[Fault::LoseAnswer]);
-        let r = store
-            .append(contract::batch(
-                "a",
-                ExpectedVersion::NoStream,
-                vec![contract::ev("{}")],
-            ))
-            .wait()
-            .await
-            .unwrap();
+        let r = append_first(store.as_ref(), "a").await;
         assert_eq!((r.recorded, r.duplicate), (vec![(1, 1)], false), "dedup {dedup}");
         assert_eq!(store.failures(), 0);
         assert_eq!(all_of(store.as_ref()).await.len(), 1);
@@ -433,15 +414,7 @@ async fn fake_a_wrong_expected_version_is_resolved_from_the_tail() {
         server.dedup.store(dedup, std::sync::atomic::Ordering::SeqCst);
         // Held back, so that the writer's own subscription cannot tell it first.
         let store = on_fake(&server, Access::Write).await;
-        store
-            .append(contract::batch(
-                "w",
-                ExpectedVersion::NoStream,
-                vec![contract::ev("{}")],
-            ))
-            .wait()
-            .await
-            .unwrap();
+        append_first(store.as_ref(), "w").await;
         let head = store.head().await.unwrap();
         let late = contract::ev(r#"{"late":true}"#);
         let rec = stage(
@@ -503,15 +476,7 @@ async fn fake_a_wrong_expected_version_is_resolved_from_the_tail() {
 async fn fake_the_writer_lease() {
     let server = FakeServer::new();
     let first = on_fake(&server, Access::Write).await;
-    first
-        .append(contract::batch(
-            "l",
-            ExpectedVersion::NoStream,
-            vec![contract::ev("{}")],
-        ))
-        .wait()
-        .await
-        .unwrap();
+    append_first(first.as_ref(), "l").await;
     match KurrentStore::open_with(server.clone(), "wl-", TTL, Access::Write).await {
         Err(e) => assert!(e.to_string().contains("holds the writer lease"), "{e}"),
         Ok(_) => panic!("a second writer is refused while the lease is renewed"),
