@@ -3,6 +3,8 @@
 //! overdraw refusals with holds outstanding, a job whose consumption exceeds its hold, and a
 //! spending limit crossed by consumption. Every scenario ends with a clean audit.
 
+mod support;
+
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -12,7 +14,7 @@ use wattledger::audit::{Live, audit, replay_books};
 use wattledger::domain::Code;
 use wattledger::domain::ids::TenantId;
 use wattledger::domain::time::{fmt_time, parse_time};
-use wattledger::ledger::{CommandError, FixedClock, Ledger, Outcome};
+use wattledger::ledger::{FixedClock, Ledger, Outcome};
 use wattledger::store::sqlite::SqliteStore;
 use wattledger::store::{EventStore, RecordedEvent};
 
@@ -75,15 +77,7 @@ impl World {
     }
 
     async fn refused(&self, c: Value, code: Code, field: &str) -> String {
-        let before = self.head().await;
-        let r = match self.run(c.clone()).await {
-            Err(CommandError::Rejected(r)) => r,
-            other => panic!("{c} should be refused, got {other:?}"),
-        };
-        assert_eq!(r.code, code, "{c}: {}", r.message);
-        assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
-        assert_eq!(self.head().await, before, "a refused command appends nothing");
-        r.message
+        support::assert_refused(&self.ledger, c, code, field).await
     }
 
     async fn head(&self) -> u64 {

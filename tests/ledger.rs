@@ -1,6 +1,8 @@
 //! The write path through a real (SQLite) store: every refusal, each in its own test, with
 //! its code and field, and proof that it changed nothing; duplicates answer the first result.
 
+mod support;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -48,16 +50,7 @@ impl World {
 
     /// Runs a command that must be refused with `code` on `field`; checks nothing changed.
     async fn refused(&self, c: Value, code: Code, field: &str) -> String {
-        let before = self.head().await;
-        let r = match self.run(c.clone()).await {
-            Err(CommandError::Rejected(r)) => r,
-            other => panic!("{c} should be refused, got {other:?}"),
-        };
-        assert_eq!(r.code, code, "{c}: {}", r.message);
-        assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
-        assert!(r.message.contains(field), "the message names the field: {}", r.message);
-        assert_eq!(self.head().await, before, "a refused command appends nothing");
-        r.message
+        support::assert_refused(&self.ledger, c, code, field).await
     }
 }
 

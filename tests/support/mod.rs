@@ -143,3 +143,19 @@ pub fn assert_matches_spec(method: &str, path: &str, status: u16, content_type: 
         errors.join("\n")
     );
 }
+
+/// Runs a command through the ledger that must be refused with `code` on `field`, with a
+/// message naming the field, and checks that it appended nothing. Returns the message.
+pub async fn assert_refused(ledger: &Ledger, c: Value, code: wattledger::domain::Code, field: &str) -> String {
+    let head = || async { ledger.store().head().await.unwrap().position };
+    let before = head().await;
+    let r = match ledger.execute_json(&c).await {
+        Err(wattledger::ledger::CommandError::Rejected(r)) => r,
+        other => panic!("{c} should be refused, got {other:?}"),
+    };
+    assert_eq!(r.code, code, "{c}: {}", r.message);
+    assert_eq!(r.field.as_deref(), Some(field), "{c}: {}", r.message);
+    assert!(r.message.contains(field), "the message names the field: {}", r.message);
+    assert_eq!(head().await, before, "a refused command appends nothing");
+    r.message
+}
