@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::{Reply, read_reply};
+
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -86,14 +88,6 @@ fn reading(k: usize, event_id: uuid::Uuid) -> Value {
     })
 }
 
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    content_type: String,
-    json: Value,
-    text: String,
-}
-
 async fn post(client: &reqwest::Client, base: &str, token: &str, path: &str, body: &Value) -> Reply {
     let res = client
         .post(format!("{base}{path}"))
@@ -102,31 +96,7 @@ async fn post(client: &reqwest::Client, base: &str, token: &str, path: &str, bod
         .send()
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let status = res.status().as_u16();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let text = res.text().await.unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        retry_after,
-        content_type,
-        json,
-        text,
-    }
+    read_reply(res).await
 }
 
 /// Every event id in the log, in order, checking positions are contiguous.

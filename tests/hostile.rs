@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::{Reply as Answer, read_reply as answer};
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -122,36 +124,6 @@ fn spec_lists(method: &str, path: &str, status: u16) -> bool {
 // ---------------------------------------------------------------------------------------
 // Answers
 // ---------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    text: String,
-    json: Value,
-}
-
-async fn answer(res: reqwest::Response) -> Answer {
-    let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let text = res.text().await.unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        content_type,
-        text,
-        json,
-    }
-}
 
 async fn send(app: &App, method: reqwest::Method, path: &str, token: &str, ct: &str, body: Vec<u8>) -> Answer {
     let res = app

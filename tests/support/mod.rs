@@ -159,3 +159,41 @@ pub async fn assert_refused(ledger: &Ledger, c: Value, code: wattledger::domain:
     assert_eq!(head().await, before, "a refused command appends nothing");
     r.message
 }
+
+/// An HTTP answer as the tests read it: status, media type (lower case, without parameters),
+/// `Retry-After`, body text, and the body as JSON (`Null` when it is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+    pub text: String,
+    pub json: Value,
+}
+
+pub async fn read_reply(res: reqwest::Response) -> Reply {
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let status = res.status().as_u16();
+    let retry_after = header("retry-after");
+    let content_type = header("content-type")
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = res.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        content_type,
+        retry_after,
+        text,
+        json,
+    }
+}
