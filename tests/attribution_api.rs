@@ -17,15 +17,8 @@ async fn call(app: &support::App, method: &str, path: &str, token: &str, body: O
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let ctype = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), ctype)
+    let r = support::read_reply(req.send().await.unwrap()).await;
+    (r.status, r.json, r.content_type)
 }
 
 fn factors() -> Value {
