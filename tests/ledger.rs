@@ -709,3 +709,65 @@ async fn a_leap_second_is_refused() {
         .await;
     assert!(msg.contains("leap second"), "{msg}");
 }
+
+/// `submit_many` (a bulk request's path: many commands under one acquisition of the lock)
+/// answers each command exactly as submitting them one by one does, and records the same
+/// log: new readings, a repost of one of them inside the same batch, a conflicting value,
+/// an overlap, a refused line, and a correction of a reading decided earlier in the batch.
+#[tokio::test]
+async fn submit_many_answers_as_one_by_one_submission_does() {
+    let corrected = {
+        let mut c = json!({"command":"correct_reading","wh":"1500","reason":"meter swap"});
+        let w = World::new().await;
+        let first = w
+            .ok(reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"))
+            .await;
+        c["event_id"] = first["event_id"].clone();
+        c
+    };
+    let mut cmds = vec![
+        reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"),
+        reading("rack-a1", "consumed", "2026-11-02T10:15:00Z", "2026-11-02T10:30:00Z", "2000"),
+        reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"),
+        reading("rack-a1", "consumed", "2026-11-02T10:15:00Z", "2026-11-02T10:30:00Z", "2500"),
+        reading("rack-a1", "consumed", "2026-11-02T10:20:00Z", "2026-11-02T10:35:00Z", "100"),
+        reading("rack-a1", "consumed", "2026-11-02T10:30:00Z", "2026-11-02T10:45:00Z", "900000"),
+        reading("gt-01", "generated", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "9000"),
+    ];
+    cmds.push(corrected);
+    let parsed: Vec<_> = cmds
+        .iter()
+        .map(|c| wattledger::domain::Command::from_json(c).unwrap_or_else(|r| panic!("{c}: {r:?}")))
+        .collect();
+    let (one, many) = (World::new().await, World::new().await);
+    let mut by_one = Vec::new();
+    for c in &parsed {
+        by_one.push(one.ledger.submit(c).await.wait().await);
+    }
+    let mut by_many = Vec::new();
+    for p in many.ledger.submit_many(&parsed).await {
+        by_many.push(p.wait().await);
+    }
+    let show = |o: &Outcome| match o {
+        Ok(a) => a.to_json(),
+        Err(e) => e.to_json(),
+    };
+    for (i, (a, b)) in by_one.iter().zip(&by_many).enumerate() {
+        assert_eq!(show(a), show(b), "command {i}: {}", cmds[i]);
+    }
+    let oks = by_one.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(oks, 5, "3 new readings, a repost and a correction: {:?}", by_one.iter().map(show).collect::<Vec<_>>());
+    let log = |w: &World| {
+        let store = w.ledger.store().clone();
+        async move {
+            store
+                .read_all(0, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.stream, r.version, r.event_id, r.event_type, r.data))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(log(&one).await, log(&many).await);
+}

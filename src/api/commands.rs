@@ -7,7 +7,7 @@ use super::body::Path;
 use super::body::{self, Kind, NDJSON_BODY_BYTES_MAX, NDJSON_LINES_MAX};
 use super::error::ApiError;
 use crate::domain::Command;
-use crate::ledger::{Outcome, Pending};
+use crate::ledger::Outcome;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -244,8 +244,9 @@ fn forbidden_meter(meter: &str) -> ApiError {
     ApiError::forbidden(format!("this token may not post readings for meter {meter:?}"))
 }
 
-/// Decides one reading line; a refusal is answered on its own.
-async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Pending, ApiError> {
+/// Reads one reading line into its command, within the token's scope; a refusal is answered
+/// on its own.
+async fn reading_command(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Command, ApiError> {
     check_command_field("post_reading", obj)?;
     let cmd = Command::parse("post_reading", obj)?;
     if let Command::PostReading { meter_id, .. } = &cmd
@@ -254,7 +255,7 @@ async fn submit_reading(s: &AppState, c: &super::auth::Claims, obj: &Map<String,
         tracing::warn!(sub = %c.sub, meter = %meter_id, "refused: meter out of scope");
         return Err(forbidden_meter(meter_id.as_str()));
     }
-    Ok(s.ledger.submit(&cmd).await)
+    Ok(cmd)
 }
 
 /// One reading (JSON) or many (NDJSON: one result line per input line, in order).
@@ -268,8 +269,8 @@ pub async fn post_readings(
     match body::kind(&headers, true)? {
         Kind::Json => {
             let obj = body::parse_object(&body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?)?;
-            let pending = submit_reading(&s, &c, &obj).await?;
-            answer(pending.wait().await)
+            let cmd = reading_command(&s, &c, &obj).await?;
+            answer(s.ledger.submit(&cmd).await.wait().await)
         }
         Kind::Ndjson => bulk(s, c, headers, body).await,
     }
@@ -319,30 +320,72 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
     Ok(answer_lines(s, c, items).await)
 }
 
-/// Decides every item in order (each queued to the writer as it is decided), then answers
-/// each as it becomes durable, in order, one NDJSON line per item.
 /// A numbered reading (its line in the request or file), or why it could not be read.
 type Item = (usize, Result<Map<String, Value>, ApiError>);
 
+/// Answer lines are sent in chunks of about this many bytes, or sooner when the next answer is
+/// not durable yet.
+const ANSWER_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Decides every item in order, under as few acquisitions of the ledger's lock as
+/// [`crate::ledger::Ledger::submit_many`] takes (each queued to the writer as it is decided),
+/// then answers each as it becomes durable, in order, one NDJSON line per item. Answers that
+/// are already durable go out together in one chunk; a chunk is sent as soon as the next
+/// answer would have to wait.
 async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> Response {
-    let mut pending: Vec<(usize, Result<Pending, ApiError>)> = Vec::with_capacity(items.len());
+    let mut lines: Vec<(usize, Result<usize, ApiError>)> = Vec::with_capacity(items.len());
+    let mut cmds = Vec::with_capacity(items.len());
     for (n, item) in items {
-        let p = match item {
-            Ok(obj) => submit_reading(&s, &c, &obj).await,
+        let cmd = match item {
+            Ok(obj) => reading_command(&s, &c, &obj).await,
             Err(e) => Err(e),
         };
-        pending.push((n, p));
+        lines.push((n, cmd.map(|cmd| cmds.push(cmd)).map(|()| cmds.len() - 1)));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1024);
+    let mut decided = s
+        .ledger
+        .submit_many(&cmds)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect::<Vec<_>>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(async move {
-        for (n, p) in pending {
-            let r = match p {
-                Ok(p) => p.wait().await.map_err(ApiError::from),
+        // A client that went away stops reading; every answer is still awaited (the appends
+        // complete in the writer anyway, and a failed one marks the state for a rebuild).
+        let send = |chunk: String| {
+            let tx = tx.clone();
+            async move { chunk.is_empty() || tx.send(Ok(chunk)).await.is_ok() }
+        };
+        let mut chunk = String::new();
+        let mut open = true;
+        for (n, line) in lines {
+            let r = match line {
+                Ok(i) => {
+                    let wait = decided[i].take().expect("each decision is answered once").wait();
+                    let mut wait = std::pin::pin!(wait);
+                    match futures_util::FutureExt::now_or_never(wait.as_mut()) {
+                        Some(r) => r,
+                        None => {
+                            // Not durable yet: send what is ready before waiting.
+                            open = open && send(std::mem::take(&mut chunk)).await;
+                            wait.await
+                        }
+                    }
+                    .map_err(ApiError::from)
+                }
                 Err(e) => Err(e),
             };
-            let line = format!("{}\n", line_answer(n, r));
-            // A client that went away stops reading; the appends complete in the writer anyway.
-            let _ = tx.send(Ok(line)).await;
+            if open {
+                chunk.push_str(&line_answer(n, r).to_string());
+                chunk.push('\n');
+                if chunk.len() >= ANSWER_CHUNK_BYTES {
+                    open = send(std::mem::take(&mut chunk)).await;
+                }
+            }
+        }
+        if open {
+            send(chunk).await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
