@@ -6,6 +6,7 @@ pub mod events;
 pub mod ids;
 pub mod postings;
 pub mod quantity;
+pub mod readings;
 pub mod state;
 pub mod tariff;
 pub mod time;

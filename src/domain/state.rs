@@ -10,6 +10,7 @@ use super::error::{Code, Rejection};
 use super::events::*;
 use super::ids::{AssetId, HoldId, JobId, MeterId, SiteId, TenantId};
 use super::quantity::{AmountEu, EnergyWh, fmt_decimal, round_eu};
+pub use super::readings::{ReadingState, Readings};
 use super::tariff::{Flow, Price, Tariff, price};
 use super::time::{Interval, Period, fmt_time};
 use chrono::{DateTime, Duration, Utc};
@@ -212,28 +213,8 @@ impl HoldState {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ReadingState {
-    pub meter_id: MeterId,
-    pub flow: Flow,
-    pub interval: Interval,
-    pub posted_wh: EnergyWh,
-    pub current_wh: EnergyWh,
-    pub current_eu: Decimal,
-    pub tariff_version: u32,
-    pub stream: String,
-    pub version: u64,
-    /// How many corrections it has had, and the last one: (event id, Wh, reason).
-    pub corrections: u32,
-    pub last_correction: Option<(Uuid, EnergyWh, String)>,
-    pub job_id: Option<JobId>,
-}
-
 /// Holds by expiry time (the order they expire and a job draws on them).
 pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
-
-/// Interval start → (end, reading event id), for one meter and flow.
-pub type IntervalIndex = BTreeMap<DateTime<Utc>, (DateTime<Utc>, Uuid)>;
 
 #[derive(Clone, Debug, Default)]
 pub struct LedgerState {
@@ -243,9 +224,8 @@ pub struct LedgerState {
     pub batteries: HashMap<AssetId, BatteryState>,
     /// Which kind and site each asset was registered with.
     pub assets: HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
-    pub readings: HashMap<Uuid, ReadingState>,
-    /// Per meter and flow: interval start → (end, reading event id).
-    pub intervals: HashMap<(MeterId, Flow), IntervalIndex>,
+    /// Every reading: by event id, and by meter, flow and interval.
+    pub readings: Readings,
     /// Events other than readings, by id: (stream, version).
     pub events: HashMap<Uuid, (String, u64)>,
     pub stream_versions: HashMap<String, u64>,
@@ -318,8 +298,8 @@ impl LedgerState {
     }
 
     fn duplicate_of(&self, event_id: Uuid) -> Option<Decision> {
-        let (stream, version) = match self.readings.get(&event_id) {
-            Some(r) => (r.stream.clone(), r.version),
+        let (stream, version) = match self.readings.locate(&event_id) {
+            Some(found) => found,
             None => self.events.get(&event_id).cloned()?,
         };
         Some(Decision::Duplicate {
@@ -767,7 +747,7 @@ impl LedgerState {
             ));
         }
         let id = client_id.unwrap_or_else(|| v5(&format!("hold-capture/{hold_id}/{}/{amount}", h.captures + 1)));
-        if self.readings.contains_key(&id) || self.events.contains_key(&id) {
+        if self.readings.contains(&id) || self.events.contains_key(&id) {
             return Err(Rejection::conflict(
                 "capture_id",
                 format!("event id {id} already names another event"),
@@ -1086,49 +1066,45 @@ impl LedgerState {
         }
         let id = client_id.unwrap_or_else(|| reading_id(meter_id, flow, interval));
         // Identity first: a retry is recognised even if the world moved on since.
-        if let Some(by_interval) = self.intervals.get(&(meter_id.clone(), flow)) {
-            let before_end = by_interval.range(..interval.end).next_back();
-            if let Some((start, (end, existing))) = before_end
-                && *end > interval.start
-            {
-                let r = &self.readings[existing];
-                if *start == interval.start && *end == interval.end {
-                    if r.posted_wh == wh && r.job_id.as_ref() == job_id {
-                        return Ok(self.duplicate_of(*existing).expect("recorded reading"));
-                    }
-                    if r.posted_wh == wh {
-                        return Err(Rejection::conflict(
-                            "job_id",
-                            format!(
-                                "this reading is already recorded for job {} (event {existing})",
-                                r.job_id.as_ref().map_or("(none)".to_string(), |j| format!("{j:?}"))
-                            ),
-                            Some(*existing),
-                        ));
-                    }
+        if let Some((start, end, existing)) = self.readings.overlapping(meter_id, flow, interval) {
+            let (start, end, existing) = (&start, &end, &existing);
+            let r = self.readings.get(existing).expect("an indexed reading is recorded");
+            if *start == interval.start && *end == interval.end {
+                if r.posted_wh == wh && r.job_id.as_ref() == job_id {
+                    return Ok(self.duplicate_of(*existing).expect("recorded reading"));
+                }
+                if r.posted_wh == wh {
                     return Err(Rejection::conflict(
-                        "wh",
+                        "job_id",
                         format!(
-                            "a {flow} reading of meter {meter_id:?} for {}–{} is already recorded with {} Wh (event {existing}); correct it with correct_reading",
-                            fmt_time(start),
-                            fmt_time(end),
-                            r.posted_wh
+                            "this reading is already recorded for job {} (event {existing})",
+                            r.job_id.as_ref().map_or("(none)".to_string(), |j| format!("{j:?}"))
                         ),
                         Some(*existing),
                     ));
                 }
                 return Err(Rejection::conflict(
-                    "start",
+                    "wh",
                     format!(
-                        "the interval overlaps the recorded {flow} reading {}–{} of meter {meter_id:?} (event {existing})",
+                        "a {flow} reading of meter {meter_id:?} for {}–{} is already recorded with {} Wh (event {existing}); correct it with correct_reading",
                         fmt_time(start),
-                        fmt_time(end)
+                        fmt_time(end),
+                        r.posted_wh
                     ),
                     Some(*existing),
                 ));
             }
+            return Err(Rejection::conflict(
+                "start",
+                format!(
+                    "the interval overlaps the recorded {flow} reading {}–{} of meter {meter_id:?} (event {existing})",
+                    fmt_time(start),
+                    fmt_time(end)
+                ),
+                Some(*existing),
+            ));
         }
-        if self.readings.contains_key(&id) || self.events.contains_key(&id) {
+        if self.readings.contains(&id) || self.events.contains_key(&id) {
             return Err(Rejection::conflict(
                 "event_id",
                 format!("event id {id} already names another event"),
@@ -1285,7 +1261,12 @@ impl LedgerState {
     /// Applies a recorded event. Never fails: an event that does not fit (a tampered log) is
     /// folded as far as it makes sense; the audit reports such events on its own.
     pub fn evolve(&mut self, event_id: Uuid, stream: &str, version: u64, event: &Event) {
-        self.stream_versions.insert(stream.to_string(), version);
+        match self.stream_versions.get_mut(stream) {
+            Some(v) => *v = version,
+            None => {
+                self.stream_versions.insert(stream.to_string(), version);
+            }
+        }
         let mut remember = true;
         match event {
             Event::SiteRegistered(e) => {
@@ -1355,27 +1336,7 @@ impl LedgerState {
                     }
                     self.charge(t, r.booked_period, r.price.amount_eu, event_id);
                 }
-                self.intervals
-                    .entry((r.meter_id.clone(), r.flow))
-                    .or_default()
-                    .insert(r.start, (r.end, event_id));
-                self.readings.insert(
-                    event_id,
-                    ReadingState {
-                        meter_id: r.meter_id.clone(),
-                        flow: r.flow,
-                        interval: r.interval(),
-                        posted_wh: r.energy_wh,
-                        current_wh: r.energy_wh,
-                        current_eu: r.price.amount_eu,
-                        tariff_version: r.price.tariff_version,
-                        stream: stream.to_string(),
-                        version,
-                        corrections: 0,
-                        last_correction: None,
-                        job_id: r.job_id.clone(),
-                    },
-                );
+                self.readings.insert(event_id, r, version);
             }
             Event::ReadingCorrected(c) => {
                 self.apply_energy(
@@ -1388,12 +1349,7 @@ impl LedgerState {
                 if let (Flow::Consumed, Some(t)) = (c.flow, &c.tenant_id) {
                     self.charge(t, c.booked_period, c.delta_eu, event_id);
                 }
-                if let Some(r) = self.readings.get_mut(&c.corrected_event_id) {
-                    r.current_wh = c.energy_wh;
-                    r.current_eu = c.price.amount_eu;
-                    r.corrections += 1;
-                    r.last_correction = Some((event_id, c.energy_wh, c.reason.clone()));
-                }
+                self.readings.correct(event_id, c);
             }
             Event::TenantRegistered(t) => {
                 self.tenants.insert(
