@@ -720,19 +720,67 @@ async fn submit_many_answers_as_one_by_one_submission_does() {
         let mut c = json!({"command":"correct_reading","wh":"1500","reason":"meter swap"});
         let w = World::new().await;
         let first = w
-            .ok(reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"))
+            .ok(reading(
+                "rack-a1",
+                "consumed",
+                "2026-11-02T10:00:00Z",
+                "2026-11-02T10:15:00Z",
+                "1000",
+            ))
             .await;
         c["event_id"] = first["event_id"].clone();
         c
     };
     let mut cmds = vec![
-        reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"),
-        reading("rack-a1", "consumed", "2026-11-02T10:15:00Z", "2026-11-02T10:30:00Z", "2000"),
-        reading("rack-a1", "consumed", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "1000"),
-        reading("rack-a1", "consumed", "2026-11-02T10:15:00Z", "2026-11-02T10:30:00Z", "2500"),
-        reading("rack-a1", "consumed", "2026-11-02T10:20:00Z", "2026-11-02T10:35:00Z", "100"),
-        reading("rack-a1", "consumed", "2026-11-02T10:30:00Z", "2026-11-02T10:45:00Z", "900000"),
-        reading("gt-01", "generated", "2026-11-02T10:00:00Z", "2026-11-02T10:15:00Z", "9000"),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:00:00Z",
+            "2026-11-02T10:15:00Z",
+            "1000",
+        ),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:15:00Z",
+            "2026-11-02T10:30:00Z",
+            "2000",
+        ),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:00:00Z",
+            "2026-11-02T10:15:00Z",
+            "1000",
+        ),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:15:00Z",
+            "2026-11-02T10:30:00Z",
+            "2500",
+        ),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:20:00Z",
+            "2026-11-02T10:35:00Z",
+            "100",
+        ),
+        reading(
+            "rack-a1",
+            "consumed",
+            "2026-11-02T10:30:00Z",
+            "2026-11-02T10:45:00Z",
+            "900000",
+        ),
+        reading(
+            "gt-01",
+            "generated",
+            "2026-11-02T10:00:00Z",
+            "2026-11-02T10:15:00Z",
+            "9000",
+        ),
     ];
     cmds.push(corrected);
     let parsed: Vec<_> = cmds
@@ -756,7 +804,12 @@ async fn submit_many_answers_as_one_by_one_submission_does() {
         assert_eq!(show(a), show(b), "command {i}: {}", cmds[i]);
     }
     let oks = by_one.iter().filter(|o| o.is_ok()).count();
-    assert_eq!(oks, 5, "3 new readings, a repost and a correction: {:?}", by_one.iter().map(show).collect::<Vec<_>>());
+    assert_eq!(
+        oks,
+        5,
+        "3 new readings, a repost and a correction: {:?}",
+        by_one.iter().map(show).collect::<Vec<_>>()
+    );
     let log = |w: &World| {
         let store = w.ledger.store().clone();
         async move {
