@@ -733,7 +733,7 @@ pub async fn audit(
     }
     // The walk's two folds, fed the chunks in log order.
     let (order, mut order_rx) = tokio::sync::mpsc::channel::<mpsc::Receiver<Chunk>>(CHUNKS_AHEAD);
-    let (to_books, books_rx) = mpsc::sync_channel::<Arc<Chunk>>(CHUNKS_BEHIND);
+    let (to_books, books_rx) = mpsc::sync_channel::<Chunk>(CHUNKS_BEHIND);
     let walked = Arc::new(AtomicU64::new(0));
     let walked_in = Arc::clone(&walked);
     let mut replay = Replay {
@@ -777,7 +777,7 @@ pub async fn audit(
                     early: Vec::new(),
                     checked,
                 };
-                if to_books.send(Arc::new(chunk)).is_err() {
+                if to_books.send(chunk).is_err() {
                     break;
                 }
             }
@@ -948,4 +948,235 @@ pub async fn replay_books(store: &dyn EventStore) -> Result<Books, StoreError> {
         crate::projections::engine::fold(&mut books, &page)?;
     }
     Ok(books)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AppendBatch, AppendTicket, Head, record_hash};
+    use tokio::sync::watch;
+
+    /// A log held in memory, as tampered with by the test.
+    struct Records(Vec<RecordedEvent>);
+
+    #[async_trait::async_trait]
+    impl EventStore for Records {
+        fn append(&self, _: AppendBatch) -> AppendTicket {
+            AppendTicket::refused(StoreError::Unavailable("read-only".into()))
+        }
+        async fn read_stream(&self, stream: &str, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| r.stream == stream && r.version >= from)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| r.position > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn head(&self) -> Result<Head, StoreError> {
+            Ok(self.0.last().map_or(
+                Head {
+                    position: 0,
+                    hash: GENESIS_HASH.into(),
+                },
+                |r| Head {
+                    position: r.position,
+                    hash: r.hash.clone(),
+                },
+            ))
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn shutdown(&self) {}
+    }
+
+    fn rehash(r: &mut RecordedEvent) {
+        r.hash = record_hash(
+            &r.prev_hash,
+            r.position,
+            &r.stream,
+            r.version,
+            &r.event_id,
+            &r.event_type,
+            r.schema_version,
+            &r.recorded_at,
+            &r.data,
+        );
+    }
+
+    /// `n` chained records over a few streams, of an event type nothing decodes.
+    fn log(n: u64) -> Vec<RecordedEvent> {
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|p| {
+                let mut r = RecordedEvent {
+                    position: p,
+                    stream: format!("s-{}", p % 7),
+                    // Versions of a stream: p % 7 == k for p = k, k + 7, ...
+                    version: (p + 6) / 7,
+                    event_id: uuid::Uuid::from_u128(u128::from(p) * 0x9e37_79b9_7f4a_7c15),
+                    event_type: "Unknown".into(),
+                    schema_version: 1,
+                    recorded_at: DateTime::from_timestamp(1_700_000_000 + p as i64, 0).unwrap(),
+                    data: format!("{{\"n\":{p}}}"),
+                    hash: String::new(),
+                    prev_hash: prev.clone(),
+                };
+                rehash(&mut r);
+                prev.clone_from(&r.hash);
+                r
+            })
+            .collect()
+    }
+
+    /// The record-level checks of the audit, one record at a time, as the audit did before
+    /// it was a pipeline: what the pipeline's findings must equal, in order.
+    fn sequential(records: &[RecordedEvent]) -> AuditReport {
+        let mut report = AuditReport::default();
+        let mut expected = 1;
+        let mut running = GENESIS_HASH.to_string();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut ids = HashSet::new();
+        for r in records {
+            let p = Some(r.position);
+            if r.position != expected {
+                report.add(
+                    p,
+                    "position",
+                    format!(
+                        "expected position {expected}, found {} (a gap, an insertion or a reordering)",
+                        r.position
+                    ),
+                );
+            }
+            expected = r.position + 1;
+            if r.prev_hash != running {
+                report.add(
+                    p,
+                    "chain",
+                    format!(
+                        "prev_hash {} does not continue the chain (expected {})",
+                        short(&r.prev_hash),
+                        short(&running)
+                    ),
+                );
+            }
+            if r.expected_hash() != r.hash {
+                report.add(
+                    p,
+                    "hash",
+                    "the record's content does not match its hash (altered after it was written)".into(),
+                );
+            }
+            running = r.hash.clone();
+            let v = versions.entry(r.stream.clone()).or_insert(0);
+            if r.version != *v + 1 {
+                report.add(
+                    p,
+                    "version",
+                    format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version),
+                );
+            }
+            *v = r.version;
+            if !ids.insert(r.event_id) {
+                report.add(p, "event_id", format!("event id {} is recorded twice", r.event_id));
+            }
+            if let Err(m) = Event::from_parts(&r.event_type, &r.data) {
+                report.add(p, "decode", m);
+            }
+        }
+        report
+    }
+
+    async fn both(records: Vec<RecordedEvent>) -> (AuditReport, AuditReport) {
+        let want = sequential(&records);
+        let got = audit(&Records(records), Live::None, |_, _| {}).await.unwrap();
+        (want, got)
+    }
+
+    fn assert_same(want: &AuditReport, got: &AuditReport) {
+        assert_eq!(got.findings, want.findings);
+        assert_eq!(got.findings_omitted, want.findings_omitted);
+        assert_eq!(got.first_failing_position, want.first_failing_position);
+        assert!(!got.clean);
+    }
+
+    #[tokio::test]
+    async fn repeated_ids_are_reported_where_they_repeat_in_log_order() {
+        let mut records = log(25);
+        // Record 9 takes record 2's id (and is re-hashed: only the id is wrong); record 12
+        // takes it too, unhashed; record 20 takes record 5's; record 17 skips a version.
+        for (at, from) in [(9, 2), (12, 2), (20, 5)] {
+            records[at - 1].event_id = records[from - 1].event_id;
+        }
+        rehash(&mut records[8]);
+        rehash(&mut records[19]);
+        records[16].version += 1;
+        let (want, got) = both(records).await;
+        let at_9: Vec<_> = want
+            .findings
+            .iter()
+            .filter(|f| f.position == Some(9))
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(at_9, ["event_id", "decode"]);
+        let at_12: Vec<_> = want
+            .findings
+            .iter()
+            .filter(|f| f.position == Some(12))
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(at_12, ["hash", "event_id", "decode"]);
+        assert_same(&want, &got);
+        assert_eq!(got.events, 25);
+        assert_eq!(got.head_position, 25);
+    }
+
+    /// Over several pages and chunks: swapped, removed, altered and re-identified records,
+    /// and more findings than a report keeps.
+    #[tokio::test]
+    async fn the_pipeline_reports_what_a_sequential_walk_does() {
+        let mut records = log(23_456);
+        records.swap(999, 1000);
+        records.swap(10_000, 10_003);
+        records.remove(15_000);
+        records[17_000].data.push(' ');
+        records[17_001].prev_hash = GENESIS_HASH.into();
+        for at in [999, 1000, 1001, 9_999, 10_000, 20_000, 23_000] {
+            records[at].event_id = records[at - 500].event_id;
+            rehash(&mut records[at]);
+        }
+        let (want, got) = both(records).await;
+        assert_eq!(want.findings.len(), FINDINGS_MAX);
+        assert!(want.findings_omitted > 20_000);
+        assert_same(&want, &got);
+        assert_eq!(got.events, 23_455);
+    }
+
+    /// Only the first findings are kept: the repeated ids among them are the first ones.
+    #[tokio::test]
+    async fn every_id_the_same_keeps_the_first_findings_in_order() {
+        let mut records = log(1_500);
+        let id = records[0].event_id;
+        let mut prev = GENESIS_HASH.to_string();
+        for r in &mut records {
+            r.event_id = id;
+            r.prev_hash = prev;
+            rehash(r);
+            prev = r.hash.clone();
+        }
+        let (want, got) = both(records).await;
+        assert_eq!(want.findings_omitted, 1_500 + 1_499 - FINDINGS_MAX as u64);
+        assert_same(&want, &got);
+    }
 }
