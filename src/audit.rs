@@ -1023,7 +1023,7 @@ mod tests {
                     position: p,
                     stream: format!("s-{}", p % 7),
                     // Versions of a stream: p % 7 == k for p = k, k + 7, ...
-                    version: (p + 6) / 7,
+                    version: p.div_ceil(7),
                     event_id: uuid::Uuid::from_u128(u128::from(p) * 0x9e37_79b9_7f4a_7c15),
                     event_type: "Unknown".into(),
                     schema_version: 1,
