@@ -104,81 +104,202 @@ impl AuditReport {
     }
 }
 
-struct Walk {
-    report: AuditReport,
-    state: LedgerState,
-    books: Books,
-    versions: HashMap<String, u64>,
-    ids: HashSet<uuid::Uuid>,
-    expected_position: u64,
-    running_hash: String,
-    closes: Vec<(u64, u64, String)>,
+/// Where a finding falls in the order of a one-record-at-a-time walk: the record's number in
+/// the walk (1 for the first; 0 before any record) and the step that found it. The audit
+/// runs as a pipeline, and its parts find things out of that order; sorting by this key gives
+/// back the sequential order, so the report is the same as a sequential walk's.
+type Key = (u64, u8);
+/// Position, chain, content hash and stream version of the record.
+const STEP_RECORD: u8 = 0;
+/// The event id's uniqueness.
+const STEP_ID: u8 = 1;
+/// Decoding, postings, price, holds (against the write state replayed so far).
+const STEP_EVENT: u8 = 2;
+/// The live projections, compared after the record they have seen last.
+const STEP_SNAPSHOT: u8 = 3;
+
+/// Findings of one part of the pipeline, each with its [`Key`], in key order; like
+/// [`AuditReport`], at most [`FINDINGS_MAX`] are kept and the rest counted.
+#[derive(Default)]
+struct Keyed {
+    /// The key of the findings added next.
+    key: Key,
+    items: Vec<(Key, Finding)>,
+    omitted: u64,
+    first_failing_position: Option<u64>,
 }
 
-impl Walk {
-    fn check(&mut self, r: &RecordedEvent) {
-        let p = Some(r.position);
+impl Keyed {
+    fn add(&mut self, position: Option<u64>, kind: &'static str, message: String) {
+        if let Some(p) = position {
+            self.first_failing_position = Some(self.first_failing_position.map_or(p, |f| f.min(p)));
+        }
+        if self.items.len() < FINDINGS_MAX {
+            self.items.push((
+                self.key,
+                Finding {
+                    position,
+                    kind,
+                    message,
+                },
+            ));
+        } else {
+            self.omitted += 1;
+        }
+    }
+}
+
+/// Puts the parts' findings into `report` in key order. Each part kept its first
+/// [`FINDINGS_MAX`] findings, so the first [`FINDINGS_MAX`] of all are among them.
+fn merge_findings(report: &mut AuditReport, parts: Vec<Keyed>) {
+    let mut items = Vec::new();
+    for part in parts {
+        report.findings_omitted += part.omitted;
+        if let Some(p) = part.first_failing_position {
+            report.first_failing_position = Some(report.first_failing_position.map_or(p, |f| f.min(p)));
+        }
+        items.extend(part.items);
+    }
+    // Stable: a part's findings under one key keep their order.
+    items.sort_by_key(|(k, _)| *k);
+    for (_, f) in items {
+        report.add(f.position, f.kind, f.message);
+    }
+}
+
+/// The checks that need the records in order but not their events: positions, the chain
+/// links, stream versions; and the event ids, collected for the uniqueness check at the end.
+struct Sequence {
+    records: u64,
+    expected_position: u64,
+    running_hash: String,
+    versions: HashMap<String, u64>,
+    /// Every event id, in log order until sorted: 16 bytes per event.
+    ids: Vec<u128>,
+}
+
+/// What [`Sequence::check`] found about one record, to be reported in order by the walk.
+#[derive(Default)]
+struct Early {
+    /// Position and chain findings, which come before the content hash's.
+    before_hash: Vec<(&'static str, String)>,
+    /// The stream version's finding, which comes after the content hash's.
+    version: Option<String>,
+}
+
+impl Sequence {
+    fn check(&mut self, r: &RecordedEvent) -> Early {
+        let mut early = Early::default();
+        self.records += 1;
         if r.position != self.expected_position {
-            self.report.add(
-                p,
+            early.before_hash.push((
                 "position",
                 format!(
                     "expected position {}, found {} (a gap, an insertion or a reordering)",
                     self.expected_position, r.position
                 ),
-            );
+            ));
         }
         self.expected_position = r.position + 1;
         if r.prev_hash != self.running_hash {
-            self.report.add(
-                p,
+            early.before_hash.push((
                 "chain",
                 format!(
                     "prev_hash {} does not continue the chain (expected {})",
                     short(&r.prev_hash),
                     short(&self.running_hash)
                 ),
-            );
+            ));
         }
-        if r.expected_hash() != r.hash {
+        self.running_hash.clone_from(&r.hash);
+        let jump = |v: u64| {
+            (r.version != v + 1).then(|| format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version))
+        };
+        match self.versions.get_mut(r.stream.as_str()) {
+            Some(v) => {
+                early.version = jump(*v);
+                *v = r.version;
+            }
+            None => {
+                early.version = jump(0);
+                self.versions.insert(r.stream.clone(), r.version);
+            }
+        }
+        self.ids.push(r.event_id.as_u128());
+        early
+    }
+}
+
+/// What a decoding worker found about one record: independent of every other record.
+struct Checked {
+    hash_ok: bool,
+    event: Result<Event, String>,
+    balanced: bool,
+}
+
+impl Checked {
+    fn of(r: &RecordedEvent) -> Self {
+        let hash_ok = r.expected_hash() == r.hash;
+        let event = Event::from_parts(&r.event_type, &r.data);
+        let balanced = event.as_ref().is_ok_and(|ev| balanced(&postings(ev)));
+        Checked {
+            hash_ok,
+            event,
+            balanced,
+        }
+    }
+}
+
+/// A run of consecutive records, checked; `first` is the walk number of the first.
+struct Chunk {
+    first: u64,
+    records: Vec<RecordedEvent>,
+    early: Vec<Early>,
+    checked: Vec<Checked>,
+}
+
+/// The write-state side of the walk: everything that needs the state replayed so far.
+struct Walk {
+    report: Keyed,
+    state: LedgerState,
+    closes: Vec<(u64, u64, String)>,
+}
+
+impl Walk {
+    fn check(&mut self, n: u64, r: &RecordedEvent, early: Early, checked: &Checked) {
+        let p = Some(r.position);
+        self.report.key = (n, STEP_RECORD);
+        for (kind, message) in early.before_hash {
+            self.report.add(p, kind, message);
+        }
+        if !checked.hash_ok {
             self.report.add(
                 p,
                 "hash",
                 "the record's content does not match its hash (altered after it was written)".into(),
             );
         }
-        self.running_hash = r.hash.clone();
-        let v = self.versions.entry(r.stream.clone()).or_insert(0);
-        if r.version != *v + 1 {
-            self.report.add(
-                p,
-                "version",
-                format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version),
-            );
+        if let Some(message) = early.version {
+            self.report.add(p, "version", message);
         }
-        *v = r.version;
-        if !self.ids.insert(r.event_id) {
-            self.report
-                .add(p, "event_id", format!("event id {} is recorded twice", r.event_id));
-        }
-        let ev = match Event::from_parts(&r.event_type, &r.data) {
+        self.report.key = (n, STEP_EVENT);
+        let ev = match &checked.event {
             Ok(ev) => ev,
             Err(m) => {
-                self.report.add(p, "decode", m);
+                self.report.add(p, "decode", m.clone());
                 return;
             }
         };
-        if !balanced(&postings(&ev)) {
+        if !checked.balanced {
             self.report
                 .add(p, "postings", "the event's debits and credits differ".into());
         }
-        self.check_price(r.position, &ev);
-        self.check_holds(r, &ev);
-        if let Event::PeriodClosed(c) = &ev {
+        self.check_price(r.position, ev);
+        self.check_holds(r, ev);
+        if let Event::PeriodClosed(c) = ev {
             self.closes.push((r.position, c.last_position, c.chain_hash.clone()));
         }
-        self.state.evolve(r.event_id, &r.stream, r.version, &ev);
-        self.books.apply(r, &ev);
+        self.state.evolve(r.event_id, &r.stream, r.version, ev);
     }
 
     /// Holds and spending limits, against the state replayed so far: expiries recorded at
@@ -472,85 +593,281 @@ impl Live {
     }
 }
 
+/// Records per chunk handed to a decoding worker.
+const CHUNK_RECORDS: usize = 1_000;
+/// Chunks read ahead of the write-state walk, and chunks the projections may lag behind
+/// it: they bound the records in flight (~2.5 pages).
+const CHUNKS_AHEAD: usize = 16;
+const CHUNKS_BEHIND: usize = 8;
+
+/// Compares the replayed books with the live ones; findings go to `out` (its key is set).
+fn compare(books: &Books, live: &Books, out: &mut Keyed) {
+    if all_sites(books) != all_sites(live) {
+        out.add(
+            Some(live.position.max(1)),
+            "attribution",
+            format!(
+                "the live supply-mix attribution at position {} differs from a replay of the log",
+                live.position
+            ),
+        );
+    }
+    if books != live {
+        out.add(
+            Some(live.position.max(1)),
+            "projection",
+            format!(
+                "the live projections at position {} differ from a replay of the log",
+                live.position
+            ),
+        );
+    }
+}
+
+/// The projections side of the walk: `Books::apply` of every decoded event, and the
+/// comparison with the live projections after the record they have seen last.
+struct Replay {
+    books: Books,
+    live: Option<Books>,
+    compared: bool,
+    report: Keyed,
+}
+
+impl Replay {
+    fn apply(&mut self, chunk: &Chunk) {
+        for (i, (r, c)) in chunk.records.iter().zip(&chunk.checked).enumerate() {
+            if let Ok(ev) = &c.event {
+                self.books.apply(r, ev);
+            }
+            if let Some(l) = &self.live
+                && !self.compared
+                && r.position == l.position
+            {
+                self.compared = true;
+                self.report.key = (chunk.first + i as u64, STEP_SNAPSHOT);
+                compare(&self.books, l, &mut self.report);
+            }
+        }
+    }
+}
+
+/// Waits for a pipeline thread; its panic, if any, goes on in the caller.
+fn join<T>(h: std::thread::JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// The event ids recorded more than once, from the sorted ids.
+fn repeated_ids(ids: &[u128]) -> HashSet<u128> {
+    ids.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect()
+}
+
 /// Audits the whole log against the live projections, if any; `progress(position, head)`
 /// is called after each page.
+///
+/// The walk is a pipeline over the machine's cores: this task reads pages and checks
+/// positions, chain links and stream versions in order; workers re-hash and decode chunks
+/// of records; one thread replays the write state (prices, holds, periods) and another the
+/// projections, both in log order. Event ids are collected and sorted at the end (16 bytes
+/// an event); only if one repeats is the log read again to say where. The findings, put
+/// back in log order, are those of a one-record-at-a-time walk.
 pub async fn audit(
     store: &dyn EventStore,
     live: Live,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<AuditReport, StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
     let head = store.head().await?;
-    let mut w = Walk {
-        report: AuditReport::default(),
-        state: LedgerState::default(),
-        books: Books::default(),
-        versions: HashMap::new(),
-        ids: HashSet::new(),
-        expected_position: 1,
-        running_hash: GENESIS_HASH.to_string(),
-        closes: Vec::new(),
-    };
+    let mut report = AuditReport::default();
+    // Findings before the first record.
+    let mut before = Keyed::default();
     let live = match live {
         Live::None => None,
         Live::Books(b) => Some(*b),
         Live::Unreadable(why) => {
-            w.report.add(None, "snapshot", why);
+            before.add(None, "snapshot", why);
             None
         }
     };
     let mut compared = false;
-    let compare = |w: &mut Walk, live: &Books, compared: &mut bool| {
-        *compared = true;
-        if all_sites(&w.books) != all_sites(live) {
-            w.report.add(
-                Some(live.position.max(1)),
-                "attribution",
-                format!(
-                    "the live supply-mix attribution at position {} differs from a replay of the log",
-                    live.position
-                ),
-            );
-        }
-        if w.books != *live {
-            w.report.add(
-                Some(live.position.max(1)),
-                "projection",
-                format!(
-                    "the live projections at position {} differ from a replay of the log",
-                    live.position
-                ),
-            );
-        }
-    };
     if let Some(l) = &live
         && l.position == 0
     {
-        compare(&mut w, l, &mut compared);
+        compared = true;
+        compare(&Books::default(), l, &mut before);
     }
+    let mut seq = Sequence {
+        records: 0,
+        expected_position: 1,
+        running_hash: GENESIS_HASH.to_string(),
+        versions: HashMap::new(),
+        ids: Vec::with_capacity(usize::try_from(head.position).unwrap_or(0).min(1 << 30)),
+    };
+
+    // Decoding workers: a chunk in, its checks out on the chunk's own channel.
+    type Job = (u64, Vec<RecordedEvent>, Vec<Early>, mpsc::Sender<Chunk>);
+    let (jobs, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let spawn = |name: &str| std::thread::Builder::new().name(name.to_string());
+    let mut pool = Vec::new();
+    for _ in 0..workers {
+        let rx = Arc::clone(&job_rx);
+        pool.push(
+            spawn("audit-decode")
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().expect("job queue").recv();
+                        let Ok((first, records, early, reply)) = job else { break };
+                        let checked = records.iter().map(Checked::of).collect();
+                        let _ = reply.send(Chunk {
+                            first,
+                            records,
+                            early,
+                            checked,
+                        });
+                    }
+                })
+                .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?,
+        );
+    }
+    // The walk's two folds, fed the chunks in log order.
+    let (order, mut order_rx) = tokio::sync::mpsc::channel::<mpsc::Receiver<Chunk>>(CHUNKS_AHEAD);
+    let (to_books, books_rx) = mpsc::sync_channel::<Chunk>(CHUNKS_BEHIND);
+    let walked = Arc::new(AtomicU64::new(0));
+    let walked_in = Arc::clone(&walked);
+    let mut replay = Replay {
+        books: Books::default(),
+        live,
+        compared,
+        report: Keyed::default(),
+    };
+    let books_thread = spawn("audit-books")
+        .spawn(move || {
+            for chunk in books_rx {
+                replay.apply(&chunk);
+            }
+            replay
+        })
+        .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?;
+    let state_thread = spawn("audit-state")
+        .spawn(move || {
+            let mut w = Walk {
+                report: Keyed::default(),
+                state: LedgerState::default(),
+                closes: Vec::new(),
+            };
+            while let Some(rx) = order_rx.blocking_recv() {
+                let chunk = rx.recv().expect("a decoding worker stopped");
+                let Chunk {
+                    first,
+                    records,
+                    early,
+                    checked,
+                } = chunk;
+                for (i, (e, (r, c))) in early.into_iter().zip(records.iter().zip(&checked)).enumerate() {
+                    w.check(first + i as u64, r, e, c);
+                }
+                if let Some(last) = records.last() {
+                    walked_in.store(last.position, Ordering::Relaxed);
+                }
+                let chunk = Chunk {
+                    first,
+                    records,
+                    early: Vec::new(),
+                    checked,
+                };
+                if to_books.send(chunk).is_err() {
+                    break;
+                }
+            }
+            // The write state is not needed after the walk: drop it here, beside the books.
+            (w.report, w.closes)
+        })
+        .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?;
+
     let mut after = 0u64;
-    loop {
-        let page = store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in &page {
-            w.check(r);
-            w.report.events += 1;
-            if let Some(l) = &live
-                && !compared
-                && r.position == l.position
-            {
-                compare(&mut w, l, &mut compared);
+    let read = async {
+        loop {
+            let page = store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            let mut page = page.into_iter();
+            loop {
+                let records: Vec<RecordedEvent> = page.by_ref().take(CHUNK_RECORDS).collect();
+                if records.is_empty() {
+                    break;
+                }
+                let first = seq.records + 1;
+                let early = records.iter().map(|r| seq.check(r)).collect();
+                let (reply, rx) = mpsc::channel();
+                if order.send(rx).await.is_err() || jobs.send((first, records, early, reply)).is_err() {
+                    // A thread of the pipeline stopped: its panic is raised below.
+                    return Ok(());
+                }
+            }
+            progress(walked.load(Ordering::Relaxed), head.position);
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    drop((order, jobs));
+    let mut ids = std::mem::take(&mut seq.ids);
+    let ((walk_findings, closes), replay, repeated) = tokio::task::spawn_blocking(move || {
+        ids.sort_unstable();
+        let repeated = repeated_ids(&ids);
+        drop(ids);
+        let w = join(state_thread);
+        let replay = join(books_thread);
+        for h in pool {
+            join(h);
+        }
+        (w, replay, repeated)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    read?;
+    progress(after, head.position);
+    report.events = seq.records;
+    // Where each repeated id shows again, from a second reading of the records walked.
+    let mut twice = Keyed::default();
+    if !repeated.is_empty() {
+        let mut seen = HashSet::new();
+        let (mut n, mut from) = (0u64, 0u64);
+        'pages: loop {
+            let page = store.read_all(from, READ_PAGE_EVENTS_MAX).await?;
+            let Some(last) = page.last() else { break };
+            from = last.position;
+            for r in &page {
+                n += 1;
+                if n > seq.records {
+                    break 'pages;
+                }
+                if repeated.contains(&r.event_id.as_u128()) && !seen.insert(r.event_id) {
+                    twice.key = (n, STEP_ID);
+                    twice.add(
+                        Some(r.position),
+                        "event_id",
+                        format!("event id {} is recorded twice", r.event_id),
+                    );
+                }
             }
         }
-        progress(after, head.position);
     }
-    w.report.head_position = after;
-    w.report.chain_hash = w.running_hash.clone();
+    let Replay {
+        books,
+        live,
+        compared,
+        report: books_findings,
+    } = replay;
+    merge_findings(&mut report, vec![before, walk_findings, twice, books_findings]);
+    report.head_position = after;
+    report.chain_hash = seq.running_hash.clone();
     if let Some(l) = &live {
         if compared {
-            w.report.snapshot = Some(format!("compared with the replay at position {}", l.position));
+            report.snapshot = Some(format!("compared with the replay at position {}", l.position));
         } else {
-            w.report.add(
+            report.add(
                 Some(after + 1),
                 "tail",
                 format!(
@@ -564,33 +881,33 @@ pub async fn audit(
     }
     // The attribution, replayed: every site-hour conserves energy, no source gives more than
     // it supplied, no battery holds negative provenance.
-    let sites = all_sites(&w.books);
+    let sites = all_sites(&books);
     let hours: usize = sites.iter().map(|s| s.hours.len()).sum();
     for site in &sites {
         if let Err(e) = check_invariants(site, rust_decimal::Decimal::new(1, 9)) {
-            w.report.add(None, "attribution", e);
+            report.add(None, "attribution", e);
         }
     }
-    w.report.attribution = Some(format!(
+    report.attribution = Some(format!(
         "{hours} site-hours of {} sites attributed and checked (conservation, no source over-attributed, battery provenance)",
         sites.len()
     ));
-    for (at, last_position, chain_hash) in std::mem::take(&mut w.closes) {
+    for (at, last_position, chain_hash) in closes {
         if last_position == 0 {
             continue;
         }
         let found = store.read_all(last_position - 1, 1).await?;
         match found.first() {
             Some(r) if r.position == last_position && r.hash == chain_hash => {}
-            _ => w.report.add(
+            _ => report.add(
                 Some(last_position),
                 "period",
                 format!("the period closed at position {at} pinned chain hash {} at position {last_position}; the log no longer has it", short(&chain_hash)),
             ),
         }
     }
-    w.report.clean = w.report.findings.is_empty() && w.report.findings_omitted == 0;
-    Ok(w.report)
+    report.clean = report.findings.is_empty() && report.findings_omitted == 0;
+    Ok(report)
 }
 
 /// Checks a snapshot set aside because it disagreed with the log (see
@@ -631,4 +948,235 @@ pub async fn replay_books(store: &dyn EventStore) -> Result<Books, StoreError> {
         crate::projections::engine::fold(&mut books, &page)?;
     }
     Ok(books)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AppendBatch, AppendTicket, Head, record_hash};
+    use tokio::sync::watch;
+
+    /// A log held in memory, as tampered with by the test.
+    struct Records(Vec<RecordedEvent>);
+
+    #[async_trait::async_trait]
+    impl EventStore for Records {
+        fn append(&self, _: AppendBatch) -> AppendTicket {
+            AppendTicket::refused(StoreError::Unavailable("read-only".into()))
+        }
+        async fn read_stream(&self, stream: &str, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| r.stream == stream && r.version >= from)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| r.position > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn head(&self) -> Result<Head, StoreError> {
+            Ok(self.0.last().map_or(
+                Head {
+                    position: 0,
+                    hash: GENESIS_HASH.into(),
+                },
+                |r| Head {
+                    position: r.position,
+                    hash: r.hash.clone(),
+                },
+            ))
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn shutdown(&self) {}
+    }
+
+    fn rehash(r: &mut RecordedEvent) {
+        r.hash = record_hash(
+            &r.prev_hash,
+            r.position,
+            &r.stream,
+            r.version,
+            &r.event_id,
+            &r.event_type,
+            r.schema_version,
+            &r.recorded_at,
+            &r.data,
+        );
+    }
+
+    /// `n` chained records over a few streams, of an event type nothing decodes.
+    fn log(n: u64) -> Vec<RecordedEvent> {
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|p| {
+                let mut r = RecordedEvent {
+                    position: p,
+                    stream: format!("s-{}", p % 7),
+                    // Versions of a stream: p % 7 == k for p = k, k + 7, ...
+                    version: p.div_ceil(7),
+                    event_id: uuid::Uuid::from_u128(u128::from(p) * 0x9e37_79b9_7f4a_7c15),
+                    event_type: "Unknown".into(),
+                    schema_version: 1,
+                    recorded_at: DateTime::from_timestamp(1_700_000_000 + p as i64, 0).unwrap(),
+                    data: format!("{{\"n\":{p}}}"),
+                    hash: String::new(),
+                    prev_hash: prev.clone(),
+                };
+                rehash(&mut r);
+                prev.clone_from(&r.hash);
+                r
+            })
+            .collect()
+    }
+
+    /// The record-level checks of the audit, one record at a time, as the audit did before
+    /// it was a pipeline: what the pipeline's findings must equal, in order.
+    fn sequential(records: &[RecordedEvent]) -> AuditReport {
+        let mut report = AuditReport::default();
+        let mut expected = 1;
+        let mut running = GENESIS_HASH.to_string();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut ids = HashSet::new();
+        for r in records {
+            let p = Some(r.position);
+            if r.position != expected {
+                report.add(
+                    p,
+                    "position",
+                    format!(
+                        "expected position {expected}, found {} (a gap, an insertion or a reordering)",
+                        r.position
+                    ),
+                );
+            }
+            expected = r.position + 1;
+            if r.prev_hash != running {
+                report.add(
+                    p,
+                    "chain",
+                    format!(
+                        "prev_hash {} does not continue the chain (expected {})",
+                        short(&r.prev_hash),
+                        short(&running)
+                    ),
+                );
+            }
+            if r.expected_hash() != r.hash {
+                report.add(
+                    p,
+                    "hash",
+                    "the record's content does not match its hash (altered after it was written)".into(),
+                );
+            }
+            running = r.hash.clone();
+            let v = versions.entry(r.stream.clone()).or_insert(0);
+            if r.version != *v + 1 {
+                report.add(
+                    p,
+                    "version",
+                    format!("stream {:?} jumps from version {} to {}", r.stream, v, r.version),
+                );
+            }
+            *v = r.version;
+            if !ids.insert(r.event_id) {
+                report.add(p, "event_id", format!("event id {} is recorded twice", r.event_id));
+            }
+            if let Err(m) = Event::from_parts(&r.event_type, &r.data) {
+                report.add(p, "decode", m);
+            }
+        }
+        report
+    }
+
+    async fn both(records: Vec<RecordedEvent>) -> (AuditReport, AuditReport) {
+        let want = sequential(&records);
+        let got = audit(&Records(records), Live::None, |_, _| {}).await.unwrap();
+        (want, got)
+    }
+
+    fn assert_same(want: &AuditReport, got: &AuditReport) {
+        assert_eq!(got.findings, want.findings);
+        assert_eq!(got.findings_omitted, want.findings_omitted);
+        assert_eq!(got.first_failing_position, want.first_failing_position);
+        assert!(!got.clean);
+    }
+
+    #[tokio::test]
+    async fn repeated_ids_are_reported_where_they_repeat_in_log_order() {
+        let mut records = log(25);
+        // Record 9 takes record 2's id (and is re-hashed: only the id is wrong); record 12
+        // takes it too, unhashed; record 20 takes record 5's; record 17 skips a version.
+        for (at, from) in [(9, 2), (12, 2), (20, 5)] {
+            records[at - 1].event_id = records[from - 1].event_id;
+        }
+        rehash(&mut records[8]);
+        rehash(&mut records[19]);
+        records[16].version += 1;
+        let (want, got) = both(records).await;
+        let at_9: Vec<_> = want
+            .findings
+            .iter()
+            .filter(|f| f.position == Some(9))
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(at_9, ["event_id", "decode"]);
+        let at_12: Vec<_> = want
+            .findings
+            .iter()
+            .filter(|f| f.position == Some(12))
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(at_12, ["hash", "event_id", "decode"]);
+        assert_same(&want, &got);
+        assert_eq!(got.events, 25);
+        assert_eq!(got.head_position, 25);
+    }
+
+    /// Over several pages and chunks: swapped, removed, altered and re-identified records,
+    /// and more findings than a report keeps.
+    #[tokio::test]
+    async fn the_pipeline_reports_what_a_sequential_walk_does() {
+        let mut records = log(23_456);
+        records.swap(999, 1000);
+        records.swap(10_000, 10_003);
+        records.remove(15_000);
+        records[17_000].data.push(' ');
+        records[17_001].prev_hash = GENESIS_HASH.into();
+        for at in [999, 1000, 1001, 9_999, 10_000, 20_000, 23_000] {
+            records[at].event_id = records[at - 500].event_id;
+            rehash(&mut records[at]);
+        }
+        let (want, got) = both(records).await;
+        assert_eq!(want.findings.len(), FINDINGS_MAX);
+        assert!(want.findings_omitted > 20_000);
+        assert_same(&want, &got);
+        assert_eq!(got.events, 23_455);
+    }
+
+    /// Only the first findings are kept: the repeated ids among them are the first ones.
+    #[tokio::test]
+    async fn every_id_the_same_keeps_the_first_findings_in_order() {
+        let mut records = log(1_500);
+        let id = records[0].event_id;
+        let mut prev = GENESIS_HASH.to_string();
+        for r in &mut records {
+            r.event_id = id;
+            r.prev_hash = prev;
+            rehash(r);
+            prev = r.hash.clone();
+        }
+        let (want, got) = both(records).await;
+        assert_eq!(want.findings_omitted, 1_500 + 1_499 - FINDINGS_MAX as u64);
+        assert_same(&want, &got);
+    }
 }
