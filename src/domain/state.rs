@@ -346,9 +346,9 @@ fn push_time(out: &mut String, t: &DateTime<Utc>) {
     digits(out, t.second(), 2);
     if nanos != 0 {
         out.push('.');
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             digits(out, nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             digits(out, nanos / 1_000, 6);
         } else {
             digits(out, nanos, 9);

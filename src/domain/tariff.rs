@@ -379,8 +379,11 @@ fn day_boundaries(tz: &Tz, minutes: &[u16], day: NaiveDate) -> Vec<DateTime<Utc>
 /// minutes are stored and compared, not only hashed), so the cache changes no result.
 struct BoundaryCache {
     minutes: Vec<u16>,
-    days: HashMap<(Tz, NaiveDate, u64), (Box<[u16]>, Box<[DateTime<Utc>]>)>,
+    days: HashMap<(Tz, NaiveDate, u64), DayBoundaries>,
 }
+
+/// A day's boundary minutes and their UTC instants.
+type DayBoundaries = (Box<[u16]>, Box<[DateTime<Utc>]>);
 
 /// Days remembered before the cache starts over (a few MiB at most).
 const BOUNDARY_CACHE_DAYS_MAX: usize = 16_384;
