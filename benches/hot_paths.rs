@@ -1,18 +1,21 @@
 //! Micro-benchmarks of the hot pure functions of the write and read paths (issue 6):
 //! parsing a reading, deciding it, pricing it (one band, and an interval across a band
-//! boundary), its postings, encoding and decoding its event, hashing its record, and folding
-//! it into the projections. Run with `cargo bench --bench hot_paths`.
+//! boundary), its postings, its id, encoding (through a `Value` as before, and directly) and
+//! decoding its event, hashing its record, and folding it into the projections. Run with `cargo bench --bench hot_paths`.
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use serde_json::Value;
 use wattledger::bench::{SITE, TENANT, Workload, meter_id, tariff_command};
 use wattledger::domain::events::Event;
+use wattledger::domain::ids::MeterId;
 use wattledger::domain::postings::{balanced, postings};
+use wattledger::domain::state::reading_id;
 use wattledger::domain::tariff::{Flow, price};
 use wattledger::domain::time::{Interval, parse_time};
 use wattledger::domain::{Command, DecideContext, Decision, LedgerState, NewEvent};
 use wattledger::projections::Books;
+use wattledger::store::chain::record_hash_hex;
 use wattledger::store::{GENESIS_HASH, RecordedEvent, canonical_json, record_hash};
 
 const READING: &str = r#"{"command":"post_reading","meter_id":"m-000001","flow":"consumed","start":"2026-11-02T20:00:00Z","end":"2026-11-02T20:15:00Z","wh":"450000"}"#;
@@ -162,6 +165,26 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("encode/event_to_canonical_json", |b| {
         b.iter(|| canonical_json(&black_box(&f.event).to_data()))
     });
+    // What the ledger writes now: the same bytes, straight from the typed event.
+    assert_eq!(f.event.canonical_data(), canonical_json(&f.event.to_data()));
+    c.bench_function("encode/event_canonical_data", |b| {
+        b.iter(|| black_box(&f.event).canonical_data())
+    });
+    let mixed_event = {
+        let mut e = f.event.clone();
+        if let Event::EnergyConsumed(r) = &mut e {
+            r.price = price(tariff, &tz, Flow::Consumed, None, &mixed, wh).unwrap();
+        }
+        e
+    };
+    assert_eq!(mixed_event.canonical_data(), canonical_json(&mixed_event.to_data()));
+    c.bench_function("encode/mixed_price_event_canonical_data", |b| {
+        b.iter(|| black_box(&mixed_event).canonical_data())
+    });
+    let meter = MeterId::parse("m-000001").unwrap();
+    c.bench_function("id/reading_id", |b| {
+        b.iter(|| reading_id(black_box(&meter), Flow::Consumed, black_box(&single)))
+    });
     c.bench_function("decode/event_from_parts", |b| {
         b.iter(|| Event::from_parts(black_box(&f.reading.event_type), black_box(&f.reading.data)).unwrap())
     });
@@ -180,6 +203,26 @@ fn hot_paths(c: &mut Criterion) {
                 &r.recorded_at,
                 black_box(&r.data),
             )
+        })
+    });
+
+    let recorded_at = wattledger::domain::time::fmt_time(&r.recorded_at);
+    c.bench_function("hash/record_hash_hex", |b| {
+        let mut out = [0u8; 64];
+        b.iter(|| {
+            record_hash_hex(
+                black_box(&r.prev_hash),
+                r.position,
+                &r.stream,
+                r.version,
+                &r.event_id,
+                &r.event_type,
+                r.schema_version,
+                &recorded_at,
+                black_box(&r.data),
+                &mut out,
+            )
+            .len()
         })
     });
 

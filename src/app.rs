@@ -77,6 +77,24 @@ pub async fn apply(
         out.flush()?;
         Ok::<_, std::io::Error>(summary)
     });
+    // Reading and parsing a line needs no state: it happens here, while a task of its own
+    // decides the parsed commands in order, so that the decider only decides.
+    enum Parsed {
+        Refused(Value),
+        Command(Command),
+    }
+    let (ctx, mut crx) = tokio::sync::mpsc::channel::<Parsed>(APPLY_IN_FLIGHT_MAX);
+    let decider = tokio::spawn(async move {
+        while let Some(parsed) = crx.recv().await {
+            let item = match parsed {
+                Parsed::Refused(v) => Item::Done(v),
+                Parsed::Command(cmd) => Item::Pending(ledger.submit(&cmd).await),
+            };
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut lines = input.lines();
     let mut line_no = 0u64;
     while let Some(line) = lines.next_line().await? {
@@ -84,28 +102,29 @@ pub async fn apply(
         if line.trim().is_empty() {
             continue;
         }
-        let item = if line.len() > COMMAND_LINE_BYTES_MAX {
-            Item::Done(refused_line(Rejection::validation(
+        let parsed = if line.len() > COMMAND_LINE_BYTES_MAX {
+            Parsed::Refused(refused_line(Rejection::validation(
                 "command",
                 format!("line {line_no} is longer than {COMMAND_LINE_BYTES_MAX} bytes"),
             )))
         } else {
             match serde_json::from_str::<Value>(&line) {
-                Err(e) => Item::Done(refused_line(Rejection::validation(
+                Err(e) => Parsed::Refused(refused_line(Rejection::validation(
                     "command",
                     format!("line {line_no} is not valid JSON: {e}"),
                 ))),
                 Ok(v) => match Command::from_json(&v) {
-                    Err(r) => Item::Done(refused_line(r)),
-                    Ok(cmd) => Item::Pending(ledger.submit(&cmd).await),
+                    Err(r) => Parsed::Refused(refused_line(r)),
+                    Ok(cmd) => Parsed::Command(cmd),
                 },
             }
         };
-        if tx.send(item).await.is_err() {
+        if ctx.send(parsed).await.is_err() {
             break;
         }
     }
-    drop(tx);
+    drop(ctx);
+    decider.await.map_err(|e| AppError::Usage(e.to_string()))?;
     Ok(printer.await.map_err(|e| AppError::Usage(e.to_string()))??)
 }
 

@@ -302,6 +302,16 @@ proptest! {
         }
     }
 
+    /// Every event of a random sequence (readings of odd sizes and mixed prices,
+    /// corrections, credits, holds) is encoded directly to the bytes the `Value` route gives.
+    #[test]
+    fn the_direct_encoding_is_the_canonical_json_of_every_event(ops in prop::collection::vec(op(), 1..120)) {
+        let r = run(&ops)?;
+        for (_, ev) in &r.recorded {
+            prop_assert_eq!(ev.canonical_data(), wattledger::store::canonical_json(&ev.to_data()));
+        }
+    }
+
     /// Random JSON thrown at the command parser never panics, and every refusal is typed.
     #[test]
     fn the_parser_refuses_garbage_with_a_typed_error(

@@ -386,6 +386,23 @@ fn the_ledger_writes_documents_its_schemas_accept() {
     assert_eq!(f["PeriodClosed"]["data"]["chain_hash"].as_str().unwrap().len(), 64);
 }
 
+/// The stored `data` is written straight from the typed event; it must be byte for byte
+/// what the `Value` route gives, for every event type, or the hash chain would change.
+#[test]
+fn the_direct_encoding_is_the_canonical_json_of_every_event_type() {
+    let s = scenario();
+    let seen: BTreeSet<&str> = s.recorded.iter().map(|(_, ev, _)| ev.event_type()).collect();
+    assert_eq!(
+        seen.len(),
+        EVENT_TYPES.len(),
+        "the scenario must record every event type"
+    );
+    for (label, ev, _) in &s.recorded {
+        let expected = wattledger::store::canonical_json(&ev.to_data());
+        assert_eq!(ev.canonical_data(), expected, "{label}");
+    }
+}
+
 #[test]
 fn a_document_is_accepted_only_by_its_own_schema() {
     let validators = validators();

@@ -419,6 +419,33 @@ impl Event {
         }
     }
 
+    /// The event's `data` as stored: the canonical JSON of [`Event::to_data`], written
+    /// straight from the typed event without the `Value` tree (byte for byte the same as
+    /// `canonical_json(&self.to_data())`).
+    pub fn canonical_data(&self) -> String {
+        use crate::store::chain::canonical_json_of as c;
+        match self {
+            Event::SiteRegistered(d) => c(d),
+            Event::TariffPublished(d) => c(d),
+            Event::PeriodClosed(d) => c(d),
+            Event::MeterRegistered(d) => c(d),
+            Event::EnergyGenerated(d)
+            | Event::EnergyStored(d)
+            | Event::EnergyDispatched(d)
+            | Event::EnergyConsumed(d) => c(d),
+            Event::ReadingCorrected(d) => c(d),
+            Event::TenantRegistered(d) => c(d),
+            Event::CreditsIssued(d) => c(d),
+            Event::CreditsTransferred(d) => c(d),
+            Event::EmissionFactorsPublished(d) => c(d),
+            Event::HoldPlaced(d) => c(d),
+            Event::HoldCaptured(d) => c(d),
+            Event::HoldReleased(d) | Event::HoldExpired(d) => c(d),
+            Event::SpendingLimitSet(d) => c(d),
+            Event::SpendingLimitExceeded(d) => c(d),
+        }
+    }
+
     /// Rebuilds an event from its stored type and data (JSON text).
     ///
     /// Each type's data is parsed straight into its struct: going through serde's buffered

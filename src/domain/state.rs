@@ -275,12 +275,66 @@ fn v5(name: &str) -> Uuid {
 }
 
 /// The identity of a reading: `(meter, flow, interval)`.
+///
+/// The name `reading/{meter}/{flow}/{start}/{end}` (times as [`fmt_time`] writes them) is
+/// built in a buffer reused by the thread, without allocating.
 pub fn reading_id(meter: &MeterId, flow: Flow, interval: &Interval) -> Uuid {
-    v5(&format!(
-        "reading/{meter}/{flow}/{}/{}",
-        fmt_time(&interval.start),
-        fmt_time(&interval.end)
-    ))
+    thread_local! {
+        static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    NAME.with(|name| {
+        let mut name = name.borrow_mut();
+        name.clear();
+        name.push_str("reading/");
+        name.push_str(meter.as_str());
+        name.push('/');
+        name.push_str(flow.as_str());
+        name.push('/');
+        push_time(&mut name, &interval.start);
+        name.push('/');
+        push_time(&mut name, &interval.end);
+        v5(&name)
+    })
+}
+
+/// Appends what [`fmt_time`] returns (RFC 3339, UTC, `Z`, seconds' fraction in 0, 3, 6 or
+/// 9 digits), without allocating for the years 0–9999.
+fn push_time(out: &mut String, t: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
+        out.push_str(&fmt_time(t));
+        return;
+    }
+    fn digits(out: &mut String, v: u32, width: u32) {
+        let mut div = 10u32.pow(width - 1);
+        while div > 0 {
+            out.push(char::from(b'0' + (v / div % 10) as u8));
+            div /= 10;
+        }
+    }
+    digits(out, t.year() as u32, 4);
+    out.push('-');
+    digits(out, t.month(), 2);
+    out.push('-');
+    digits(out, t.day(), 2);
+    out.push('T');
+    digits(out, t.hour(), 2);
+    out.push(':');
+    digits(out, t.minute(), 2);
+    out.push(':');
+    digits(out, t.second(), 2);
+    if nanos != 0 {
+        out.push('.');
+        if nanos.is_multiple_of(1_000_000) {
+            digits(out, nanos / 1_000_000, 3);
+        } else if nanos.is_multiple_of(1_000) {
+            digits(out, nanos / 1_000, 6);
+        } else {
+            digits(out, nanos, 9);
+        }
+    }
+    out.push('Z');
 }
 
 impl LedgerState {
@@ -1517,6 +1571,54 @@ impl LedgerState {
                 }
             }
             Flow::Generated => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Timelike};
+
+    /// The allocation-free name is the one `format!` and `fmt_time` build.
+    #[test]
+    fn reading_id_names_the_reading_as_fmt_time_writes_its_times() {
+        let meter = MeterId::parse("m-000001").unwrap();
+        let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut times = vec![
+            base,
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap(),
+        ];
+        for nanos in [
+            1,
+            999,
+            1_000,
+            120_000,
+            1_000_000,
+            5_000_000,
+            123_456_789,
+            999_999_999,
+            1_500_000_000,
+        ] {
+            times.push(base.with_nanosecond(nanos).unwrap_or(base));
+        }
+        // A leap second.
+        let leap = Utc.with_ymd_and_hms(2026, 6, 30, 23, 59, 59).unwrap();
+        times.push(leap.with_nanosecond(1_500_000_000).unwrap());
+        for (i, start) in times.iter().enumerate() {
+            let end = times[(i + 3) % times.len()];
+            for flow in Flow::ALL {
+                let interval = Interval { start: *start, end };
+                let expected = v5(&format!(
+                    "reading/{meter}/{flow}/{}/{}",
+                    fmt_time(&interval.start),
+                    fmt_time(&interval.end)
+                ));
+                assert_eq!(reading_id(&meter, flow, &interval), expected, "{interval:?}");
+            }
         }
     }
 }

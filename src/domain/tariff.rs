@@ -12,8 +12,11 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc, W
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// One of the four flows across a site bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -327,9 +330,11 @@ pub struct Price {
 
 pub const MIXED_BAND: &str = "mixed";
 
-/// Local boundaries of the site's day that fall inside the interval, as UTC instants.
-fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime<Utc>> {
-    let mut minutes: Vec<u16> = vec![0];
+/// The local boundary minutes of a tariff's day (0, and each band's start and end before
+/// 24:00), sorted, without repeats.
+fn boundary_minutes(terms: &Tariff, minutes: &mut Vec<u16>) {
+    minutes.clear();
+    minutes.push(0);
     for b in &terms.bands {
         minutes.push(b.start.0);
         minutes.push(b.end.0);
@@ -337,37 +342,87 @@ fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime
     minutes.retain(|m| *m < MINUTES_PER_DAY);
     minutes.sort_unstable();
     minutes.dedup();
+}
 
-    let first = interval.start.with_timezone(tz).date_naive() - Duration::days(1);
-    let last = interval.end.with_timezone(tz).date_naive() + Duration::days(1);
-    let mut out = Vec::new();
-    let mut day: NaiveDate = first;
-    while day <= last {
-        for m in &minutes {
-            let local = day
-                .and_hms_opt(u32::from(m / 60), u32::from(m % 60), 0)
-                .expect("minute of day");
-            match tz.from_local_datetime(&local) {
-                chrono::LocalResult::Single(t) => out.push(t.with_timezone(&Utc)),
-                chrono::LocalResult::Ambiguous(a, b) => {
-                    out.push(a.with_timezone(&Utc));
-                    out.push(b.with_timezone(&Utc));
-                }
-                chrono::LocalResult::None => {
-                    // A local time skipped by a clock change: the boundary falls at the first
-                    // local minute that exists after it (the moment the clocks jumped).
-                    for k in 1..=24 * 60 {
-                        if let Some(t) = tz.from_local_datetime(&(local + Duration::minutes(k))).earliest() {
-                            out.push(t.with_timezone(&Utc));
-                            break;
-                        }
+/// The boundary minutes of one local day as UTC instants (a skipped local time at the
+/// moment the clocks jumped, an ambiguous one twice), in the order of `minutes`.
+fn day_boundaries(tz: &Tz, minutes: &[u16], day: NaiveDate) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::with_capacity(minutes.len());
+    for m in minutes {
+        let local = day
+            .and_hms_opt(u32::from(m / 60), u32::from(m % 60), 0)
+            .expect("minute of day");
+        match tz.from_local_datetime(&local) {
+            chrono::LocalResult::Single(t) => out.push(t.with_timezone(&Utc)),
+            chrono::LocalResult::Ambiguous(a, b) => {
+                out.push(a.with_timezone(&Utc));
+                out.push(b.with_timezone(&Utc));
+            }
+            chrono::LocalResult::None => {
+                // A local time skipped by a clock change: the boundary falls at the first
+                // local minute that exists after it (the moment the clocks jumped).
+                for k in 1..=24 * 60 {
+                    if let Some(t) = tz.from_local_datetime(&(local + Duration::minutes(k))).earliest() {
+                        out.push(t.with_timezone(&Utc));
+                        break;
                     }
                 }
             }
         }
-        day += Duration::days(1);
     }
-    out.retain(|t| *t > interval.start && *t < interval.end);
+    out
+}
+
+/// [`day_boundaries`] remembered per (time zone, local day, boundary minutes), per thread:
+/// converting local times through `chrono-tz` was a quarter of deciding a reading, and
+/// consecutive readings share their days. The answer is a pure function of the key (the
+/// minutes are stored and compared, not only hashed), so the cache changes no result.
+struct BoundaryCache {
+    minutes: Vec<u16>,
+    days: HashMap<(Tz, NaiveDate, u64), DayBoundaries>,
+}
+
+/// A day's boundary minutes and their UTC instants.
+type DayBoundaries = (Box<[u16]>, Box<[DateTime<Utc>]>);
+
+/// Days remembered before the cache starts over (a few MiB at most).
+const BOUNDARY_CACHE_DAYS_MAX: usize = 16_384;
+
+thread_local! {
+    static BOUNDARIES: RefCell<BoundaryCache> = RefCell::new(BoundaryCache {
+        minutes: Vec::new(),
+        days: HashMap::new(),
+    });
+}
+
+/// Local boundaries of the site's day that fall inside the interval, as UTC instants.
+fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime<Utc>> {
+    let first = interval.start.with_timezone(tz).date_naive() - Duration::days(1);
+    let last = interval.end.with_timezone(tz).date_naive() + Duration::days(1);
+    let mut out = Vec::new();
+    BOUNDARIES.with(|cache| {
+        let cache = &mut *cache.borrow_mut();
+        boundary_minutes(terms, &mut cache.minutes);
+        let minutes = cache.minutes.as_slice();
+        let mut hasher = DefaultHasher::new();
+        minutes.hash(&mut hasher);
+        let minutes_hash = hasher.finish();
+        if cache.days.len() >= BOUNDARY_CACHE_DAYS_MAX {
+            cache.days.clear();
+        }
+        let mut day: NaiveDate = first;
+        while day <= last {
+            let entry = cache
+                .days
+                .entry((*tz, day, minutes_hash))
+                .or_insert_with(|| (minutes.into(), day_boundaries(tz, minutes, day).into()));
+            if *entry.0 != *minutes {
+                *entry = (minutes.into(), day_boundaries(tz, minutes, day).into());
+            }
+            out.extend(entry.1.iter().filter(|t| **t > interval.start && **t < interval.end));
+            day += Duration::days(1);
+        }
+    });
     out.sort_unstable();
     out.dedup();
     out
@@ -704,6 +759,49 @@ mod tests {
             }
             assert_eq!(p.parts.iter().map(|x| x.energy_wh).sum::<Decimal>(), d(wh));
             assert_eq!(p.parts.iter().map(|x| x.amount_eu).sum::<Decimal>(), p.amount_eu);
+        }
+    }
+
+    /// The per-day cache gives the boundaries converting every day afresh gives: over a
+    /// year with both clock changes, for two tariffs and two time zones taking turns (so
+    /// that entries of one are looked up by the other).
+    #[test]
+    fn cached_band_boundaries_are_the_converted_ones() {
+        fn fresh(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime<Utc>> {
+            let mut minutes = Vec::new();
+            boundary_minutes(terms, &mut minutes);
+            let first = interval.start.with_timezone(tz).date_naive() - Duration::days(1);
+            let last = interval.end.with_timezone(tz).date_naive() + Duration::days(1);
+            let mut out = Vec::new();
+            let mut day = first;
+            while day <= last {
+                out.extend(day_boundaries(tz, &minutes, day));
+                day += Duration::days(1);
+            }
+            out.retain(|t| *t > interval.start && *t < interval.end);
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
+        let a = contract_terms();
+        let mut b = contract_terms();
+        b.bands[0].start = LocalMinute::parse("02:30").unwrap();
+        b.bands[0].end = LocalMinute::parse("06:00").unwrap();
+        b.bands[1].end = LocalMinute::parse("01:30").unwrap();
+        let zones = [CHICAGO, chrono_tz::Europe::London, chrono_tz::Australia::Lord_Howe];
+        let mut t = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let mut i = 0usize;
+        while t < parse_time("2027-01-01T00:00:00Z").unwrap() {
+            for (terms, len) in [(&a, 90), (&b, 15 * 60), (&a, 24 * 3600 - 60)] {
+                let tz = zones[i % zones.len()];
+                i += 1;
+                let iv = Interval {
+                    start: t,
+                    end: t + Duration::seconds(len),
+                };
+                assert_eq!(band_boundaries(terms, &tz, &iv), fresh(terms, &tz, &iv), "{iv:?} {tz}");
+            }
+            t += Duration::minutes(97);
         }
     }
 

@@ -6,7 +6,6 @@
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
     AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
-    canonical_json,
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -192,7 +191,7 @@ impl Inner {
                 event_type: new.event.event_type().to_string(),
                 schema_version: crate::domain::events::SCHEMA_VERSION,
                 recorded_at: new.recorded_at,
-                data: canonical_json(&new.event.to_data()),
+                data: new.event.canonical_data(),
             }],
             fence: Some(self.fence),
         });

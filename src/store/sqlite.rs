@@ -446,7 +446,11 @@ impl Writer {
                                     for e in &batch.events {
                                         head += 1;
                                         version += 1;
-                                        let hash = record_hash(
+                                        // The hash and the event id in stack buffers, the time
+                                        // text once for the hash and the row.
+                                        let recorded_at = crate::domain::time::fmt_time(&e.recorded_at);
+                                        let mut hash_hex = [0u8; 64];
+                                        let hash = chain::record_hash_hex(
                                             &head_hash,
                                             head,
                                             &batch.stream,
@@ -454,24 +458,27 @@ impl Writer {
                                             &e.event_id,
                                             &e.event_type,
                                             e.schema_version,
-                                            &e.recorded_at,
+                                            &recorded_at,
                                             &e.data,
+                                            &mut hash_hex,
                                         );
+                                        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
                                         insert
                                             .execute(params![
                                                 head as i64,
                                                 batch.stream,
                                                 version as i64,
-                                                e.event_id.to_string(),
+                                                &*e.event_id.hyphenated().encode_lower(&mut id_text),
                                                 e.event_type,
                                                 e.schema_version as i64,
-                                                crate::domain::time::fmt_time(&e.recorded_at),
+                                                recorded_at,
                                                 e.data,
                                                 hash,
                                                 head_hash,
                                             ])
                                             .map_err(unavailable)?;
-                                        head_hash = hash;
+                                        head_hash.clear();
+                                        head_hash.push_str(hash);
                                         staged.streams.entry(batch.stream.clone()).or_default().push(head);
                                         staged.ids.insert(e.event_id, head);
                                         recorded.push((head, version));
