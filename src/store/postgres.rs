@@ -334,7 +334,7 @@ impl Writer {
             None => self.pool.acquire().await.map_err(unavailable)?,
         };
         loop {
-            match self.write_on(&mut *conn, failures, appends, order).await {
+            match self.write_on(&mut conn, failures, appends, order).await {
                 Ok(done) => {
                     if self.keep_conn {
                         self.conn = Some(conn);
@@ -374,7 +374,8 @@ impl Writer {
 
         // What the checks need, in one query for the whole group: the head (kind 0), the
         // events already recorded under the group's ids (kind 1), each stream's version
-        // (kind 2).
+        // (kind 2). Both lookups probe a unique index once per id or stream (`LATERAL …
+        // LIMIT 1` keeps the planner from turning a long list into a scan of the table).
         let ids: Vec<uuid::Uuid> = appends
             .iter()
             .flat_map(|(b, _)| b.events.iter().map(|e| e.event_id))
@@ -392,7 +393,8 @@ impl Writer {
             "SELECT 0::int AS k, h.position AS n, NULL::bigint AS v, h.hash AS a, NULL::uuid AS i, NULL::text AS t, NULL::text AS d \
                FROM (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS h \
              UNION ALL \
-             SELECT 1, e.position, e.version, e.stream, e.event_id, e.event_type, e.data::text FROM events e WHERE e.event_id = ANY($1) \
+             SELECT 1, e.position, e.version, e.stream, e.event_id, e.event_type, e.data::text FROM UNNEST($1::uuid[]) AS q(id) \
+               CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.event_id = q.id LIMIT 1) AS e \
              UNION ALL \
              SELECT 2, v.version, NULL, s.stream, NULL, NULL, NULL FROM UNNEST($2::text[]) AS s(stream) \
                CROSS JOIN LATERAL (SELECT version FROM events e WHERE e.stream = s.stream ORDER BY version DESC LIMIT 1) AS v",
@@ -485,9 +487,7 @@ impl Writer {
             .await
             .map_err(|e| locked(unavailable(e)))?;
         }
-        conn.execute("COMMIT")
-            .await
-            .map_err(|e| locked(unavailable(e)))?;
+        conn.execute("COMMIT").await.map_err(|e| locked(unavailable(e)))?;
         Ok((outcomes, wrote.then_some(head), head_points))
     }
 }
@@ -607,20 +607,15 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX) as i64;
-        let query = || {
-            sqlx::query(READ_ALL)
-                .bind(after_position as i64)
-                .bind(limit)
-        };
+        let query = || sqlx::query(READ_ALL).bind(after_position as i64).bind(limit);
         // On a kept connection if one is free: one round trip instead of three. A kept
         // connection that fails is closed and the read is made again through the pool.
         for slot in &self.readers {
             let Ok(mut slot) = slot.try_lock() else { continue };
-            let conn = match slot.take() {
+            let mut conn = match slot.take() {
                 Some(c) => c,
                 None => self.pool.acquire().await.map_err(unavailable)?,
             };
-            let mut conn = conn;
             match query().fetch_all(&mut *conn).await {
                 Ok(rows) => {
                     *slot = Some(conn);
