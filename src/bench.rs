@@ -722,6 +722,8 @@ struct RawAppend {
     row_bytes: u64,
     file_bytes: u64,
     write_bytes: u64,
+    /// PostgreSQL: the same rows by text-CSV `COPY`, for comparison with the binary one.
+    csv: Option<Box<RawAppend>>,
 }
 
 /// Copies the rows `(after, upto]` of the SQLite log at `src` into a fresh file in `dir`
@@ -832,13 +834,17 @@ fn raw_append(src: &Path, after: u64, upto: u64, rows_per_tx: usize, dir: &Path)
         row_bytes,
         file_bytes,
         write_bytes: w1.saturating_sub(w0),
+        csv: None,
     })
 }
 
 /// The raw limit on PostgreSQL: the rows `(after, upto]` of the ledger's log copied with
-/// `COPY … FROM STDIN` (text CSV format) into a fresh table of the same shape and constraints
+/// `COPY … FROM STDIN (FORMAT binary)` into a fresh table of the same shape and constraints
 /// (integer position key, unique event id, unique stream version) in the same schema,
-/// `COPY_ROWS_PER_TX` rows per COPY (one transaction each). Only the COPYs are timed.
+/// `COPY_ROWS_PER_TX` rows per COPY (one transaction each). For comparison, each chunk is
+/// also copied as text CSV (`COPY … (FORMAT csv)`, the earlier raw limit) into a second
+/// fresh table, right after its binary copy; that figure is in `csv`. Only the COPYs are
+/// timed (reading the rows and encoding them is not).
 async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppError> {
     use sqlx::postgres::PgPoolCopyExt;
     const COPY_ROWS_PER_TX: usize = 10_000;
@@ -850,22 +856,38 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
         .connect_with(opts)
         .await
         .map_err(pg)?;
-    let table = format!("raw_limit_{}", std::process::id());
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (position BIGINT PRIMARY KEY, stream TEXT NOT NULL, version BIGINT NOT NULL, \
-         event_id UUID NOT NULL UNIQUE, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, \
-         recorded_at TIMESTAMPTZ NOT NULL, data JSONB NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL, \
-         UNIQUE (stream, version))"
-    ))
-    .execute(&pool)
-    .await
-    .map_err(pg)?;
+    let tables = [
+        format!("raw_limit_{}", std::process::id()),
+        format!("raw_limit_csv_{}", std::process::id()),
+    ];
+    for table in &tables {
+        sqlx::query(&format!(
+            "CREATE TABLE {table} (position BIGINT PRIMARY KEY, stream TEXT NOT NULL, version BIGINT NOT NULL, \
+             event_id UUID NOT NULL UNIQUE, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, \
+             recorded_at TIMESTAMPTZ NOT NULL, data JSONB NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL, \
+             UNIQUE (stream, version))"
+        ))
+        .execute(&pool)
+        .await
+        .map_err(pg)?;
+    }
     let csv = |f: &str| format!("\"{}\"", f.replace('"', "\"\""));
-    let (m0, c0) = (machine_cpu_s(), process_cpu_s());
-    let (mut rows, mut commits, mut row_bytes, mut elapsed) = (0u64, 0u64, 0u64, Duration::ZERO);
+    let mut binary = RawAppend {
+        others_cpu_s: 0.0,
+        rows: 0,
+        rows_per_tx: COPY_ROWS_PER_TX,
+        commits: 0,
+        elapsed: Duration::ZERO,
+        row_bytes: 0,
+        file_bytes: 0,
+        write_bytes: 0,
+        csv: None,
+    };
+    let mut text = binary.clone();
     let mut pos = after;
     while pos < upto {
         let mut chunk = String::new();
+        let mut bin = pg_binary::header();
         let mut n = 0;
         while n < COPY_ROWS_PER_TX && pos < upto {
             let page = store
@@ -887,44 +909,95 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
                     r.hash,
                     r.prev_hash
                 );
-                row_bytes += line.len() as u64;
+                text.row_bytes += line.len() as u64;
                 chunk.push_str(&line);
+                let before = bin.len();
+                pg_binary::row(&mut bin, r);
+                binary.row_bytes += (bin.len() - before) as u64;
                 n += 1;
             }
         }
         if n == 0 {
             break;
         }
-        let t = Instant::now();
-        let mut copy = pool
-            .copy_in_raw(&format!("COPY {table} FROM STDIN (FORMAT csv)"))
+        pg_binary::trailer(&mut bin);
+        for (what, table, body, into) in [
+            ("binary", &tables[0], bin, &mut binary),
+            ("csv", &tables[1], chunk.into_bytes(), &mut text),
+        ] {
+            let (m0, c0) = (machine_cpu_s(), process_cpu_s());
+            let t = Instant::now();
+            let mut copy = pool
+                .copy_in_raw(&format!("COPY {table} FROM STDIN (FORMAT {what})"))
+                .await
+                .map_err(pg)?;
+            copy.send(body).await.map_err(pg)?;
+            into.rows += copy.finish().await.map_err(pg)?;
+            into.elapsed += t.elapsed();
+            into.commits += 1;
+            into.others_cpu_s += (machine_cpu_s().0 - m0.0 - (process_cpu_s() - c0)).max(0.0);
+        }
+    }
+    for (table, into) in tables.iter().zip([&mut binary, &mut text]) {
+        let file_bytes: i64 = sqlx::query_scalar(&format!("SELECT pg_total_relation_size('{table}')"))
+            .fetch_one(&pool)
             .await
             .map_err(pg)?;
-        copy.send(chunk.into_bytes()).await.map_err(pg)?;
-        rows += copy.finish().await.map_err(pg)?;
-        elapsed += t.elapsed();
-        commits += 1;
+        into.file_bytes = file_bytes.max(0) as u64;
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .map_err(pg)?;
     }
-    let others_cpu_s = (machine_cpu_s().0 - m0.0 - (process_cpu_s() - c0)).max(0.0);
-    let file_bytes: i64 = sqlx::query_scalar(&format!("SELECT pg_total_relation_size('{table}')"))
-        .fetch_one(&pool)
-        .await
-        .map_err(pg)?;
-    sqlx::query(&format!("DROP TABLE {table}"))
-        .execute(&pool)
-        .await
-        .map_err(pg)?;
     store.shutdown().await;
-    Ok(RawAppend {
-        others_cpu_s,
-        rows,
-        rows_per_tx: COPY_ROWS_PER_TX,
-        commits,
-        elapsed,
-        row_bytes,
-        file_bytes: file_bytes.max(0) as u64,
-        write_bytes: 0,
-    })
+    binary.csv = Some(Box::new(text));
+    Ok(binary)
+}
+
+/// PostgreSQL's binary `COPY` format: a header, per row a field count and per field its
+/// length and its bytes in the type's binary send format, a trailer.
+mod pg_binary {
+    use crate::store::RecordedEvent;
+
+    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
+    const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+    /// The `jsonb` binary format's version byte (the text follows).
+    const JSONB_VERSION: u8 = 1;
+
+    /// Signature, flags (no OIDs), header extension length.
+    pub(super) fn header() -> Vec<u8> {
+        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b
+    }
+
+    pub(super) fn trailer(b: &mut Vec<u8>) {
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+
+    fn field(b: &mut Vec<u8>, bytes: &[u8]) {
+        b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        b.extend_from_slice(bytes);
+    }
+
+    /// One row of the events table's shape: int8, text, int8, uuid, text, int4,
+    /// timestamptz, jsonb, text, text.
+    pub(super) fn row(b: &mut Vec<u8>, r: &RecordedEvent) {
+        b.extend_from_slice(&10i16.to_be_bytes());
+        field(b, &(r.position as i64).to_be_bytes());
+        field(b, r.stream.as_bytes());
+        field(b, &(r.version as i64).to_be_bytes());
+        field(b, r.event_id.as_bytes());
+        field(b, r.event_type.as_bytes());
+        field(b, &(r.schema_version as i32).to_be_bytes());
+        field(b, &(r.recorded_at.timestamp_micros() - PG_EPOCH_UNIX_US).to_be_bytes());
+        b.extend_from_slice(&(r.data.len() as i32 + 1).to_be_bytes());
+        b.push(JSONB_VERSION);
+        b.extend_from_slice(r.data.as_bytes());
+        field(b, r.hash.as_bytes());
+        field(b, r.prev_hash.as_bytes());
+    }
 }
 
 /// `bench ingest`: see the module documentation. `store_url` is `None` for a fresh
@@ -1169,7 +1242,7 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
                     "what": if db.is_some() {
                         "the same rows copied into a fresh SQLite file: table keyed only by an integer position, same columns, WAL, synchronous=FULL"
                     } else {
-                        "the same rows copied with COPY (text CSV) into a fresh PostgreSQL table of the same shape and unique constraints, 10,000 rows per COPY"
+                        "the same rows copied with COPY (FORMAT binary) into a fresh PostgreSQL table of the same shape and unique constraints, 10,000 rows per COPY"
                     },
                     "rows": r.rows,
                     "rows_per_tx": r.rows_per_tx,
@@ -1180,6 +1253,17 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
                     "file_bytes": r.file_bytes,
                     "write_bytes_per_row": round1(r.write_bytes as f64 / r.rows.max(1) as f64),
                     "other_processes_cpu_seconds": round3(r.others_cpu_s),
+                    "text_csv": r.csv.as_ref().map(|c| json!({
+                        "what": "the same rows copied with COPY (FORMAT csv) into a second fresh table of the same shape, each chunk right after its binary COPY",
+                        "rows": c.rows,
+                        "commits": c.commits,
+                        "seconds": round3(c.elapsed.as_secs_f64()),
+                        "rows_per_s": round1(per_s(c.rows, c.elapsed)),
+                        "avg_row_bytes": round1(c.row_bytes as f64 / c.rows.max(1) as f64),
+                        "file_bytes": c.file_bytes,
+                        "other_processes_cpu_seconds": round3(c.others_cpu_s),
+                        "ratio_to_csv": (c.rows > 0).then(|| round3(readings_per_s / per_s(c.rows, c.elapsed))),
+                    })),
                 })).unwrap_or_else(|| json!({"not_measured": "the raw limit is measured for SQLite stores only"})),
                 "ratio_to_raw": ratio(readings_per_s).map(round3),
                 "write_ratio_to_raw": ratio(write_per_s).map(round3),
@@ -1292,6 +1376,16 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
                     ratio(write_per_s).unwrap_or(0.0) * 100.0
                 ),
             );
+            if let Some(c) = &r.csv {
+                rep.row(
+                    "raw limit, text CSV COPY",
+                    format!(
+                        "{} rows/s ({:.2} s; the binary COPY above is the raw limit)",
+                        fmt_rate(per_s(c.rows, c.elapsed)),
+                        c.elapsed.as_secs_f64()
+                    ),
+                );
+            }
         }
         None => rep.row("raw limit", "not measured (SQLite stores only)"),
     }
@@ -1864,8 +1958,9 @@ fn count(hay: &[u8], needle: &[u8]) -> u64 {
     hay.windows(needle.len()).filter(|w| *w == needle).count() as u64
 }
 
-/// `bench http`: the API in process on loopback over a temporary store; see the module docs.
-pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
+/// `bench http`: the API in process on loopback over a temporary store, or over the store
+/// given with `--store` (which must be empty, and is kept); see the module docs.
+pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppError> {
     use crate::api::auth::{AuthConfig, Claims, Role};
     if a.readings == 0 || a.readings > READINGS_MAX {
         return Err(usage(format!("--readings must be 1 to {READINGS_MAX}")));
@@ -1888,13 +1983,24 @@ pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
     let rss_reset = reset_peak_rss();
     let temp = TempDir::new(a.dir.as_deref(), "http")?;
     let db = temp.0.join("http.db");
-    let url = format!("sqlite://{}", db.display());
+    let url = store_url.map_or_else(|| format!("sqlite://{}", db.display()), str::to_string);
     let store = store::open(&url, Access::Write).await?;
+    let head0 = store.head().await?;
+    if head0.position > 0 {
+        store.shutdown().await;
+        return Err(usage(format!(
+            "bench http needs an empty store; {} holds {} events (omit --store for a temporary one)",
+            store::redact_url(&url),
+            head0.position
+        )));
+    }
     let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
     let w = Arc::new(Workload::new(a.readings, a.meters, Utc::now()));
     tracing::info!("bench http: registering {} meters", a.meters);
     let setup_events = setup(&ledger, &w, 4_096).await?;
-    let projections = Projections::open(store.clone(), Some(snapshot_path_for(&url))).await?;
+    // A given store gets no snapshot file: the bench leaves nothing behind but its events.
+    let snapshot = store_url.is_none().then(|| snapshot_path_for(&url));
+    let projections = Projections::open(store.clone(), snapshot).await?;
     let secret: String = {
         use rand::Rng;
         let mut rng = rand::thread_rng();
@@ -2072,6 +2178,7 @@ pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
     let peak_rss = peak_rss_bytes();
     server.stop().await?;
     drop(ledger);
+    store.shutdown().await;
     drop(store);
     let (commits, avg_group) = match (g0, g1) {
         (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => (Some(c1 - c0), Some((s1 - s0) / (c1 - c0))),
@@ -2088,7 +2195,7 @@ pub async fn http(a: &HttpArgs) -> Result<Report, AppError> {
             "bench": "http",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "config": {
-                "store": "temporary SQLite file (WAL, synchronous=FULL)",
+                "store": if store_url.is_some() { store::redact_url(&url) } else { "temporary SQLite file (WAL, synchronous=FULL)".to_string() },
                 "filesystem": filesystem_of(&temp.0),
                 "readings": a.readings,
                 "meters": a.meters,
@@ -2383,7 +2490,7 @@ mod tests {
             json: true,
         };
         let started = Instant::now();
-        let r = http(&a).await.unwrap();
+        let r = http(None, &a).await.unwrap();
         let took = started.elapsed();
         println!("{}", r.human());
         for p in r.json["figures"]["passes"].as_array().unwrap() {

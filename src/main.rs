@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 BenchCmd::Ingest(a) => (bench::ingest(given, &a).await?, a.json),
                 BenchCmd::Replay(a) => (bench::replay(&cli.store, &a).await?, a.json),
                 BenchCmd::Read(a) => (bench::read(&cli.store, &a).await?, a.json),
-                BenchCmd::Http(a) => (bench::http(&a).await?, a.json),
+                BenchCmd::Http(a) => (bench::http(given, &a).await?, a.json),
                 BenchCmd::Attribution(a) => (bench::attribution(&cli.store, &a).await?, a.json),
             };
             report.print(json);

@@ -8,8 +8,9 @@
 //! their projections and catch up by reading from their last position.
 
 use super::*;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row, migrate::Migration, migrate::MigrationType, migrate::Migrator};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::{Executor, Row, migrate::Migration, migrate::MigrationType, migrate::Migrator};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -22,6 +23,22 @@ pub const POOL_CONNECTIONS_DEFAULT: u32 = 8;
 pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 /// The longest pause between attempts to re-listen after a lost connection.
 pub const LISTEN_BACKOFF_MS_MAX: u64 = 5_000;
+/// Pool size from which the writer keeps one connection for itself between groups (the
+/// listener holds another one for good).
+const WRITER_KEEPS_CONNECTION_POOL_MIN: u32 = 3;
+/// Pool sizes from which `read_all` keeps one, and two, connections of its own (the
+/// ledger's per-decision catch-up and the projections' follower each find one free).
+const READER_CONNECTIONS_POOL_MIN: [u32; 2] = [4, 6];
+
+/// A connection kept out of the pool between uses. A pooled connection costs two extra
+/// round trips per use (sqlx pings it when it is acquired and when it is released); a
+/// kept one costs none. One that failed is closed and replaced by a fresh one next time.
+type Kept = tokio::sync::Mutex<Option<PoolConnection<Postgres>>>;
+
+/// Closes a kept connection that failed (its transaction, if any, dies with it).
+fn discard(mut c: PoolConnection<Postgres>) {
+    c.close_on_drop();
+}
 
 const MIGRATION_EVENTS: &str = include_str!("../../migrations/postgres/0001_events.sql");
 
@@ -52,6 +69,8 @@ pub struct PgStore {
     group_sizes: Arc<crate::metrics::Histogram>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     listener: tokio::task::JoinHandle<()>,
+    /// `read_all`'s own connections (none for small pools).
+    readers: Vec<Kept>,
 }
 
 /// Splits wattledger's own URL parameters from the ones PostgreSQL (sqlx) understands.
@@ -102,6 +121,7 @@ fn row_to_event(r: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 const SELECT: &str = "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data::text AS data, hash, prev_hash FROM events";
+const READ_ALL: &str = "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, data::text AS data, hash, prev_hash FROM events WHERE position > $1 ORDER BY position LIMIT $2";
 
 impl PgStore {
     /// Connects, applies the migrations (concurrent starters are serialised by sqlx's
@@ -138,6 +158,8 @@ impl PgStore {
             failures: failures.clone(),
             group_sizes: group_sizes.clone(),
             channel: channel.clone(),
+            conn: None,
+            keep_conn: pool_size >= WRITER_KEEPS_CONNECTION_POOL_MIN,
         };
         let writer = tokio::spawn(writer.run(rx));
         let listener = tokio::spawn(listen(pool.clone(), channel, head_tx));
@@ -149,6 +171,11 @@ impl PgStore {
             group_sizes,
             writer: std::sync::Mutex::new(Some(writer)),
             listener,
+            readers: READER_CONNECTIONS_POOL_MIN
+                .iter()
+                .filter(|&&m| pool_size >= m)
+                .map(|_| Kept::new(None))
+                .collect(),
         }))
     }
 }
@@ -213,6 +240,9 @@ struct Writer {
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
     channel: String,
+    /// The connection kept between groups (when `keep_conn`).
+    conn: Option<PoolConnection<Postgres>>,
+    keep_conn: bool,
 }
 
 /// Rows of one group, column by column (for one `INSERT … SELECT FROM UNNEST`).
@@ -231,7 +261,7 @@ struct Rows {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<WriterMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         while let Some(first) = rx.recv().await {
             let mut msgs = vec![first];
             while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
@@ -245,7 +275,7 @@ impl Writer {
         }
     }
 
-    async fn commit_group(&self, msgs: Vec<WriterMsg>) {
+    async fn commit_group(&mut self, msgs: Vec<WriterMsg>) {
         let failures = self.failures.load(Ordering::SeqCst);
         let mut appends: Vec<(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)> = Vec::new();
         let mut heads = Vec::new();
@@ -287,32 +317,65 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole group. Returns each append's outcome, the new head (if
-    /// anything was written), and the head as of each `Head` request in queue order.
+    /// One transaction for the whole group, on the kept connection (or a fresh one). A kept
+    /// connection that fails before the transaction holds the lock (e.g. the server was
+    /// restarted since the last group) is replaced and the group tried once more on a fresh
+    /// one: nothing can have been written by then. Returns each append's outcome, the new
+    /// head (if anything was written), and the head as of each `Head` request in queue order.
     async fn write(
-        &self,
+        &mut self,
         failures: u64,
         appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
         order: &[bool],
     ) -> Result<(Vec<Result<Appended, StoreError>>, Option<u64>, Vec<Head>), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wattledger:' || current_schema()))")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let last = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let (mut head, mut head_hash) = match last {
-            Some(r) => (
-                r.try_get::<i64, _>(0).map_err(unavailable)? as u64,
-                r.try_get::<String, _>(1).map_err(unavailable)?,
-            ),
-            None => (0, GENESIS_HASH.to_string()),
+        let mut fresh = self.conn.is_none();
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.pool.acquire().await.map_err(unavailable)?,
         };
+        loop {
+            match self.write_on(&mut conn, failures, appends, order).await {
+                Ok(done) => {
+                    if self.keep_conn {
+                        self.conn = Some(conn);
+                    }
+                    return Ok(done);
+                }
+                Err((e, locked)) => {
+                    discard(conn);
+                    if locked || fresh {
+                        return Err(e);
+                    }
+                    tracing::info!(error = %e, "a kept connection failed before the commit began; retrying on a fresh one");
+                    conn = self.pool.acquire().await.map_err(unavailable)?;
+                    fresh = true;
+                }
+            }
+        }
+    }
 
-        // What the checks need, in two queries for the whole group.
+    /// The group's transaction in four round trips: `BEGIN` and the lock; the head, the
+    /// recorded ids and the stream versions in one query; the rows (one `INSERT … SELECT
+    /// FROM UNNEST`) and the notification in one statement; `COMMIT`. An error says whether
+    /// the lock had been taken.
+    async fn write_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        failures: u64,
+        appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
+        order: &[bool],
+    ) -> Result<(Vec<Result<Appended, StoreError>>, Option<u64>, Vec<Head>), (StoreError, bool)> {
+        // One simple-protocol message, two statements: the lock is held before the next
+        // statement takes its snapshot, so that statement sees every earlier commit.
+        conn.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('wattledger:' || current_schema()))")
+            .await
+            .map_err(|e| (unavailable(e), false))?;
+        let locked = |e: StoreError| (e, true);
+
+        // What the checks need, in one query for the whole group: the head (kind 0), the
+        // events already recorded under the group's ids (kind 1), each stream's version
+        // (kind 2). Both lookups probe a unique index once per id or stream (`LATERAL …
+        // LIMIT 1` keeps the planner from turning a long list into a scan of the table).
         let ids: Vec<uuid::Uuid> = appends
             .iter()
             .flat_map(|(b, _)| b.events.iter().map(|e| e.event_id))
@@ -323,41 +386,52 @@ impl Writer {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let (mut head, mut head_hash) = (0, GENESIS_HASH.to_string());
         let mut known: HashMap<uuid::Uuid, (u64, u64, String, String, String)> = HashMap::new();
-        for r in sqlx::query(
-            "SELECT event_id, position, version, stream, event_type, data::text FROM events WHERE event_id = ANY($1)",
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let lookups = sqlx::query(
+            "SELECT 0::int AS k, h.position AS n, NULL::bigint AS v, h.hash AS a, NULL::uuid AS i, NULL::text AS t, NULL::text AS d \
+               FROM (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS h \
+             UNION ALL \
+             SELECT 1, e.position, e.version, e.stream, e.event_id, e.event_type, e.data::text FROM UNNEST($1::uuid[]) AS q(id) \
+               CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.event_id = q.id LIMIT 1) AS e \
+             UNION ALL \
+             SELECT 2, v.version, NULL, s.stream, NULL, NULL, NULL FROM UNNEST($2::text[]) AS s(stream) \
+               CROSS JOIN LATERAL (SELECT version FROM events e WHERE e.stream = s.stream ORDER BY version DESC LIMIT 1) AS v",
         )
         .bind(&ids)
-        .fetch_all(&mut *tx)
+        .bind(&streams)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(unavailable)?
-        {
-            let data: String = r.try_get(5).map_err(unavailable)?;
-            let data = serde_json::from_str(&data)
-                .map(|v| canonical_json(&v))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            known.insert(
-                r.try_get(0).map_err(unavailable)?,
-                (
-                    r.try_get::<i64, _>(1).map_err(unavailable)? as u64,
-                    r.try_get::<i64, _>(2).map_err(unavailable)? as u64,
-                    r.try_get(3).map_err(unavailable)?,
-                    r.try_get(4).map_err(unavailable)?,
-                    data,
-                ),
-            );
-        }
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        for r in sqlx::query("SELECT s.stream, v.version FROM UNNEST($1::text[]) AS s(stream) CROSS JOIN LATERAL (SELECT version FROM events e WHERE e.stream = s.stream ORDER BY version DESC LIMIT 1) AS v")
-            .bind(&streams)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unavailable)?
-        {
-            versions.insert(
-                r.try_get(0).map_err(unavailable)?,
-                r.try_get::<i64, _>(1).map_err(unavailable)? as u64,
-            );
+        .map_err(|e| locked(unavailable(e)))?;
+        let col = |e: sqlx::Error| locked(unavailable(e));
+        for r in lookups {
+            let n = r.try_get::<i64, _>(1).map_err(col)? as u64;
+            match r.try_get::<i32, _>(0).map_err(col)? {
+                0 => {
+                    head = n;
+                    head_hash = r.try_get(3).map_err(col)?;
+                }
+                1 => {
+                    let data: String = r.try_get(6).map_err(col)?;
+                    let data = serde_json::from_str(&data)
+                        .map(|v| canonical_json(&v))
+                        .map_err(|e| locked(StoreError::Corrupt(e.to_string())))?;
+                    known.insert(
+                        r.try_get(4).map_err(col)?,
+                        (
+                            n,
+                            r.try_get::<i64, _>(2).map_err(col)? as u64,
+                            r.try_get(3).map_err(col)?,
+                            r.try_get(5).map_err(col)?,
+                            data,
+                        ),
+                    );
+                }
+                _ => {
+                    versions.insert(r.try_get(3).map_err(col)?, n);
+                }
+            }
         }
 
         let mut rows = Rows::default();
@@ -391,9 +465,11 @@ impl Writer {
 
         let wrote = !rows.position.is_empty();
         if wrote {
+            // A data-modifying WITH runs to completion whatever the outer query reads.
             sqlx::query(
-                "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) \
-                 SELECT p, s, v, i, t, sv, a, d::jsonb, h, ph FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS x(p, s, v, i, t, sv, a, d, h, ph)",
+                "WITH ins AS (INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) \
+                 SELECT p, s, v, i, t, sv, a, d::jsonb, h, ph FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS x(p, s, v, i, t, sv, a, d, h, ph)) \
+                 SELECT pg_notify($11, $12)",
             )
             .bind(&rows.position)
             .bind(&rows.stream)
@@ -405,17 +481,13 @@ impl Writer {
             .bind(&rows.data)
             .bind(&rows.hash)
             .bind(&rows.prev_hash)
-            .execute(&mut *tx)
+            .bind(&self.channel)
+            .bind(head.to_string())
+            .execute(&mut *conn)
             .await
-            .map_err(unavailable)?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&self.channel)
-                .bind(head.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            .map_err(|e| locked(unavailable(e)))?;
         }
-        tx.commit().await.map_err(unavailable)?;
+        conn.execute("COMMIT").await.map_err(|e| locked(unavailable(e)))?;
         Ok((outcomes, wrote.then_some(head), head_points))
     }
 }
@@ -535,12 +607,28 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX) as i64;
-        let rows = sqlx::query(&format!("{SELECT} WHERE position > $1 ORDER BY position LIMIT $2"))
-            .bind(after_position as i64)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let query = || sqlx::query(READ_ALL).bind(after_position as i64).bind(limit);
+        // On a kept connection if one is free: one round trip instead of three. A kept
+        // connection that fails is closed and the read is made again through the pool.
+        for slot in &self.readers {
+            let Ok(mut slot) = slot.try_lock() else { continue };
+            let mut conn = match slot.take() {
+                Some(c) => c,
+                None => self.pool.acquire().await.map_err(unavailable)?,
+            };
+            match query().fetch_all(&mut *conn).await {
+                Ok(rows) => {
+                    *slot = Some(conn);
+                    return rows.iter().map(row_to_event).collect();
+                }
+                Err(e) => {
+                    discard(conn);
+                    tracing::info!(error = %e, "a kept read connection failed; reading through the pool");
+                    break;
+                }
+            }
+        }
+        let rows = query().fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(row_to_event).collect()
     }
 
