@@ -84,14 +84,30 @@ pub async fn apply(
         Command(Command),
     }
     let (ctx, mut crx) = tokio::sync::mpsc::channel::<Parsed>(APPLY_IN_FLIGHT_MAX);
+    // The decider takes what is parsed already (up to a chunk) and decides it under one
+    // acquisition of the ledger's lock, as a bulk request does.
     let decider = tokio::spawn(async move {
-        while let Some(parsed) = crx.recv().await {
-            let item = match parsed {
-                Parsed::Refused(v) => Item::Done(v),
-                Parsed::Command(cmd) => Item::Pending(ledger.submit(&cmd).await),
-            };
-            if tx.send(item).await.is_err() {
-                break;
+        let mut chunk = Vec::new();
+        while let Some(first) = crx.recv().await {
+            chunk.push(first);
+            while chunk.len() < crate::ledger::SUBMIT_CHUNK_COMMANDS {
+                match crx.try_recv() {
+                    Ok(p) => chunk.push(p),
+                    Err(_) => break,
+                }
+            }
+            let items = chunk.drain(..).map(|p| match p {
+                Parsed::Refused(v) => Err(v),
+                Parsed::Command(cmd) => Ok(cmd),
+            });
+            for item in ledger.submit_each(items.collect()).await {
+                let item = match item {
+                    Err(v) => Item::Done(v),
+                    Ok(p) => Item::Pending(p),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
             }
         }
     });

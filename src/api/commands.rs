@@ -333,22 +333,16 @@ const ANSWER_CHUNK_BYTES: usize = 32 * 1024;
 /// are already durable go out together in one chunk; a chunk is sent as soon as the next
 /// answer would have to wait.
 async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> Response {
-    let mut lines: Vec<(usize, Result<usize, ApiError>)> = Vec::with_capacity(items.len());
+    let mut numbers = Vec::with_capacity(items.len());
     let mut cmds = Vec::with_capacity(items.len());
     for (n, item) in items {
-        let cmd = match item {
+        numbers.push(n);
+        cmds.push(match item {
             Ok(obj) => reading_command(&s, &c, &obj).await,
             Err(e) => Err(e),
-        };
-        lines.push((n, cmd.map(|cmd| cmds.push(cmd)).map(|()| cmds.len() - 1)));
+        });
     }
-    let mut decided = s
-        .ledger
-        .submit_many(&cmds)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect::<Vec<_>>();
+    let decided = s.ledger.submit_each(cmds).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(async move {
         // A client that went away stops reading; every answer is still awaited (the appends
@@ -359,10 +353,10 @@ async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> 
         };
         let mut chunk = String::new();
         let mut open = true;
-        for (n, line) in lines {
-            let r = match line {
-                Ok(i) => {
-                    let wait = decided[i].take().expect("each decision is answered once").wait();
+        for (n, decided) in numbers.into_iter().zip(decided) {
+            let r = match decided {
+                Ok(p) => {
+                    let wait = p.wait();
                     let mut wait = std::pin::pin!(wait);
                     match futures_util::FutureExt::now_or_never(wait.as_mut()) {
                         Some(r) => r,

@@ -515,6 +515,19 @@ impl Ledger {
         out
     }
 
+    /// [`Ledger::submit_many`] over items some of which were refused before deciding (a
+    /// line that did not parse, say): the commands are decided in order, and each refusal
+    /// keeps its place among the answers.
+    pub async fn submit_each<E>(&self, items: Vec<Result<Command, E>>) -> Vec<Result<Pending, E>> {
+        let mut cmds = Vec::with_capacity(items.len());
+        let places: Vec<Result<(), E>> = items.into_iter().map(|i| i.map(|c| cmds.push(c))).collect();
+        let mut decided = self.submit_many(&cmds).await.into_iter();
+        places
+            .into_iter()
+            .map(|p| p.map(|()| decided.next().expect("one decision per command")))
+            .collect()
+    }
+
     async fn decide_and_queue(&self, cmd: &Command) -> Pending {
         let mut inner = self.inner.lock().await;
         let mut automatic = Vec::new();
