@@ -3,8 +3,8 @@
 //! The write state must know every reading: a repost is recognised by its meter, flow and
 //! interval, an overlap is refused, a correction names a reading by its event id. Readings
 //! are most of the log, so this is the part of the state that grows with events: one fixed
-//! 96-byte [`Slot`] per reading in one vector, one 12-byte entry in an id table keyed by the
-//! first 64 bits of the event id, and one 16-byte entry in its meter's sorted interval list —
+//! 96-byte [`Slot`] per reading in one vector, one 12-byte entry in an id table keyed by 64
+//! bits of the event id, and one 16-byte entry in its meter's sorted interval list —
 //! about 130 bytes per reading with the tables' slack, where a map of owned records
 //! (`HashMap<Uuid, ReadingState>` with its own strings, and a B-tree of intervals) took about
 //! 600. What only some readings have (a job, corrections) lives in a side table.
@@ -69,8 +69,7 @@ struct Series {
     by_start: Vec<(DateTime<Utc>, u32)>,
 }
 
-/// Event ids are UUIDs whose first 64 bits are already uniform (random or SHA-1 derived):
-/// they are their own hash.
+/// An event id's [`prefix`] is already uniform: it is its own hash.
 #[derive(Default)]
 struct PrefixHasher(u64);
 
@@ -90,8 +89,12 @@ impl Hasher for PrefixHasher {
 
 type PrefixMap = HashMap<u64, u32, BuildHasherDefault<PrefixHasher>>;
 
+/// 64 uniform bits of an event id: its two halves folded together. Either half alone has
+/// fixed bits (the version nibble in the first, the variant bits in the second), and a table
+/// indexed by the low bits of the first half would use one bucket in sixteen.
 fn prefix(id: &Uuid) -> u64 {
-    (id.as_u128() >> 64) as u64
+    let v = id.as_u128();
+    (v >> 64) as u64 ^ v as u64
 }
 
 #[derive(Clone, Debug, Default)]
@@ -101,7 +104,7 @@ pub struct Readings {
     series: Vec<Series>,
     /// Meter → series index + 1 per flow (0: none yet).
     by_meter: HashMap<MeterId, [u32; 4]>,
-    /// First 64 bits of the event id → slot. Ids whose prefix is shared by another
+    /// 64 bits of the event id ([`prefix`]) → slot. Ids whose prefix is shared by another
     /// reading's live in `collided`, keyed by the whole id.
     ids: PrefixMap,
     collided: HashMap<Uuid, u32>,
@@ -295,8 +298,12 @@ mod tests {
     fn colliding_prefixes_are_told_apart() {
         let mut r = Readings::default();
         let a = Uuid::from_u128(0x1111_2222_3333_4444_0000_0000_0000_0001);
-        let b = Uuid::from_u128(0x1111_2222_3333_4444_0000_0000_0000_0002);
-        let c = Uuid::from_u128(0x1111_2222_3333_4444_0000_0000_0000_0003);
+        let b = Uuid::from_u128(0x1111_2222_3333_4445_0000_0000_0000_0000);
+        let c = Uuid::from_u128(0x1111_2222_3333_4447_0000_0000_0000_0002);
+        assert!(
+            prefix(&a) == prefix(&b) && prefix(&b) == prefix(&c),
+            "the three share a prefix"
+        );
         r.slots.extend((0..3).map(|i| Slot {
             event_id: [a, b, c][i],
             series: 0,
