@@ -481,9 +481,8 @@ impl Ledger {
     /// command's event, what that event caused (`SpendingLimitExceeded`). All are queued under
     /// the same lock, so their positions in the log are fixed by the log itself.
     pub async fn submit(&self, cmd: &Command) -> Pending {
-        let mut p = self.decide_and_queue(cmd).await;
-        p.kind = expected_kind(cmd);
-        p
+        let mut decided = self.submit_many(std::slice::from_ref(cmd)).await;
+        decided.pop().expect("one decision per command")
     }
 
     /// Decides and queues several commands in order under one acquisition of the lock (per
@@ -526,16 +525,6 @@ impl Ledger {
             .into_iter()
             .map(|p| p.map(|()| decided.next().expect("one decision per command")))
             .collect()
-    }
-
-    async fn decide_and_queue(&self, cmd: &Command) -> Pending {
-        let mut inner = self.inner.lock().await;
-        let mut automatic = Vec::new();
-        let now = match self.prepare(&mut inner, &mut automatic).await {
-            Ok(now) => now,
-            Err(e) => return Pending::ready(&self.stale, automatic, Err(e.into())),
-        };
-        self.decide_locked(&mut inner, cmd, now, automatic).await
     }
 
     /// Under the lock, after [`Ledger::prepare`]: decides one command at `now` and queues its
