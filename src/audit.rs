@@ -953,7 +953,7 @@ pub async fn replay_books(store: &dyn EventStore) -> Result<Books, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AppendBatch, AppendTicket, Head, record_hash};
+    use crate::store::{AppendBatch, AppendTicket, Head};
     use tokio::sync::watch;
 
     /// A log held in memory, as tampered with by the test.
@@ -1001,17 +1001,7 @@ mod tests {
     }
 
     fn rehash(r: &mut RecordedEvent) {
-        r.hash = record_hash(
-            &r.prev_hash,
-            r.position,
-            &r.stream,
-            r.version,
-            &r.event_id,
-            &r.event_type,
-            r.schema_version,
-            &r.recorded_at,
-            &r.data,
-        );
+        r.hash = r.expected_hash();
     }
 
     /// `n` chained records over a few streams, of an event type nothing decodes.
