@@ -144,10 +144,14 @@ pub async fn apply(
     Ok(printer.await.map_err(|e| AppError::Usage(e.to_string()))??)
 }
 
-/// Opens the ledger over a store for writing.
+/// Opens the ledger over a store for writing, from its write-state snapshot and the log's
+/// tail when it has one (`Ledger::close` saves it again).
 pub async fn open_ledger(url: &str) -> Result<Arc<Ledger>, AppError> {
     let store = store::open(url, Access::Write).await?;
-    Ok(Ledger::open(store, Arc::new(SystemClock)).await?)
+    let snapshot = crate::ledger::snapshot::path_for(url);
+    let ledger = Ledger::open_with(store, Arc::new(SystemClock), Some(snapshot)).await?;
+    tracing::info!("write state built from {}", ledger.opened_from);
+    Ok(ledger)
 }
 
 /// Opens the projections over a store for reading, caught up, with the snapshot refreshed.
@@ -479,7 +483,7 @@ pub async fn import(url: &str, args: &ImportArgs, out: impl Write + Send + 'stat
         text.push('\n');
     }
     let summary = apply(ledger.clone(), std::io::Cursor::new(text.into_bytes()), out).await;
-    ledger.store().shutdown().await;
+    ledger.close().await;
     summary
 }
 

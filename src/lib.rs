@@ -15,4 +15,5 @@ pub mod ledger;
 pub mod metrics;
 pub mod projections;
 pub mod sim;
+pub mod snapfile;
 pub mod store;

@@ -195,7 +195,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                     .map_err(|e| AppError::Usage(format!("cannot open {file}: {e}")))?;
                 app::apply(ledger.clone(), tokio::io::BufReader::new(f), out).await?
             };
-            ledger.store().shutdown().await;
+            ledger.close().await;
             eprintln!(
                 "applied: {} accepted, {} duplicates, {} refused",
                 summary.accepted, summary.duplicates, summary.refused

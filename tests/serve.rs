@@ -279,8 +279,19 @@ async fn sigterm_lets_an_in_flight_bulk_request_finish_and_loses_nothing() {
         acked.push((p, a["event_id"].as_str().unwrap().to_string()));
     }
 
+    // SIGTERM saved the write state and the store's index, so the restart reads them and
+    // not the whole log.
+    for f in ["w.db.state.snapshot", "w.db.index"] {
+        assert!(dir.path().join(f).exists(), "{f} is saved on SIGTERM");
+    }
+
     // Restarted over the same store: every acknowledged position holds its event.
     let mut server = serve(dir.path(), &store, "serve-2.log").await;
+    let from = format!(
+        "write state built from the write-state snapshot at position {} and 0 events after it",
+        SETUP_EVENTS + READINGS as u64
+    );
+    assert!(server.log().contains(&from), "{from}:\n{}", server.log());
     let events = all_events(&client, &server, &token).await;
     assert_eq!(events.len() as u64, SETUP_EVENTS + READINGS as u64);
     for (i, e) in events.iter().enumerate() {

@@ -191,7 +191,7 @@ impl RunningServer {
         let served = self.join.await.map_err(std::io::Error::other)?;
         self.sweeper.abort();
         let _ = self.sweeper.await;
-        self.state.ledger.store().shutdown().await;
+        self.state.ledger.close().await;
         self.follower.abort();
         // Wait for it to let go of the store, so that the store can be reopened at once.
         let _ = self.follower.await;

@@ -14,6 +14,7 @@ use super::ids::{JobId, MeterId};
 use super::quantity::EnergyWh;
 use super::tariff::Flow;
 use super::time::Interval;
+use crate::snapfile::{Dec, Enc, SnapError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ pub struct ReadingState {
 }
 
 /// One reading. `extra` is 1 + its index in [`Readings::extras`], or 0.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Slot {
     event_id: Uuid,
     series: u32,
@@ -53,7 +54,7 @@ struct Slot {
 }
 
 /// What only some readings carry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Extra {
     current_wh: EnergyWh,
     corrections: u32,
@@ -62,7 +63,7 @@ struct Extra {
 }
 
 /// One meter's readings of one flow, by interval start.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Series {
     meter_id: MeterId,
     flow: Flow,
@@ -97,7 +98,7 @@ fn prefix(id: &Uuid) -> u64 {
     (v >> 64) as u64 ^ v as u64
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Readings {
     slots: Vec<Slot>,
     extras: Vec<Extra>,
@@ -117,6 +118,41 @@ fn flow_index(f: Flow) -> usize {
         Flow::Dispatched => 2,
         Flow::Consumed => 3,
     }
+}
+
+const FLOWS: [Flow; 4] = [Flow::Generated, Flow::Stored, Flow::Dispatched, Flow::Consumed];
+
+fn damaged(what: impl std::fmt::Display) -> SnapError {
+    SnapError::Damaged(format!("readings: {what}"))
+}
+
+fn put_time<W: std::io::Write>(e: &mut Enc<W>, t: &DateTime<Utc>) -> std::io::Result<()> {
+    e.i64(t.timestamp())?;
+    e.u32(t.timestamp_subsec_nanos())
+}
+
+fn get_time<R: std::io::Read>(d: &mut Dec<R>) -> Result<DateTime<Utc>, SnapError> {
+    let (secs, nanos) = (d.i64()?, d.u32()?);
+    DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
+}
+
+/// A decimal as its 16 bytes (scale included, so `1.50` stays `1.50`).
+fn put_decimal<W: std::io::Write>(e: &mut Enc<W>, v: &Decimal) -> std::io::Result<()> {
+    e.bytes(&v.serialize())
+}
+
+fn get_decimal<R: std::io::Read>(d: &mut Dec<R>) -> Result<Decimal, SnapError> {
+    let mut b = [0u8; 16];
+    d.fill(&mut b)?;
+    Ok(Decimal::deserialize(b))
+}
+
+fn get_wh<R: std::io::Read>(d: &mut Dec<R>) -> Result<EnergyWh, SnapError> {
+    EnergyWh::new(get_decimal(d)?).map_err(damaged)
+}
+
+fn get_id<R: std::io::Read, T>(d: &mut Dec<R>, parse: fn(&str) -> Result<T, String>) -> Result<T, SnapError> {
+    parse(&d.string()?).map_err(damaged)
 }
 
 /// Marks a prefix whose readings are all in `collided`.
@@ -259,6 +295,135 @@ impl Readings {
                 }
             }
         }
+    }
+
+    /// Writes every reading to a snapshot (`ledger::snapshot`): slots, series and side
+    /// table as they are; the id tables are rebuilt from the slots when read back.
+    pub fn encode<W: std::io::Write>(&self, e: &mut Enc<W>) -> std::io::Result<()> {
+        e.u64(self.extras.len() as u64)?;
+        for x in &self.extras {
+            put_decimal(e, &x.current_wh.value())?;
+            e.u32(x.corrections)?;
+            match &x.last_correction {
+                None => e.u8(0)?,
+                Some((id, wh, reason)) => {
+                    e.u8(1)?;
+                    e.u128(id.as_u128())?;
+                    put_decimal(e, &wh.value())?;
+                    e.field(reason.as_bytes())?;
+                }
+            }
+            match &x.job_id {
+                None => e.u8(0)?,
+                Some(j) => {
+                    e.u8(1)?;
+                    e.field(j.as_str().as_bytes())?;
+                }
+            }
+        }
+        e.u64(self.slots.len() as u64)?;
+        for s in &self.slots {
+            e.u128(s.event_id.as_u128())?;
+            e.u32(s.series)?;
+            e.u32(s.extra)?;
+            e.u64(s.version)?;
+            put_time(e, &s.start)?;
+            put_time(e, &s.end)?;
+            put_decimal(e, &s.posted_wh.value())?;
+            put_decimal(e, &s.current_eu)?;
+            e.u32(s.tariff_version)?;
+        }
+        e.u64(self.series.len() as u64)?;
+        for s in &self.series {
+            e.field(s.meter_id.as_str().as_bytes())?;
+            e.u8(flow_index(s.flow) as u8)?;
+            e.u64(s.by_start.len() as u64)?;
+            for (start, slot) in &s.by_start {
+                put_time(e, start)?;
+                e.u32(*slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back what [`Readings::encode`] wrote, checking every cross-reference.
+    pub fn decode<R: std::io::Read>(d: &mut Dec<R>) -> Result<Self, SnapError> {
+        let mut r = Readings::default();
+        let n = d.count(22)?;
+        r.extras.reserve_exact(n);
+        for _ in 0..n {
+            let current_wh = get_wh(d)?;
+            let corrections = d.u32()?;
+            let last_correction = match d.u8()? {
+                0 => None,
+                1 => Some((Uuid::from_u128(d.u128()?), get_wh(d)?, d.string()?)),
+                f => return Err(damaged(format!("flag {f}"))),
+            };
+            let job_id = match d.u8()? {
+                0 => None,
+                1 => Some(get_id(d, JobId::parse)?),
+                f => return Err(damaged(format!("flag {f}"))),
+            };
+            r.extras.push(Extra {
+                current_wh,
+                corrections,
+                last_correction,
+                job_id,
+            });
+        }
+        let n = d.count(92)?;
+        r.slots.reserve_exact(n);
+        for _ in 0..n {
+            let s = Slot {
+                event_id: Uuid::from_u128(d.u128()?),
+                series: d.u32()?,
+                extra: d.u32()?,
+                version: d.u64()?,
+                start: get_time(d)?,
+                end: get_time(d)?,
+                posted_wh: get_wh(d)?,
+                current_eu: get_decimal(d)?,
+                tariff_version: d.u32()?,
+            };
+            if s.extra as usize > r.extras.len() {
+                return Err(damaged(format!("extra {} of {}", s.extra, r.extras.len())));
+            }
+            r.slots.push(s);
+        }
+        let n = d.count(17)?;
+        r.series.reserve_exact(n);
+        for i in 0..n {
+            let meter_id = get_id(d, MeterId::parse)?;
+            let flow = *FLOWS.get(d.u8()? as usize).ok_or_else(|| damaged("an unknown flow"))?;
+            let entry = r.by_meter.entry(meter_id.clone()).or_insert([0; 4]);
+            if entry[flow_index(flow)] != 0 {
+                return Err(damaged(format!("meter {meter_id:?} has two {flow} series")));
+            }
+            entry[flow_index(flow)] = i as u32 + 1;
+            let m = d.count(16)?;
+            let mut by_start = Vec::with_capacity(m);
+            for _ in 0..m {
+                let start = get_time(d)?;
+                let slot = d.u32()?;
+                if slot as usize >= r.slots.len() {
+                    return Err(damaged(format!("slot {slot} of {}", r.slots.len())));
+                }
+                by_start.push((start, slot));
+            }
+            r.series.push(Series {
+                meter_id,
+                flow,
+                by_start,
+            });
+        }
+        if let Some(s) = r.slots.iter().find(|s| s.series as usize >= r.series.len()) {
+            return Err(damaged(format!("series {} of {}", s.series, r.series.len())));
+        }
+        r.ids.reserve(r.slots.len());
+        for slot in 0..r.slots.len() {
+            r.index_id(r.slots[slot].event_id, slot as u32);
+        }
+        Ok(r)
     }
 
     /// Applies a correction of reading `corrected` (recorded as event `event_id`).

@@ -16,6 +16,7 @@ use super::time::{Interval, Period, fmt_time};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
@@ -58,9 +59,10 @@ pub enum Decision {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SiteState {
     pub reg: SiteRegistered,
+    #[serde(with = "tz_name")]
     pub tz: Tz,
     /// Published versions, in order: `tariffs[v - 1]` is version `v`.
     pub tariffs: Vec<Tariff>,
@@ -123,7 +125,7 @@ impl SiteState {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatteryState {
     pub capacity_wh: Decimal,
     pub efficiency: Decimal,
@@ -131,12 +133,12 @@ pub struct BatteryState {
     pub level_wh: Decimal,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeterState {
     pub reg: MeterRegistered,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TenantState {
     pub reg: TenantRegistered,
     /// What the tenant holds: credits − charges ± transfers ± corrections.
@@ -167,7 +169,7 @@ impl TenantState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldStatus {
     Active,
     Released,
@@ -184,7 +186,7 @@ impl HoldStatus {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HoldState {
     pub placed: HoldPlaced,
     pub event_id: Uuid,
@@ -216,7 +218,9 @@ impl HoldState {
 /// Holds by expiry time (the order they expire and a job draws on them).
 pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
 
-#[derive(Clone, Debug, Default)]
+/// The write model. Everything but the readings is saved as JSON in the ledger's snapshot
+/// (`ledger::snapshot`); the readings have a binary encoding of their own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerState {
     pub sites: HashMap<SiteId, SiteState>,
     pub meters: HashMap<MeterId, MeterState>,
@@ -225,6 +229,7 @@ pub struct LedgerState {
     /// Which kind and site each asset was registered with.
     pub assets: HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
     /// Every reading: by event id, and by meter, flow and interval.
+    #[serde(skip)]
     pub readings: Readings,
     /// Events other than readings, by id: (stream, version).
     pub events: HashMap<Uuid, (String, u64)>,
@@ -235,9 +240,46 @@ pub struct LedgerState {
     pub expiries: HoldsByExpiry,
     /// Tenants and periods whose charges passed the limit and are not flagged yet, with the
     /// event that took them past it.
+    #[serde(with = "as_pairs")]
     pub over_limit: BTreeMap<(TenantId, Period), Uuid>,
     /// Active holds of each tenant's job, by expiry (the order a job's consumption draws).
+    #[serde(with = "as_pairs")]
     pub job_holds: HashMap<(TenantId, JobId), HoldsByExpiry>,
+}
+
+/// A time zone by its IANA name.
+mod tz_name {
+    use super::Tz;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A map whose keys are not strings (JSON objects need string keys), as a list of pairs.
+mod as_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<'a, S, M, K, V>(m: &'a M, s: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+    {
+        s.collect_seq(m)
+    }
+    pub fn deserialize<'de, D, M, K, V>(d: D) -> Result<M, D::Error>
+    where
+        D: Deserializer<'de>,
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// An amount already known to fit (sums and differences of amounts of at most 6 dp).

@@ -3,6 +3,8 @@
 //! log's order is the order of decisions), and the caller waits for durability outside the
 //! lock — which lets the store fold many commands into one commit.
 
+pub mod snapshot;
+
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
     AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
@@ -10,6 +12,7 @@ use crate::store::{
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -266,6 +269,10 @@ pub struct Ledger {
     /// Set when an append the state already counted was not recorded: the state must be
     /// rebuilt from the log before the next decision.
     stale: Arc<AtomicBool>,
+    /// Where the write state is saved on [`Ledger::close`] and read on open, if anywhere.
+    snapshot: Option<std::path::PathBuf>,
+    /// How the write state was built on open: from a snapshot and the tail, or why not.
+    pub opened_from: String,
 }
 
 /// An event the ledger recorded on its own around a command: an expiry before it, or a
@@ -433,8 +440,16 @@ async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, v
 
 /// Folds the whole log into a fresh write state; returns it with the last position folded.
 pub async fn replay_state(store: &dyn EventStore) -> Result<(LedgerState, u64), StoreError> {
-    let mut state = LedgerState::default();
-    let mut after = 0;
+    replay_from(store, LedgerState::default(), 0).await
+}
+
+/// Folds the log after position `after` into `state`; returns it with the last position
+/// folded.
+async fn replay_from(
+    store: &dyn EventStore,
+    mut state: LedgerState,
+    mut after: u64,
+) -> Result<(LedgerState, u64), StoreError> {
     loop {
         let page = store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
         let Some(last) = page.last() else { break };
@@ -448,10 +463,54 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<(LedgerState, u64), 
     Ok((state, after))
 }
 
+/// The write state from a snapshot that agrees with the log, with the position it stands
+/// at; else why there is none (a contradicted snapshot is kept aside as evidence).
+async fn load_snapshot(store: &dyn EventStore, path: &Path) -> Result<Result<(LedgerState, u64), String>, StoreError> {
+    let (header, state) = match snapshot::read(path) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(Err("no write-state snapshot yet".into())),
+        Err(e) => return Ok(Err(format!("write-state snapshot {} ignored: {e}", path.display()))),
+    };
+    if let Some(why) = crate::snapfile::check_against_log(store, header.position, &header.chain_hash).await? {
+        let kept = crate::projections::engine::quarantine(path);
+        return Ok(Err(format!(
+            "write-state snapshot ignored: {why}; it is kept as {}",
+            kept.display()
+        )));
+    }
+    Ok(Ok((state, header.position)))
+}
+
 impl Ledger {
+    /// Opens the ledger by replaying the whole log (tests, benchmarks, one-off commands).
     pub async fn open(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(store, clock, None).await
+    }
+
+    /// Opens the ledger from the write-state snapshot at `snapshot` and the log after it,
+    /// or from the whole log when there is no snapshot that agrees with the log; saves
+    /// the snapshot there again on [`Ledger::close`].
+    pub async fn open_with(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        snapshot: Option<std::path::PathBuf>,
+    ) -> Result<Arc<Self>, StoreError> {
         let fence = store.failures();
-        let (state, applied) = replay_state(store.as_ref()).await?;
+        let (start, mut opened_from) = match &snapshot {
+            None => (
+                (LedgerState::default(), 0),
+                "the whole log (no snapshot configured)".to_string(),
+            ),
+            Some(path) => match load_snapshot(store.as_ref(), path).await? {
+                Ok((state, at)) => ((state, at), format!("the write-state snapshot at position {at}")),
+                Err(why) => ((LedgerState::default(), 0), format!("the whole log: {why}")),
+            },
+        };
+        let from = start.1;
+        let (state, applied) = replay_from(store.as_ref(), start.0, start.1).await?;
+        if from > 0 {
+            opened_from.push_str(&format!(" and {} events after it", applied - from));
+        }
         Ok(Arc::new(Self {
             store,
             metrics: Arc::new(crate::metrics::Metrics::default()),
@@ -463,7 +522,62 @@ impl Ledger {
                 pending: HashSet::new(),
             }),
             stale: Arc::new(AtomicBool::new(false)),
+            snapshot,
+            opened_from,
         }))
+    }
+
+    /// Saves the write state to the configured snapshot, as of the log position it
+    /// reflects, once everything queued is durable. `Ok(None)`: no snapshot is configured.
+    /// Refuses (and saves nothing) when the state is not exactly a prefix of the log: an
+    /// append failed since it was built, or on a shared store, our own appends are not all
+    /// seen yet.
+    pub async fn save_snapshot(&self) -> Result<Option<crate::snapfile::Header>, String> {
+        let Some(path) = &self.snapshot else { return Ok(None) };
+        let mut inner = self.inner.lock().await;
+        // Everything queued before this is durable once the head answers.
+        let head = self.store.head().await.map_err(|e| e.to_string())?;
+        if self.stale.load(Ordering::SeqCst) || self.store.failures() != inner.fence {
+            return Err("an append failed since the state was built; it is rebuilt on the next command".into());
+        }
+        let header = if self.store.shared() {
+            inner.catch_up(self.store.as_ref()).await.map_err(|e| e.to_string())?;
+            if !inner.pending.is_empty() {
+                return Err(format!("{} of our appends are not in the log yet", inner.pending.len()));
+            }
+            let hash = match inner.applied {
+                0 => crate::store::GENESIS_HASH.to_string(),
+                p => {
+                    let page = self.store.read_all(p - 1, 1).await.map_err(|e| e.to_string())?;
+                    page.first()
+                        .filter(|r| r.position == p)
+                        .map(|r| r.hash.clone())
+                        .ok_or_else(|| format!("the log has no event at position {p}"))?
+                }
+            };
+            crate::snapfile::Header {
+                position: inner.applied,
+                chain_hash: hash,
+            }
+        } else {
+            crate::snapfile::Header {
+                position: head.position,
+                chain_hash: head.hash,
+            }
+        };
+        snapshot::write(path, &header, &inner.state).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Some(header))
+    }
+
+    /// Saves the write-state snapshot (a failure is logged: the next open replays more of
+    /// the log), then shuts the store down.
+    pub async fn close(&self) {
+        match self.save_snapshot().await {
+            Ok(Some(h)) => tracing::info!(position = h.position, "saved the write-state snapshot"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("write-state snapshot not saved: {e}"),
+        }
+        self.store.shutdown().await;
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {

@@ -88,6 +88,16 @@ pub fn fold(books: &mut Books, page: &[crate::store::RecordedEvent]) -> Result<(
     Ok(())
 }
 
+/// Moves a sound snapshot that the log contradicts aside, as evidence (the log may have
+/// lost its tail), unless an earlier one is kept there already; returns where it is kept.
+pub fn quarantine(snapshot: &Path) -> PathBuf {
+    let kept = quarantine_path(snapshot);
+    if !kept.exists() {
+        let _ = std::fs::rename(snapshot, &kept);
+    }
+    kept
+}
+
 /// Where a snapshot that disagreed with the log is kept for the audit.
 pub fn quarantine_path(snapshot: &Path) -> PathBuf {
     PathBuf::from(format!("{}.rejected", snapshot.display()))
@@ -95,16 +105,19 @@ pub fn quarantine_path(snapshot: &Path) -> PathBuf {
 
 /// Where the snapshot of a store lives: beside an SQLite file, else under `./data`.
 pub fn snapshot_path_for(url: &str) -> PathBuf {
+    sidecar_path(url, "snapshot.json", "projections")
+}
+
+/// A file kept for a store: `{path}.{suffix}` beside an SQLite file, else
+/// `data/{name}-{first 16 hex digits of SHA-256(url)}.{suffix}`.
+pub fn sidecar_path(url: &str, suffix: &str, name: &str) -> PathBuf {
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     if url.starts_with("sqlite://") || !url.contains("://") {
-        PathBuf::from(format!("{path}.snapshot.json"))
+        PathBuf::from(format!("{path}.{suffix}"))
     } else {
         let mut h = Sha256::new();
         h.update(url.as_bytes());
-        PathBuf::from(format!(
-            "data/projections-{}.snapshot.json",
-            &hex::encode(h.finalize())[..16]
-        ))
+        PathBuf::from(format!("data/{name}-{}.{suffix}", &hex::encode(h.finalize())[..16]))
     }
 }
 
@@ -134,10 +147,7 @@ impl Projections {
                         // A sound snapshot that the log contradicts is evidence (the log may
                         // have lost its tail): keep the first such one for the audit rather
                         // than overwrite it with projections of the shorter log.
-                        let kept = quarantine_path(path);
-                        if !kept.exists() {
-                            let _ = std::fs::rename(path, &kept);
-                        }
+                        let kept = quarantine(path);
                         note = Some(format!(
                             "snapshot ignored, rebuilt from the log: {why}; the snapshot is kept as {}",
                             kept.display()
@@ -277,19 +287,5 @@ impl Projections {
 /// Whether a snapshot agrees with the log: the log reaches its position and the event there
 /// carries its chain hash. `Some(reason)` when it does not.
 pub async fn check_against_log(store: &dyn EventStore, books: &Books) -> Result<Option<String>, StoreError> {
-    if books.position == 0 {
-        return Ok(None);
-    }
-    let at = store.read_all(books.position - 1, 1).await?;
-    Ok(match at.first() {
-        Some(r) if r.position == books.position && r.hash == books.chain_hash => None,
-        Some(r) if r.position == books.position => Some(format!(
-            "the log's hash at position {} is {}, the snapshot recorded {}",
-            books.position, r.hash, books.chain_hash
-        )),
-        _ => Some(format!(
-            "the snapshot has seen position {} but the log does not reach it",
-            books.position
-        )),
-    })
+    crate::snapfile::check_against_log(store, books.position, &books.chain_hash).await
 }

@@ -50,10 +50,95 @@ impl Drop for SqliteStore {
         self.queue.close();
         if let Some(h) = self.writer.get_mut().map(Option::take).unwrap_or(None) {
             let _ = h.join();
+            self.save_index();
         }
         if let Some(f) = &self._lock {
             let _ = f.unlock();
         }
+    }
+}
+
+const INDEX_KIND: &[u8; 8] = b"sqlindex";
+/// Bump when [`Index`] or its encoding changes.
+const INDEX_FORMAT: u32 = 1;
+
+/// Where the index snapshot of the store at `db` lives.
+pub fn index_snapshot_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.index", db.display()))
+}
+
+fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
+    let header = crate::snapfile::Header {
+        position: index.head,
+        chain_hash: index.head_hash.clone(),
+    };
+    crate::snapfile::write(path, INDEX_KIND, INDEX_FORMAT, &header, |e| {
+        e.u64(index.streams.len() as u64)?;
+        for (stream, positions) in &index.streams {
+            e.field(stream.as_bytes())?;
+            e.u64(positions.len() as u64)?;
+            for p in positions {
+                e.u64(*p)?;
+            }
+        }
+        e.u64(index.ids.len() as u64)?;
+        for (id, p) in &index.ids {
+            e.u128(id.as_u128())?;
+            e.u64(*p)?;
+        }
+        Ok(())
+    })
+}
+
+/// The index snapshot, if there is one and the file's log holds its head with its hash.
+fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
+    let found = crate::snapfile::read(path, INDEX_KIND, INDEX_FORMAT, |h, d| {
+        let n = d.count(16)?;
+        let mut streams = HashMap::with_capacity(n);
+        for _ in 0..n {
+            let stream = d.string()?;
+            let m = d.count(8)?;
+            let mut positions = Vec::with_capacity(m);
+            for _ in 0..m {
+                positions.push(d.u64()?);
+            }
+            streams.insert(stream, positions);
+        }
+        let n = d.count(24)?;
+        let mut ids = HashMap::with_capacity(n);
+        for _ in 0..n {
+            ids.insert(Uuid::from_u128(d.u128()?), d.u64()?);
+        }
+        Ok(Index {
+            streams,
+            ids,
+            head: h.position,
+            head_hash: h.chain_hash.clone(),
+        })
+    })
+    .map_err(|e| e.to_string())?;
+    let Some((_, index)) = found else { return Ok(None) };
+    if index.head == 0 {
+        return Ok(Some(index));
+    }
+    let hash: Option<String> = conn
+        .query_row(
+            "SELECT hash FROM events WHERE position = ?1",
+            [index.head as i64],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e.to_string()),
+        })?;
+    match hash {
+        Some(h) if h == index.head_hash => Ok(Some(index)),
+        Some(_) => Err(format!(
+            "the log's hash at position {} is not the snapshot's",
+            index.head
+        )),
+        None => Err(format!("the log does not reach the snapshot's position {}", index.head)),
     }
 }
 
@@ -176,7 +261,7 @@ impl SqliteStore {
         if write {
             migrate(&conn)?;
         }
-        let index = Self::load_index(&conn)?;
+        let index = Self::load_index(&conn, &index_snapshot_path(&path))?;
         let (head_tx, head_rx) = watch::channel(index.head);
         let index = Arc::new(RwLock::new(index));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
@@ -210,16 +295,30 @@ impl SqliteStore {
         }))
     }
 
-    /// Rebuilds the in-memory index with one sequential scan of the narrow columns.
-    fn load_index(conn: &Connection) -> Result<Index, StoreError> {
-        let mut index = Index {
-            head_hash: GENESIS_HASH.to_string(),
-            ..Index::default()
+    /// Builds the in-memory index: from its snapshot when one agrees with the file, then
+    /// with one sequential scan of the narrow columns of what follows it.
+    fn load_index(conn: &Connection, snapshot: &Path) -> Result<Index, StoreError> {
+        let mut index = match read_index(conn, snapshot) {
+            Ok(Some(index)) => index,
+            Ok(None) => Index {
+                head_hash: GENESIS_HASH.to_string(),
+                ..Index::default()
+            },
+            Err(why) => {
+                tracing::warn!(
+                    "store index snapshot {} ignored, the index is rebuilt from the log: {why}",
+                    snapshot.display()
+                );
+                Index {
+                    head_hash: GENESIS_HASH.to_string(),
+                    ..Index::default()
+                }
+            }
         };
         let mut stmt = conn
-            .prepare("SELECT position, stream, event_id, hash FROM events ORDER BY position")
+            .prepare("SELECT position, stream, event_id, hash FROM events WHERE position > ?1 ORDER BY position")
             .map_err(unavailable)?;
-        let mut rows = stmt.query([]).map_err(unavailable)?;
+        let mut rows = stmt.query([index.head as i64]).map_err(unavailable)?;
         while let Some(r) = rows.next().map_err(unavailable)? {
             let position = r.get::<_, i64>(0).map_err(unavailable)? as u64;
             let stream: String = r.get(1).map_err(unavailable)?;
@@ -232,6 +331,16 @@ impl SqliteStore {
             index.head_hash = r.get(3).map_err(unavailable)?;
         }
         Ok(index)
+    }
+
+    /// Saves the index beside the file, so the next open reads it instead of scanning the
+    /// log (writer only, once its thread has ended: the index then holds every commit).
+    fn save_index(&self) {
+        let path = index_snapshot_path(&self.path);
+        let index = self.index.read().expect("index lock");
+        if let Err(e) = write_index(&path, &index) {
+            tracing::warn!("store index snapshot {} not saved: {e}", path.display());
+        }
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -361,6 +470,7 @@ impl EventStore for SqliteStore {
         let handle = self.writer.lock().expect("writer lock").take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            self.save_index();
         }
     }
 }

@@ -1,0 +1,44 @@
+//! The write state saved at a log position, so that opening the ledger reads a snapshot
+//! and the log's tail instead of replaying every event (docs/DECISIONS.md, "Write-state
+//! snapshot").
+//!
+//! The body is the state without its readings as JSON, then the readings in their binary
+//! encoding ([`Readings::encode`]). Whoever loads it checks its position and
+//! chain hash against the log ([`snapfile::check_against_log`]).
+
+use crate::domain::LedgerState;
+use crate::domain::state::Readings;
+use crate::snapfile::{self, Header, SnapError};
+use std::path::{Path, PathBuf};
+
+const KIND: &[u8; 8] = b"ledger\0\0";
+/// Bump whenever `evolve` or the state's shape changes what a log folds into: a snapshot of
+/// another format is ignored (and the state rebuilt from the log), never misread.
+pub const FORMAT: u32 = 1;
+
+/// Writes the state as it stands at `header` (atomically).
+pub fn write(path: &Path, header: &Header, state: &LedgerState) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    snapfile::write(path, KIND, FORMAT, header, |e| {
+        e.field(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        state.readings.encode(e)
+    })
+}
+
+/// Reads a snapshot (`Ok(None)`: there is none). Does not consult the log.
+pub fn read(path: &Path) -> Result<Option<(Header, LedgerState)>, SnapError> {
+    snapfile::read(path, KIND, FORMAT, |_, d| {
+        let mut state: LedgerState =
+            serde_json::from_slice(&d.field()?).map_err(|e| SnapError::Damaged(format!("state: {e}")))?;
+        state.readings = Readings::decode(d)?;
+        Ok(state)
+    })
+}
+
+/// Where the write-state snapshot of a store lives: beside an SQLite file, else under
+/// `./data` (named after the store's URL, like the projections' snapshot).
+pub fn path_for(url: &str) -> PathBuf {
+    crate::projections::engine::sidecar_path(url, "state.snapshot", "state")
+}
