@@ -38,15 +38,48 @@ fn damaged(what: impl Into<String>) -> SnapError {
     SnapError::Damaged(what.into())
 }
 
-/// Writes what the body encoder gives, hashing every byte.
+/// Passes writes through, hashing them (under the encoder's buffer: in large chunks).
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes reads through, hashing the bytes before `hash_end` (the checksum's offset).
+pub struct HashingReader<R: Read> {
+    inner: R,
+    hash: Sha256,
+    offset: u64,
+    hash_end: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let hashed = (self.hash_end.saturating_sub(self.offset)).min(n as u64) as usize;
+        self.hash.update(&buf[..hashed]);
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes what the body encoder gives; every byte is hashed on its way to the file.
 pub struct Enc<W: Write> {
     out: W,
-    hash: Sha256,
 }
 
 impl<W: Write> Enc<W> {
     pub fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.hash.update(b);
         self.out.write_all(b)
     }
     pub fn u8(&mut self, v: u8) -> std::io::Result<()> {
@@ -71,10 +104,9 @@ impl<W: Write> Enc<W> {
     }
 }
 
-/// Reads a body back, hashing every byte; every read fails cleanly on a short file.
+/// Reads a body back; every read fails cleanly on a short file.
 pub struct Dec<R: Read> {
     inp: R,
-    hash: Sha256,
     /// Bytes of the file not read yet.
     remaining: u64,
 }
@@ -85,11 +117,11 @@ impl<R: Read> Dec<R> {
             std::io::ErrorKind::UnexpectedEof => damaged("it ends early"),
             _ => SnapError::Io(e),
         })?;
-        self.hash.update(&*buf);
         self.remaining = self.remaining.saturating_sub(buf.len() as u64);
         Ok(())
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], SnapError> {
+    /// The next `N` bytes (one read for a fixed-size record).
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], SnapError> {
         let mut b = [0u8; N];
         self.fill(&mut b)?;
         Ok(b)
@@ -162,14 +194,19 @@ pub fn write(
     kind: &[u8; 8],
     format: u32,
     header: &Header,
-    body: impl FnOnce(&mut Enc<BufWriter<std::fs::File>>) -> std::io::Result<()>,
+    body: impl FnOnce(&mut Enc<BufWriter<HashingWriter<std::fs::File>>>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let tmp = temporary_path(path);
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut enc = Enc {
-            out: BufWriter::with_capacity(1 << 20, file),
-            hash: Sha256::new(),
+            out: BufWriter::with_capacity(
+                1 << 20,
+                HashingWriter {
+                    inner: file,
+                    hash: Sha256::new(),
+                },
+            ),
         };
         enc.bytes(MAGIC)?;
         enc.bytes(kind)?;
@@ -177,10 +214,9 @@ pub fn write(
         enc.u64(header.position)?;
         enc.field(header.chain_hash.as_bytes())?;
         body(&mut enc)?;
-        let sum = enc.hash.finalize();
-        enc.out.write_all(&sum)?;
-        let file = enc.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+        let HashingWriter { mut inner, hash } = enc.out.into_inner().map_err(|e| e.into_error())?;
+        inner.write_all(&hash.finalize())?;
+        inner.sync_all()
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -209,18 +245,25 @@ pub fn read<T>(
     path: &Path,
     kind: &[u8; 8],
     format: u32,
-    body: impl FnOnce(&Header, &mut Dec<BufReader<std::fs::File>>) -> Result<T, SnapError>,
+    body: impl FnOnce(&Header, &mut Dec<BufReader<HashingReader<std::fs::File>>>) -> Result<T, SnapError>,
 ) -> Result<Option<(Header, T)>, SnapError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let remaining = file.metadata()?.len();
+    let len = file.metadata()?.len();
     let mut dec = Dec {
-        inp: BufReader::with_capacity(1 << 20, file),
-        hash: Sha256::new(),
-        remaining,
+        inp: BufReader::with_capacity(
+            1 << 20,
+            HashingReader {
+                inner: file,
+                hash: Sha256::new(),
+                offset: 0,
+                hash_end: len.saturating_sub(32),
+            },
+        ),
+        remaining: len,
     };
     if dec.array::<8>()? != *MAGIC {
         return Err(damaged("not a wattledger snapshot"));
@@ -238,15 +281,19 @@ pub fn read<T>(
     let chain_hash = dec.string()?;
     let header = Header { position, chain_hash };
     let value = body(&header, &mut dec)?;
-    let expected = dec.hash.clone().finalize();
+    // The body must end where the checksum begins, and the checksum end the file.
+    if dec.remaining != 32 {
+        return Err(damaged(format!("{} bytes where its checksum should be", dec.remaining)));
+    }
     let mut sum = [0u8; 32];
     dec.inp.read_exact(&mut sum).map_err(|_| damaged("it ends early"))?;
-    if sum[..] != expected[..] {
-        return Err(damaged("checksum mismatch"));
-    }
     let mut rest = [0u8; 1];
     if dec.inp.read(&mut rest)? != 0 {
-        return Err(damaged("bytes after its end"));
+        return Err(damaged("it grew while it was read"));
+    }
+    let reader = dec.inp.into_inner();
+    if reader.offset != len || sum[..] != reader.hash.finalize()[..] {
+        return Err(damaged("checksum mismatch"));
     }
     Ok(Some((header, value)))
 }

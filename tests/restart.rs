@@ -274,11 +274,7 @@ async fn a_snapshot_of_another_log_is_kept_aside_and_a_damaged_one_ignored() {
     bytes[mid] ^= 0x01;
     std::fs::write(&snap_a, &bytes).unwrap();
     let l = open(&a, Some(&snap_a)).await;
-    assert!(
-        l.opened_from.contains("ignored: it is damaged: checksum mismatch"),
-        "{}",
-        l.opened_from
-    );
+    assert!(l.opened_from.contains("ignored: it is damaged: "), "{}", l.opened_from);
     assert_state_is_a_replay(&l).await;
     l.store().shutdown().await;
 }

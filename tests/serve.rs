@@ -288,7 +288,7 @@ async fn sigterm_lets_an_in_flight_bulk_request_finish_and_loses_nothing() {
     // Restarted over the same store: every acknowledged position holds its event.
     let mut server = serve(dir.path(), &store, "serve-2.log").await;
     let from = format!(
-        "write state built from the write-state snapshot at position {} and 0 events after it",
+        "from the write-state snapshot at position {} and 0 events after it",
         SETUP_EVENTS + READINGS as u64
     );
     assert!(server.log().contains(&from), "{from}:\n{}", server.log());

@@ -131,9 +131,22 @@ fn put_time<W: std::io::Write>(e: &mut Enc<W>, t: &DateTime<Utc>) -> std::io::Re
     e.u32(t.timestamp_subsec_nanos())
 }
 
-fn get_time<R: std::io::Read>(d: &mut Dec<R>) -> Result<DateTime<Utc>, SnapError> {
-    let (secs, nanos) = (d.i64()?, d.u32()?);
-    DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
+/// Bytes of one slot in a snapshot, and of its fields in [`Readings::encode`]'s order.
+const SLOT_BYTES: usize = 16 + 4 + 4 + 8 + 12 + 12 + 16 + 16 + 4;
+
+/// The fields of a fixed-size record, in order.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().expect("N bytes")
+    }
+    fn time(&mut self) -> Result<DateTime<Utc>, SnapError> {
+        let (secs, nanos) = (i64::from_le_bytes(self.take()), u32::from_le_bytes(self.take()));
+        DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
+    }
 }
 
 /// A decimal as its 16 bytes (scale included, so `1.50` stays `1.50`).
@@ -343,6 +356,18 @@ impl Readings {
                 e.u32(*slot)?;
             }
         }
+        // The id tables in their own iteration order: loading them in that order fills the
+        // table front to back (rebuilding it from the slots, in random order, took seconds).
+        e.u64(self.ids.len() as u64)?;
+        for (prefix, slot) in &self.ids {
+            e.u64(*prefix)?;
+            e.u32(*slot)?;
+        }
+        e.u64(self.collided.len() as u64)?;
+        for (id, slot) in &self.collided {
+            e.u128(id.as_u128())?;
+            e.u32(*slot)?;
+        }
         Ok(())
     }
 
@@ -371,19 +396,21 @@ impl Readings {
                 job_id,
             });
         }
-        let n = d.count(92)?;
+        let n = d.count(SLOT_BYTES)?;
         r.slots.reserve_exact(n);
         for _ in 0..n {
+            let b: [u8; SLOT_BYTES] = d.array()?;
+            let mut c = Fields(&b);
             let s = Slot {
-                event_id: Uuid::from_u128(d.u128()?),
-                series: d.u32()?,
-                extra: d.u32()?,
-                version: d.u64()?,
-                start: get_time(d)?,
-                end: get_time(d)?,
-                posted_wh: get_wh(d)?,
-                current_eu: get_decimal(d)?,
-                tariff_version: d.u32()?,
+                event_id: Uuid::from_u128(u128::from_le_bytes(c.take())),
+                series: u32::from_le_bytes(c.take()),
+                extra: u32::from_le_bytes(c.take()),
+                version: u64::from_le_bytes(c.take()),
+                start: c.time()?,
+                end: c.time()?,
+                posted_wh: EnergyWh::new(Decimal::deserialize(c.take())).map_err(damaged)?,
+                current_eu: Decimal::deserialize(c.take()),
+                tariff_version: u32::from_le_bytes(c.take()),
             };
             if s.extra as usize > r.extras.len() {
                 return Err(damaged(format!("extra {} of {}", s.extra, r.extras.len())));
@@ -403,8 +430,10 @@ impl Readings {
             let m = d.count(16)?;
             let mut by_start = Vec::with_capacity(m);
             for _ in 0..m {
-                let start = get_time(d)?;
-                let slot = d.u32()?;
+                let b: [u8; 16] = d.array()?;
+                let mut c = Fields(&b);
+                let start = c.time()?;
+                let slot = u32::from_le_bytes(c.take());
                 if slot as usize >= r.slots.len() {
                     return Err(damaged(format!("slot {slot} of {}", r.slots.len())));
                 }
@@ -419,10 +448,28 @@ impl Readings {
         if let Some(s) = r.slots.iter().find(|s| s.series as usize >= r.series.len()) {
             return Err(damaged(format!("series {} of {}", s.series, r.series.len())));
         }
-        r.ids.reserve(r.slots.len());
-        for slot in 0..r.slots.len() {
-            r.index_id(r.slots[slot].event_id, slot as u32);
+        let known = |slot: u32| {
+            if slot == COLLIDED || (slot as usize) < r.slots.len() {
+                Ok(slot)
+            } else {
+                Err(damaged(format!("slot {slot} of {}", r.slots.len())))
+            }
+        };
+        let n = d.count(12)?;
+        let mut ids = PrefixMap::with_capacity_and_hasher(n, Default::default());
+        for _ in 0..n {
+            let b: [u8; 12] = d.array()?;
+            let mut c = Fields(&b);
+            let prefix = u64::from_le_bytes(c.take());
+            ids.insert(prefix, known(u32::from_le_bytes(c.take()))?);
         }
+        let n = d.count(20)?;
+        let mut collided = HashMap::with_capacity(n);
+        for _ in 0..n {
+            let id = Uuid::from_u128(d.u128()?);
+            collided.insert(id, known(d.u32()?)?);
+        }
+        (r.ids, r.collided) = (ids, collided);
         Ok(r)
     }
 

@@ -465,8 +465,12 @@ async fn replay_from(
 
 /// The write state from a snapshot that agrees with the log, with the position it stands
 /// at; else why there is none (a contradicted snapshot is kept aside as evidence).
-async fn load_snapshot(store: &dyn EventStore, path: &Path) -> Result<Result<(LedgerState, u64), String>, StoreError> {
-    let (header, state) = match snapshot::read(path) {
+async fn load_snapshot(
+    store: &dyn EventStore,
+    path: &Path,
+    read: snapshot::Read,
+) -> Result<Result<(LedgerState, u64), String>, StoreError> {
+    let (header, state) = match read {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(Err("no write-state snapshot yet".into())),
         Err(e) => return Ok(Err(format!("write-state snapshot {} ignored: {e}", path.display()))),
@@ -495,16 +499,36 @@ impl Ledger {
         clock: Arc<dyn Clock>,
         snapshot: Option<std::path::PathBuf>,
     ) -> Result<Arc<Self>, StoreError> {
+        let snapshot = match snapshot {
+            None => None,
+            Some(path) => Some((path.clone(), snapshot::read_in_background(path).await)),
+        };
+        Self::open_preread(store, clock, snapshot).await
+    }
+
+    /// [`Ledger::open_with`] with the snapshot already read (`serve` reads it while the
+    /// store opens).
+    pub async fn open_preread(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        snapshot: Option<(std::path::PathBuf, snapshot::Read)>,
+    ) -> Result<Arc<Self>, StoreError> {
         let fence = store.failures();
-        let (start, mut opened_from) = match &snapshot {
+        let (snapshot, (start, mut opened_from)) = match snapshot {
             None => (
-                (LedgerState::default(), 0),
-                "the whole log (no snapshot configured)".to_string(),
+                None,
+                (
+                    (LedgerState::default(), 0),
+                    "the whole log (no snapshot configured)".to_string(),
+                ),
             ),
-            Some(path) => match load_snapshot(store.as_ref(), path).await? {
-                Ok((state, at)) => ((state, at), format!("the write-state snapshot at position {at}")),
-                Err(why) => ((LedgerState::default(), 0), format!("the whole log: {why}")),
-            },
+            Some((path, read)) => {
+                let opened = match load_snapshot(store.as_ref(), &path, read).await? {
+                    Ok((state, at)) => ((state, at), format!("the write-state snapshot at position {at}")),
+                    Err(why) => ((LedgerState::default(), 0), format!("the whole log: {why}")),
+                };
+                (Some(path), opened)
+            }
         };
         let from = start.1;
         let (state, applied) = replay_from(store.as_ref(), start.0, start.1).await?;

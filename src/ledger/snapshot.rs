@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const KIND: &[u8; 8] = b"ledger\0\0";
 /// Bump whenever `evolve` or the state's shape changes what a log folds into: a snapshot of
 /// another format is ignored (and the state rebuilt from the log), never misread.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// Writes the state as it stands at `header` (atomically).
 pub fn write(path: &Path, header: &Header, state: &LedgerState) -> std::io::Result<()> {
@@ -27,8 +27,18 @@ pub fn write(path: &Path, header: &Header, state: &LedgerState) -> std::io::Resu
     })
 }
 
-/// Reads a snapshot (`Ok(None)`: there is none). Does not consult the log.
-pub fn read(path: &Path) -> Result<Option<(Header, LedgerState)>, SnapError> {
+/// What reading a snapshot gives: `Ok(None)` when there is none.
+pub type Read = Result<Option<(Header, LedgerState)>, SnapError>;
+
+/// Reads a snapshot on the blocking pool (it can take seconds).
+pub async fn read_in_background(path: PathBuf) -> Read {
+    tokio::task::spawn_blocking(move || read(&path))
+        .await
+        .unwrap_or_else(|e| Err(SnapError::Io(std::io::Error::other(e))))
+}
+
+/// Reads a snapshot. Does not consult the log.
+pub fn read(path: &Path) -> Read {
     snapfile::read(path, KIND, FORMAT, |_, d| {
         let mut state: LedgerState =
             serde_json::from_slice(&d.field()?).map_err(|e| SnapError::Damaged(format!("state: {e}")))?;

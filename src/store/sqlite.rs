@@ -18,14 +18,34 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 /// Read connections kept open for reuse.
 const READ_CONNECTIONS_MAX: usize = 8;
 
-#[derive(Default)]
+/// A map hashed by foldhash with the index's own seed.
+type SeededMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 struct Index {
+    /// The hash seed of its maps: random when the index is first built, then kept in its
+    /// snapshot, so that a snapshot lists the ids in the order of the table they are loaded
+    /// into and loading them writes the table front to back (10M random inserts into a
+    /// 400 MB table took seconds).
+    seed: u64,
     /// Stream → positions of its events, in version order.
-    streams: HashMap<String, Vec<u64>>,
+    streams: SeededMap<String, Vec<u64>>,
     /// Event id → position.
-    ids: HashMap<Uuid, u64>,
+    ids: SeededMap<Uuid, u64>,
     head: u64,
     head_hash: String,
+}
+
+impl Index {
+    fn empty(seed: u64, streams: usize, ids: usize) -> Self {
+        let state = foldhash::fast::FixedState::with_seed(seed);
+        Self {
+            seed,
+            streams: HashMap::with_capacity_and_hasher(streams, state),
+            ids: HashMap::with_capacity_and_hasher(ids, state),
+            head: 0,
+            head_hash: GENESIS_HASH.to_string(),
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -60,7 +80,7 @@ impl Drop for SqliteStore {
 
 const INDEX_KIND: &[u8; 8] = b"sqlindex";
 /// Bump when [`Index`] or its encoding changes.
-const INDEX_FORMAT: u32 = 1;
+const INDEX_FORMAT: u32 = 2;
 
 /// Where the index snapshot of the store at `db` lives.
 pub fn index_snapshot_path(db: &Path) -> PathBuf {
@@ -73,6 +93,7 @@ fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
         chain_hash: index.head_hash.clone(),
     };
     crate::snapfile::write(path, INDEX_KIND, INDEX_FORMAT, &header, |e| {
+        e.u64(index.seed)?;
         e.u64(index.streams.len() as u64)?;
         for (stream, positions) in &index.streams {
             e.field(stream.as_bytes())?;
@@ -93,8 +114,9 @@ fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
 /// The index snapshot, if there is one and the file's log holds its head with its hash.
 fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
     let found = crate::snapfile::read(path, INDEX_KIND, INDEX_FORMAT, |h, d| {
+        let seed = d.u64()?;
         let n = d.count(16)?;
-        let mut streams = HashMap::with_capacity(n);
+        let mut index = Index::empty(seed, n, 0);
         for _ in 0..n {
             let stream = d.string()?;
             let m = d.count(8)?;
@@ -102,19 +124,21 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
             for _ in 0..m {
                 positions.push(d.u64()?);
             }
-            streams.insert(stream, positions);
+            index.streams.insert(stream, positions);
         }
         let n = d.count(24)?;
-        let mut ids = HashMap::with_capacity(n);
+        index.ids.reserve(n);
         for _ in 0..n {
-            ids.insert(Uuid::from_u128(d.u128()?), d.u64()?);
+            let b: [u8; 24] = d.array()?;
+            let (id, p) = b.split_at(16);
+            index.ids.insert(
+                Uuid::from_u128(u128::from_le_bytes(id.try_into().expect("16 bytes"))),
+                u64::from_le_bytes(p.try_into().expect("8 bytes")),
+            );
         }
-        Ok(Index {
-            streams,
-            ids,
-            head: h.position,
-            head_hash: h.chain_hash.clone(),
-        })
+        index.head = h.position;
+        index.head_hash = h.chain_hash.clone();
+        Ok(index)
     })
     .map_err(|e| e.to_string())?;
     let Some((_, index)) = found else { return Ok(None) };
@@ -300,19 +324,13 @@ impl SqliteStore {
     fn load_index(conn: &Connection, snapshot: &Path) -> Result<Index, StoreError> {
         let mut index = match read_index(conn, snapshot) {
             Ok(Some(index)) => index,
-            Ok(None) => Index {
-                head_hash: GENESIS_HASH.to_string(),
-                ..Index::default()
-            },
+            Ok(None) => Index::empty(rand::random(), 0, 0),
             Err(why) => {
                 tracing::warn!(
                     "store index snapshot {} ignored, the index is rebuilt from the log: {why}",
                     snapshot.display()
                 );
-                Index {
-                    head_hash: GENESIS_HASH.to_string(),
-                    ..Index::default()
-                }
+                Index::empty(rand::random(), 0, 0)
             }
         };
         let mut stmt = conn
@@ -478,8 +496,8 @@ impl EventStore for SqliteStore {
 /// What one transaction changes in the index, applied only after it commits.
 #[derive(Default)]
 struct Staged {
-    streams: HashMap<String, Vec<u64>>,
-    ids: HashMap<Uuid, u64>,
+    streams: foldhash::HashMap<String, Vec<u64>>,
+    ids: foldhash::HashMap<Uuid, u64>,
 }
 
 /// The writer thread's shared handles.
