@@ -1745,14 +1745,17 @@ pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
     let t = Instant::now();
     let store = store::open(url, Access::Read).await?;
     let store_open = t.elapsed();
-    let ledger_open = if a.no_ledger {
-        None
+    // The write state as `serve` builds it: from its snapshot and the tail if there is one.
+    let (ledger_open, ledger_from) = if a.no_ledger {
+        (None, None)
     } else {
         let t = Instant::now();
-        let l = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+        let path = crate::ledger::snapshot::path_for(url);
+        let l = Ledger::open_with(store.clone(), Arc::new(SystemClock), Some(path)).await?;
         let d = t.elapsed();
+        let from = l.opened_from.clone();
         drop(l);
-        Some(d)
+        (Some(d), Some(from))
     };
     let snap = snapshot_path_for(url);
     let snap_exists = snap.exists();
@@ -1817,7 +1820,8 @@ pub async fn read(url: &str, a: &ReadArgs) -> Result<Report, AppError> {
                 "balance_avg_body_bytes": bal_bytes / bal_n.max(1),
                 "open": {
                     "store_index_seconds": round3(store_open.as_secs_f64()),
-                    "write_state_replay_seconds": ledger_open.map(|d| round3(d.as_secs_f64())),
+                    "write_state_seconds": ledger_open.map(|d| round3(d.as_secs_f64())),
+                    "write_state_from": ledger_from,
                     "projections_seconds": round3(proj_open.as_secs_f64()),
                     "projections_snapshot_found": snap_exists,
                     "projections_snapshot_note": p.snapshot_note,

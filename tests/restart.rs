@@ -391,3 +391,47 @@ async fn the_store_index_is_read_back_from_its_snapshot_and_checked_against_the_
         c.execute("DELETE FROM events WHERE position = 52", []).unwrap();
     }
 }
+
+#[path = "pg/mod.rs"]
+mod pg;
+
+/// On a shared (PostgreSQL) log the snapshot is taken after catching up with other
+/// writers, and the tail folded on open includes what another server appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_the_snapshot_covers_other_writers_and_the_tail_too() {
+    let Some(base) = pg::base_url("on_postgresql_the_snapshot_covers_other_writers_and_the_tail_too") else {
+        return;
+    };
+    let url = pg::fresh_schema_url(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("pg.state.snapshot");
+    let open_pg = |snap: Option<std::path::PathBuf>| {
+        let url = url.clone();
+        async move {
+            let store = wattledger::store::open(&url, wattledger::store::Access::Write)
+                .await
+                .unwrap();
+            Ledger::open_with(store, Arc::new(FixedClock::new(t(NOW))), snap)
+                .await
+                .unwrap()
+        }
+    };
+    let a = open_pg(Some(snap.clone())).await;
+    let b = open_pg(None).await;
+    run(&a, &setup()).await;
+    run(&b, &round(0)).await; // another server's appends, not yet folded by `a`
+    run(&a, &round(1)).await;
+    a.close().await;
+    let head = b.store().head().await.unwrap().position;
+    run(&b, &round(2)).await;
+    let tail = b.store().head().await.unwrap().position - head;
+    b.store().shutdown().await;
+
+    let c = open_pg(Some(snap.clone())).await;
+    assert_eq!(
+        c.opened_from,
+        format!("the write-state snapshot at position {head} and {tail} events after it")
+    );
+    assert_state_is_a_replay(&c).await;
+    c.store().shutdown().await;
+}
