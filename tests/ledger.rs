@@ -824,3 +824,90 @@ async fn submit_many_answers_as_one_by_one_submission_does() {
     };
     assert_eq!(log(&one).await, log(&many).await);
 }
+
+/// Concurrent single submissions are decided together by whoever holds the lock (one
+/// `prepare` per batch); each caller still gets the answer to its own command: accepted
+/// readings carry their own interval, refusals name their own meter, and of two identical
+/// readings submitted at once exactly one is recorded and the other is its duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_each_get_their_own_answer() {
+    const READINGS: usize = 120;
+    const UNKNOWN: usize = 20;
+    const PAIRS: usize = 20;
+    let w = World::new().await;
+    let before = w.head().await;
+    let slot = |k: usize| {
+        let s = t("2026-11-03T00:00:00Z") + chrono::Duration::minutes(15 * k as i64);
+        let e = s + chrono::Duration::minutes(15);
+        (
+            wattledger::domain::time::fmt_time(&s),
+            wattledger::domain::time::fmt_time(&e),
+        )
+    };
+    let mut cmds = Vec::new();
+    for k in 0..READINGS {
+        let (s, e) = slot(k);
+        cmds.push(reading("gt-01", "generated", &s, &e, &format!("{}", 100 + k)));
+    }
+    for k in 0..UNKNOWN {
+        let (s, e) = slot(k);
+        cmds.push(reading(&format!("nope-{k}"), "generated", &s, &e, "1"));
+    }
+    for k in 0..PAIRS {
+        let (s, e) = slot(1000 + k);
+        for _ in 0..2 {
+            cmds.push(reading("rack-a1", "consumed", &s, &e, "7"));
+        }
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(cmds.len()));
+    let mut tasks = Vec::new();
+    for c in cmds.clone() {
+        let (ledger, barrier) = (w.ledger.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            ledger.execute_json(&c).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let mut pair_ids: std::collections::HashMap<String, Vec<(bool, String)>> = Default::default();
+    for (c, a) in cmds.iter().zip(&answers) {
+        let meter = c["meter_id"].as_str().unwrap();
+        match a {
+            Ok(a) => {
+                let v: Value = serde_json::from_str(&a.event.canonical_data()).unwrap();
+                assert_eq!(v["meter_id"], c["meter_id"], "{c} got {v}");
+                assert_eq!(v["start"], c["start"], "{c} got {v}");
+                assert_eq!(v["energy_wh"], c["wh"], "{c} got {v}");
+                if meter == "rack-a1" {
+                    let key = c["start"].as_str().unwrap().to_string();
+                    pair_ids
+                        .entry(key)
+                        .or_default()
+                        .push((a.duplicate, a.event_id.to_string()));
+                } else {
+                    assert!(!a.duplicate, "{c}: {v}");
+                }
+            }
+            Err(e) => {
+                let v = e.to_json();
+                assert!(meter.starts_with("nope-"), "{c} was refused: {v}");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.contains(&format!("{meter:?}")), "{c}: {msg}");
+            }
+        }
+    }
+    assert_eq!(pair_ids.len(), PAIRS);
+    for (start, p) in &pair_ids {
+        assert_eq!(p.len(), 2, "{start}");
+        assert_eq!(p[0].1, p[1].1, "{start}: one event id for both");
+        assert_eq!(
+            p.iter().filter(|(dup, _)| *dup).count(),
+            1,
+            "{start}: one recorded, one duplicate"
+        );
+    }
+    assert_eq!(w.head().await - before, (READINGS + PAIRS) as u64);
+}

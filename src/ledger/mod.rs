@@ -273,6 +273,8 @@ pub struct Ledger {
     snapshot: Option<std::path::PathBuf>,
     /// How the write state was built on open: from a snapshot and the tail, or why not.
     pub opened_from: String,
+    /// Single commands waiting for the lock, decided together by whoever takes it next.
+    waiting: std::sync::Mutex<Vec<(Command, tokio::sync::oneshot::Sender<Pending>)>>,
 }
 
 /// An event the ledger recorded on its own around a command: an expiry before it, or a
@@ -548,6 +550,7 @@ impl Ledger {
             stale: Arc::new(AtomicBool::new(false)),
             snapshot,
             opened_from,
+            waiting: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -618,9 +621,50 @@ impl Ledger {
     /// (`HoldExpired` for every hold whose `expires_at` has come, in expiry order); after the
     /// command's event, what that event caused (`SpendingLimitExceeded`). All are queued under
     /// the same lock, so their positions in the log are fixed by the log itself.
+    ///
+    /// Commands submitted while another holds the lock wait in a queue, and whoever takes
+    /// the lock next decides all of them in arrival order, after one [`Ledger::prepare`]
+    /// (one catch-up on a shared log), as [`Ledger::submit_many`] would: concurrent requests
+    /// do not each pay a round trip and a hand-over of the lock.
     pub async fn submit(&self, cmd: &Command) -> Pending {
-        let mut decided = self.submit_many(std::slice::from_ref(cmd)).await;
-        decided.pop().expect("one decision per command")
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("waiting lock").push((cmd.clone(), tx));
+        let mut inner = self.inner.lock().await;
+        let batch = std::mem::take(&mut *self.waiting.lock().expect("waiting lock"));
+        if !batch.is_empty() {
+            self.decide_batch(&mut inner, batch).await;
+        }
+        drop(inner);
+        // Ours was in our batch or in one decided before we got the lock: it is answered.
+        rx.await.expect("a queued command is decided by whoever takes the lock")
+    }
+
+    /// Under the lock: decides queued commands in order at one time, answering each.
+    async fn decide_batch(&self, inner: &mut Inner, batch: Vec<(Command, tokio::sync::oneshot::Sender<Pending>)>) {
+        let mut automatic = Vec::new();
+        let now = match self.prepare(inner, &mut automatic).await {
+            Ok(now) => now,
+            Err(e) => {
+                let e: CommandError = e.into();
+                for (_, tx) in batch {
+                    let _ = tx.send(Pending::ready(
+                        &self.stale,
+                        std::mem::take(&mut automatic),
+                        Err(e.clone()),
+                    ));
+                }
+                return;
+            }
+        };
+        for (cmd, tx) in batch {
+            let mut p = self
+                .decide_locked(inner, &cmd, now, std::mem::take(&mut automatic))
+                .await;
+            p.kind = expected_kind(&cmd);
+            // A caller that has gone away leaves its event queued all the same, as one
+            // that went away after deciding would.
+            let _ = tx.send(p);
+        }
     }
 
     /// Decides and queues several commands in order under one acquisition of the lock (per
