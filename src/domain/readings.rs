@@ -359,8 +359,8 @@ impl Readings {
         }
     }
 
-    /// Writes every reading to a snapshot (`ledger::snapshot`): slots, series and side
-    /// table as they are; the id tables are rebuilt from the slots when read back.
+    /// Writes every reading to a snapshot (`ledger::snapshot`): side table, slots, series
+    /// and id tables, each as it stands.
     pub fn encode<W: std::io::Write>(&self, e: &mut Enc<W>) -> std::io::Result<()> {
         e.u64(self.extras.len() as u64)?;
         for x in &self.extras {
