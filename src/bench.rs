@@ -102,6 +102,13 @@ pub struct ReplayArgs {
 }
 
 #[derive(Clone, Debug, clap::Args)]
+pub struct RestartArgs {
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
 pub struct ReadArgs {
     /// Iterations of each read kind (each also stops after 30 s).
     #[arg(long, default_value_t = 100_000)]
@@ -2437,6 +2444,98 @@ fn rss_json(start: Option<u64>, passes: &[Value], requests_per_pass: u64) -> Val
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// bench restart
+
+/// One open as `serve` does it (store, write state, projections), then one clean stop.
+struct OpenClose {
+    open: Duration,
+    from: String,
+    close: Duration,
+    peak_rss: Option<u64>,
+}
+
+async fn open_close(url: &str) -> Result<OpenClose, AppError> {
+    reset_peak_rss();
+    let t = Instant::now();
+    let ledger = crate::app::open_ledger(url).await?;
+    let projections = Projections::open(ledger.store().clone(), Some(snapshot_path_for(url))).await?;
+    let open = t.elapsed();
+    let peak_rss = peak_rss_bytes();
+    let from = ledger.opened_from.clone();
+    let t = Instant::now();
+    if let Err(e) = projections.save() {
+        return Err(usage(format!("could not save the projection snapshot: {e}")));
+    }
+    ledger.close().await;
+    let close = t.elapsed();
+    Ok(OpenClose {
+        open,
+        from,
+        close,
+        peak_rss,
+    })
+}
+
+/// Opens an existing store for writing as `serve` does and stops it cleanly, twice: the
+/// first open starts from whatever snapshots are there (or the whole log), the stop saves
+/// them, the second open is a restart from them. Leaves the snapshots as `serve` would.
+pub async fn restart(url: &str, _a: &RestartArgs) -> Result<Report, AppError> {
+    let events = {
+        let store = store::open(url, Access::Read).await?;
+        store.head().await?.position
+    };
+    if events == 0 {
+        return Err(usage(format!(
+            "{} has no events to restart from",
+            store::redact_url(url)
+        )));
+    }
+    let first = open_close(url).await?;
+    let second = open_close(url).await?;
+    let one = |o: &OpenClose| {
+        json!({
+            "open_seconds": round3(o.open.as_secs_f64()),
+            "write_state_from": o.from,
+            "stop_seconds": round3(o.close.as_secs_f64()),
+            "peak_rss_bytes_after_open": o.peak_rss,
+        })
+    };
+    let mut rep = Report::new(
+        "wattledger bench restart",
+        json!({
+            "bench": "restart",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "config": {
+                "store": store::redact_url(url),
+                "events": events,
+                "what": "app::open_ledger (store index, write state) + Projections::open, as serve opens before it listens; then the projection snapshot, Ledger::close (write-state snapshot, store shutdown and index snapshot), as serve stops; twice",
+            },
+            "machine": machine(),
+            "figures": {
+                "first": one(&first),
+                "restart": one(&second),
+            },
+        }),
+    );
+    rep.row("store", format!("{} ({events} events)", store::redact_url(url)));
+    for (name, o) in [("first open", &first), ("restart", &second)] {
+        rep.row(
+            name,
+            format!(
+                "ready in {:.2} s, stopped in {:.2} s; write state from {}",
+                o.open.as_secs_f64(),
+                o.close.as_secs_f64(),
+                o.from
+            ),
+        );
+        if let Some(r) = o.peak_rss {
+            rep.row(&format!("{name}: peak RSS"), mib(r));
+        }
+    }
+    Ok(rep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2520,6 +2619,49 @@ mod tests {
             growth <= RSS_GROWTH_BYTES_PER_REQUEST_MAX,
             "memory grew by {growth} bytes per request after the warm-up (at most {RSS_GROWTH_BYTES_PER_REQUEST_MAX}): {rss}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_opens_from_the_snapshots_the_first_stop_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let args = RestartArgs { json: true };
+        let err = restart(&url, &args).await.err().expect("no store is refused");
+        assert!(err.to_string().contains("no store at"), "{err}");
+        let empty = store::open(&url, Access::Write).await.unwrap();
+        empty.shutdown().await;
+        drop(empty);
+        let err = restart(&url, &args).await.err().expect("an empty store is refused");
+        assert!(err.to_string().contains("has no events to restart from"), "{err}");
+        let a = IngestArgs {
+            readings: 200,
+            meters: 10,
+            batch: 64,
+            projections: ProjectionMode::Live,
+            raw_rows_per_tx: None,
+            dir: Some(dir.path().to_path_buf()),
+            json: true,
+        };
+        ingest(Some(&url), &a).await.unwrap();
+        let r = restart(&url, &args).await.unwrap();
+        let f = &r.json["figures"];
+        let events = r.json["config"]["events"].as_u64().unwrap();
+        assert!(events > 200, "{}", r.json);
+        assert_eq!(
+            f["first"]["write_state_from"],
+            json!("the whole log: no write-state snapshot yet"),
+            "bench ingest saves no write state"
+        );
+        assert_eq!(
+            f["restart"]["write_state_from"],
+            json!(format!(
+                "the write-state snapshot at position {events} and 0 events after it"
+            ))
+        );
+        for k in ["first", "restart"] {
+            assert!(f[k]["open_seconds"].as_f64().unwrap() > 0.0, "{}", r.json);
+            assert!(f[k]["stop_seconds"].as_f64().unwrap() > 0.0, "{}", r.json);
+        }
     }
 
     #[test]

@@ -165,6 +165,9 @@ enum BenchCmd {
     Http(bench::HttpArgs),
     /// The supply-mix attribution of an existing log: CPU per simulated day.
     Attribution(bench::AttributionArgs),
+    /// Opening an existing store as `serve` does, and stopping it, twice: the second open
+    /// is a restart from the snapshots the first stop saved.
+    Restart(bench::RestartArgs),
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
@@ -255,6 +258,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AppError> {
                 BenchCmd::Read(a) => (bench::read(&cli.store, &a).await?, a.json),
                 BenchCmd::Http(a) => (bench::http(given, &a).await?, a.json),
                 BenchCmd::Attribution(a) => (bench::attribution(&cli.store, &a).await?, a.json),
+                BenchCmd::Restart(a) => (bench::restart(&cli.store, &a).await?, a.json),
             };
             report.print(json);
             Ok(ExitCode::SUCCESS)
