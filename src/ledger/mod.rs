@@ -516,6 +516,7 @@ impl Ledger {
         snapshot: Option<(std::path::PathBuf, snapshot::Read)>,
     ) -> Result<Arc<Self>, StoreError> {
         let fence = store.failures();
+        let mut from_snapshot = false;
         let (snapshot, (start, mut opened_from)) = match snapshot {
             None => (
                 None,
@@ -526,7 +527,10 @@ impl Ledger {
             ),
             Some((path, read)) => {
                 let opened = match load_snapshot(store.as_ref(), &path, read).await? {
-                    Ok((state, at)) => ((state, at), format!("the write-state snapshot at position {at}")),
+                    Ok((state, at)) => {
+                        from_snapshot = true;
+                        ((state, at), format!("the write-state snapshot at position {at}"))
+                    }
                     Err(why) => ((LedgerState::default(), 0), format!("the whole log: {why}")),
                 };
                 (Some(path), opened)
@@ -534,7 +538,7 @@ impl Ledger {
         };
         let from = start.1;
         let (state, applied) = replay_from(store.as_ref(), start.0, start.1).await?;
-        if from > 0 {
+        if from_snapshot {
             opened_from.push_str(&format!(" and {} events after it", applied - from));
         }
         Ok(Arc::new(Self {

@@ -1,6 +1,6 @@
 //! The write state saved at a log position, so that opening the ledger reads a snapshot
-//! and the log's tail instead of replaying every event (docs/DECISIONS.md, "Write-state
-//! snapshot").
+//! and the log's tail instead of replaying every event (docs/DECISIONS.md, "Store,
+//! snapshot and audit").
 //!
 //! The body is the state without its readings as JSON, then the readings in their binary
 //! encoding ([`Readings::encode`]). Whoever loads it checks its position and
