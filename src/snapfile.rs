@@ -196,6 +196,7 @@ pub fn write(
     header: &Header,
     body: impl FnOnce(&mut Enc<BufWriter<HashingWriter<std::fs::File>>>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    remove_stale_temporaries(path);
     let tmp = temporary_path(path);
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
@@ -230,6 +231,38 @@ pub fn write(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Removes what writes of this snapshot by processes that no longer run left behind (a
+/// crash in the middle of a write leaves its temporary file, as big as the snapshot).
+/// Another live process's temporary file is left alone: it may be writing it now.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!("{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split('.').next().map(str::parse::<u32>) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
@@ -334,6 +367,25 @@ mod tests {
         assert_eq!(v, (7, "hello".to_string(), -5));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_write_removes_what_dead_writers_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        // A pid above Linux's maximum (2^22) names no process.
+        let dead = dir.path().join("s.4294967.0.tmp");
+        let ours = dir.path().join(format!("s.{}.99.tmp", std::process::id()));
+        let other = dir.path().join("t.4294967.0.tmp");
+        let unrelated = dir.path().join("s.notes.tmp");
+        for f in [&dead, &ours, &other, &unrelated] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        sample(&p);
+        assert!(!dead.exists(), "a dead writer's temporary file is removed");
+        assert!(ours.exists(), "this process's own may be in use");
+        assert!(other.exists() && unrelated.exists(), "other files are not touched");
+        assert!(decode(&p, 3).unwrap().is_some());
     }
 
     #[test]
