@@ -14,8 +14,6 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"WLSNAP\x00\x01";
-/// Longest string or byte field a snapshot may declare (ids and names are far shorter).
-const FIELD_BYTES_MAX: usize = 1 << 26;
 
 /// What a snapshot file says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,12 +149,14 @@ impl<R: Read> Dec<R> {
         }
         Ok(n as usize)
     }
+    /// A length-prefixed byte string; a length past the end of the file is refused
+    /// before anything is allocated for it.
     pub fn field(&mut self) -> Result<Vec<u8>, SnapError> {
-        let n = self.u64()? as usize;
-        if n > FIELD_BYTES_MAX || n as u64 > self.remaining {
+        let n = self.u64()?;
+        if n > self.remaining {
             return Err(damaged(format!("a field of {n} bytes")));
         }
-        let mut b = vec![0u8; n];
+        let mut b = vec![0u8; n as usize];
         self.fill(&mut b)?;
         Ok(b)
     }
