@@ -911,3 +911,49 @@ async fn concurrent_submissions_each_get_their_own_answer() {
     }
     assert_eq!(w.head().await - before, (READINGS + PAIRS) as u64);
 }
+
+/// A single command whose caller goes away while it waits for the lock (a client that hung
+/// up) is not decided later by whoever takes the lock next: it never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_abandoned_while_waiting_for_the_lock_is_never_decided() {
+    let w = World::new().await;
+    let before = w.head().await;
+    let abandoned = reading(
+        "gt-01",
+        "generated",
+        "2026-11-04T00:00:00Z",
+        "2026-11-04T00:15:00Z",
+        "5",
+    );
+    let later = reading(
+        "gt-01",
+        "generated",
+        "2026-11-04T00:15:00Z",
+        "2026-11-04T00:30:00Z",
+        "6",
+    );
+    // Hold the ledger's lock for a while on a thread of its own.
+    let holder = {
+        let ledger = w.ledger.clone();
+        tokio::spawn(async move {
+            ledger
+                .with_state(|_| std::thread::sleep(std::time::Duration::from_millis(400)))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let waiting = {
+        let ledger = w.ledger.clone();
+        tokio::spawn(async move { ledger.execute_json(&abandoned).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!holder.is_finished(), "the lock is still held: nothing was tested");
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    holder.await.unwrap();
+    w.ok(later).await;
+    let head = w.head().await;
+    assert_eq!(head, before + 1, "only the later reading is recorded");
+    let last = w.ledger.store().read_all(before, 10).await.unwrap();
+    assert!(last[0].data.contains("2026-11-04T00:15:00Z"), "{}", last[0].data);
+}

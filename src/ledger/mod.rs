@@ -661,12 +661,16 @@ impl Ledger {
             }
         };
         for (cmd, tx) in batch {
+            // A caller that went away while it waited for the lock (a client that hung
+            // up) is not decided for: without the queue, its command would never have run.
+            if tx.is_closed() {
+                continue;
+            }
             let mut p = self
                 .decide_locked(inner, &cmd, now, std::mem::take(&mut automatic))
                 .await;
             p.kind = expected_kind(&cmd);
-            // A caller that has gone away leaves its event queued all the same, as one
-            // that went away after deciding would.
+            // One that goes away from here on leaves its event queued, as before.
             let _ = tx.send(p);
         }
     }
