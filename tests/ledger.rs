@@ -957,3 +957,116 @@ async fn a_command_abandoned_while_waiting_for_the_lock_is_never_decided() {
     let last = w.ledger.store().read_all(before, 10).await.unwrap();
     assert!(last[0].data.contains("2026-11-04T00:15:00Z"), "{}", last[0].data);
 }
+
+/// A store whose `head()` waits while `held` is set: it lets a test stop a lock holder in
+/// the middle of deciding a `close_period` (which asks the store for its head).
+struct HeldHead {
+    inner: Arc<dyn wattledger::store::EventStore>,
+    held: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl wattledger::store::EventStore for HeldHead {
+    fn append(&self, batch: wattledger::store::AppendBatch) -> wattledger::store::AppendTicket {
+        self.inner.append(batch)
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<wattledger::store::RecordedEvent>, wattledger::store::StoreError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<wattledger::store::RecordedEvent>, wattledger::store::StoreError> {
+        self.inner.read_all(after_position, limit).await
+    }
+    async fn head(&self) -> Result<wattledger::store::Head, wattledger::store::StoreError> {
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            std::future::pending::<()>().await;
+        }
+        self.inner.head().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+    fn failures(&self) -> u64 {
+        self.inner.failures()
+    }
+}
+
+/// Commands decided together: when the task that took the lock (and with it the queue) is
+/// cancelled before it reaches a queued command, that command's caller still gets its
+/// answer — it queues again and is decided — instead of waiting forever or failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_batch_holder_is_cancelled_is_decided_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("w.db")).await.unwrap();
+    let store = Arc::new(HeldHead {
+        inner: sqlite,
+        held: std::sync::atomic::AtomicBool::new(false),
+        entered: tokio::sync::Notify::new(),
+    });
+    let ledger = Ledger::open(store.clone(), Arc::new(FixedClock::new(t(NOW))))
+        .await
+        .unwrap();
+    for c in setup() {
+        ledger.execute_json(&c).await.unwrap();
+    }
+    let before = ledger.store().head().await.unwrap().position;
+    // Hold the lock so that both commands queue behind it, the close first.
+    let holder = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            ledger
+                .with_state(|_| std::thread::sleep(std::time::Duration::from_millis(300)))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    store.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    let closer = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            ledger
+                .execute_json(&json!({"command":"close_period","period":"2026-10"}))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let queued = {
+        let ledger = ledger.clone();
+        let c = reading(
+            "gt-01",
+            "generated",
+            "2026-11-05T00:00:00Z",
+            "2026-11-05T00:15:00Z",
+            "8",
+        );
+        tokio::spawn(async move { ledger.execute_json(&c).await })
+    };
+    // The closer takes the lock with both queued, and stops in `head()`; cancel it there.
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.entered.notified())
+        .await
+        .expect("the lock holder reaches the store's head");
+    assert!(holder.is_finished(), "the first lock holder is done");
+    store.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    closer.abort();
+    assert!(closer.await.unwrap_err().is_cancelled());
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+        .await
+        .expect("the queued command is answered")
+        .unwrap()
+        .expect("and recorded");
+    assert!(!answer.duplicate);
+    assert_eq!(ledger.store().head().await.unwrap().position, before + 1);
+}

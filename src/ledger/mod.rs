@@ -631,16 +631,22 @@ impl Ledger {
     /// (one catch-up on a shared log), as [`Ledger::submit_many`] would: concurrent requests
     /// do not each pay a round trip and a hand-over of the lock.
     pub async fn submit(&self, cmd: &Command) -> Pending {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting.lock().expect("waiting lock").push((cmd.clone(), tx));
-        let mut inner = self.inner.lock().await;
-        let batch = std::mem::take(&mut *self.waiting.lock().expect("waiting lock"));
-        if !batch.is_empty() {
-            self.decide_batch(&mut inner, batch).await;
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.waiting.lock().expect("waiting lock").push((cmd.clone(), tx));
+            let mut inner = self.inner.lock().await;
+            let batch = std::mem::take(&mut *self.waiting.lock().expect("waiting lock"));
+            if !batch.is_empty() {
+                self.decide_batch(&mut inner, batch).await;
+            }
+            drop(inner);
+            // Ours was in our batch or in one decided before we got the lock. If the task
+            // that took it was cancelled before it got to ours (its own caller went away
+            // while it waited on the store), ours was not decided: queue it again.
+            if let Ok(p) = rx.await {
+                return p;
+            }
         }
-        drop(inner);
-        // Ours was in our batch or in one decided before we got the lock: it is answered.
-        rx.await.expect("a queued command is decided by whoever takes the lock")
     }
 
     /// Under the lock: decides queued commands in order at one time, answering each.
