@@ -1040,16 +1040,7 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
         (None, None) => a.dir.clone().unwrap_or_else(std::env::temp_dir),
     };
     let rss_reset = reset_peak_rss();
-    let store = store::open(&url, Access::Write).await?;
-    let head0 = store.head().await?;
-    if head0.position > 0 {
-        store.shutdown().await;
-        return Err(usage(format!(
-            "bench ingest needs an empty store; {} holds {} events (omit --store for a temporary one)",
-            store::redact_url(&url),
-            head0.position
-        )));
-    }
+    let store = open_empty_store(&url, "ingest").await?;
     let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
     let w = Workload::new(a.readings, a.meters, Utc::now());
     tracing::info!("bench ingest: registering {} meters", a.meters);
@@ -1993,16 +1984,7 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
     let temp = TempDir::new(a.dir.as_deref(), "http")?;
     let db = temp.0.join("http.db");
     let url = store_url.map_or_else(|| format!("sqlite://{}", db.display()), str::to_string);
-    let store = store::open(&url, Access::Write).await?;
-    let head0 = store.head().await?;
-    if head0.position > 0 {
-        store.shutdown().await;
-        return Err(usage(format!(
-            "bench http needs an empty store; {} holds {} events (omit --store for a temporary one)",
-            store::redact_url(&url),
-            head0.position
-        )));
-    }
+    let store = open_empty_store(&url, "http").await?;
     let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
     let w = Arc::new(Workload::new(a.readings, a.meters, Utc::now()));
     tracing::info!("bench http: registering {} meters", a.meters);
@@ -2444,6 +2426,22 @@ fn rss_json(start: Option<u64>, passes: &[Value], requests_per_pass: u64) -> Val
     })
 }
 
+/// Opens a store for writing that must hold no events yet (`bench ingest` and `bench http`
+/// measure a log from its first event).
+async fn open_empty_store(url: &str, bench: &str) -> Result<Arc<dyn EventStore>, AppError> {
+    let store = store::open(url, Access::Write).await?;
+    let head = store.head().await?;
+    if head.position > 0 {
+        store.shutdown().await;
+        return Err(usage(format!(
+            "bench {bench} needs an empty store; {} holds {} events (omit --store for a temporary one)",
+            store::redact_url(url),
+            head.position
+        )));
+    }
+    Ok(store)
+}
+
 // ---------------------------------------------------------------------------------------
 // bench restart
 
@@ -2643,6 +2641,14 @@ mod tests {
             json: true,
         };
         ingest(Some(&url), &a).await.unwrap();
+        let again = ingest(Some(&url), &a)
+            .await
+            .err()
+            .expect("a store with events is refused");
+        assert!(
+            again.to_string().contains("bench ingest needs an empty store"),
+            "{again}"
+        );
         let r = restart(&url, &args).await.unwrap();
         let f = &r.json["figures"];
         let events = r.json["config"]["events"].as_u64().unwrap();
