@@ -591,15 +591,15 @@ pub fn token(
     let auth = AuthConfig::from_env(&data_dir(url), false).map_err(AppError::Usage)?;
     let now = chrono::Utc::now().timestamp() as u64;
     let claims = Claims {
-        sub: sub.unwrap_or_else(|| format!("{role:?}").to_lowercase()),
-        role,
-        exp: now + ttl,
-        iat: Some(now),
         tenant_id: tenant,
         sites: list(sites),
         meters: list(meters),
-        iss: None,
-        aud: None,
+        ..Claims::unscoped(
+            sub.unwrap_or_else(|| format!("{role:?}").to_lowercase()),
+            role,
+            now,
+            ttl,
+        )
     };
     auth.mint(claims).map_err(AppError::Usage)
 }

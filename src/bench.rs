@@ -2000,17 +2000,7 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
     let auth = AuthConfig::hs256(secret.as_bytes(), "bench").map_err(usage)?;
     let now = Utc::now().timestamp() as u64;
     let token = auth
-        .mint(Claims {
-            sub: "bench".into(),
-            role: Role::Operator,
-            exp: now + 24 * 3600,
-            iat: Some(now),
-            tenant_id: None,
-            sites: None,
-            meters: None,
-            iss: None,
-            aud: None,
-        })
+        .mint(Claims::unscoped("bench", Role::Operator, now, 24 * 3600))
         .map_err(usage)?;
     let server = crate::api::start("127.0.0.1:0", ledger.clone(), projections, auth).await?;
     let addr = server.addr;

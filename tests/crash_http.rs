@@ -69,18 +69,8 @@ fn token() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    auth.mint(Claims {
-        sub: "crash-http".into(),
-        role: Role::Operator,
-        exp: now + 3600,
-        iat: Some(now),
-        tenant_id: None,
-        sites: None,
-        meters: None,
-        iss: None,
-        aud: None,
-    })
-    .unwrap()
+    auth.mint(Claims::unscoped("crash-http", Role::Operator, now, 3600))
+        .unwrap()
 }
 
 use support::process::Server;

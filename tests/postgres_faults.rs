@@ -39,17 +39,7 @@ fn token() -> String {
     let now = chrono::Utc::now().timestamp() as u64;
     AuthConfig::hs256(SECRET.as_bytes(), "test")
         .unwrap()
-        .mint(Claims {
-            sub: "test".into(),
-            role: Role::Operator,
-            exp: now + 3600,
-            iat: Some(now),
-            tenant_id: None,
-            sites: None,
-            meters: None,
-            iss: None,
-            aud: None,
-        })
+        .mint(Claims::unscoped("test", Role::Operator, now, 3600))
         .unwrap()
 }
 
@@ -259,17 +249,7 @@ async fn postgres_restarted_during_ingest() {
         let now = chrono::Utc::now().timestamp() as u64;
         AuthConfig::hs256(SECRET.as_bytes(), "t")
             .unwrap()
-            .mint(Claims {
-                sub: "a".into(),
-                role: Role::Auditor,
-                exp: now + 600,
-                iat: None,
-                tenant_id: None,
-                sites: None,
-                meters: None,
-                iss: None,
-                aud: None,
-            })
+            .mint(Claims::unscoped("a", Role::Auditor, now, 600))
             .unwrap()
     };
     let report: Value = c

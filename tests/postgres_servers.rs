@@ -66,17 +66,7 @@ fn token(role: Role) -> String {
     let now = chrono::Utc::now().timestamp() as u64;
     AuthConfig::hs256(SECRET.as_bytes(), "test")
         .unwrap()
-        .mint(Claims {
-            sub: "test".into(),
-            role,
-            exp: now + 3600,
-            iat: Some(now),
-            tenant_id: None,
-            sites: None,
-            meters: None,
-            iss: None,
-            aud: None,
-        })
+        .mint(Claims::unscoped("test", role, now, 3600))
         .unwrap()
 }
 

@@ -62,6 +62,23 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// An unscoped token's claims (no tenant, sites or meters, no `iss`/`aud`): issued at
+    /// `now` (seconds since the epoch), valid for `ttl_s` seconds. Add a scope with struct
+    /// update syntax.
+    pub fn unscoped(sub: impl Into<String>, role: Role, now: u64, ttl_s: u64) -> Self {
+        Self {
+            sub: sub.into(),
+            role,
+            exp: now + ttl_s,
+            iat: Some(now),
+            tenant_id: None,
+            sites: None,
+            meters: None,
+            iss: None,
+            aud: None,
+        }
+    }
+
     /// Refuses (403) a caller whose role is not among `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
@@ -360,25 +377,15 @@ impl FromRequestParts<AppState> for Auth {
 mod tests {
     use super::*;
 
-    fn claims(exp: u64) -> Claims {
-        Claims {
-            sub: "ops".into(),
-            role: Role::Operator,
-            exp,
-            iat: None,
-            tenant_id: None,
-            sites: None,
-            meters: None,
-            iss: None,
-            aud: None,
-        }
+    fn claims(now: u64, ttl_s: u64) -> Claims {
+        Claims::unscoped("ops", Role::Operator, now, ttl_s)
     }
 
     #[test]
     fn a_verified_token_is_taken_from_the_cache_until_it_expires() {
         let auth = AuthConfig::hs256(&[7u8; 32], "test").unwrap();
         let now = jsonwebtoken::get_current_timestamp();
-        let token = auth.mint(claims(now + 60)).unwrap();
+        let token = auth.mint(claims(now, 60)).unwrap();
         assert_eq!(auth.verify(&token).unwrap().sub, "ops");
         assert_eq!(auth.verified.lock().unwrap().len(), 1, "verified once, kept");
         // Within the leeway after `exp`: still good; past it: refused, and forgotten.
@@ -394,7 +401,7 @@ mod tests {
     fn the_cache_never_vouches_for_another_token_or_other_expectations() {
         let auth = AuthConfig::hs256(&[7u8; 32], "test").unwrap();
         let now = jsonwebtoken::get_current_timestamp();
-        let token = auth.mint(claims(now + 60)).unwrap();
+        let token = auth.mint(claims(now, 60)).unwrap();
         auth.verify(&token).unwrap();
         let mut forged = token.clone();
         let last = forged.pop().unwrap();
@@ -409,7 +416,7 @@ mod tests {
         let err = strict.verify(&token).unwrap_err();
         assert!(err.contains("iss"), "a server that names an issuer checks it: {err}");
         for i in 0..VERIFIED_TOKENS_MAX + 1 {
-            auth.verify(&auth.mint(claims(now + 100 + i as u64)).unwrap()).unwrap();
+            auth.verify(&auth.mint(claims(now, 100 + i as u64)).unwrap()).unwrap();
         }
         assert!(auth.verified.lock().unwrap().len() <= VERIFIED_TOKENS_MAX, "bounded");
     }
