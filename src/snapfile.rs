@@ -71,6 +71,19 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The fields of a fixed-size record read with [`Dec::array`], in order.
+pub struct Fields<'a>(pub &'a [u8]);
+
+impl Fields<'_> {
+    /// The next `N` bytes. Panics past the record's end: the record's size is fixed by the
+    /// caller, and so are the fields it takes.
+    pub fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().expect("N bytes")
+    }
+}
+
 /// Writes what the body encoder gives; every byte is hashed on its way to the file.
 pub struct Enc<W: Write> {
     out: W,

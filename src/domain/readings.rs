@@ -14,7 +14,7 @@ use super::ids::{JobId, MeterId};
 use super::quantity::EnergyWh;
 use super::tariff::Flow;
 use super::time::Interval;
-use crate::snapfile::{Dec, Enc, SnapError};
+use crate::snapfile::{Dec, Enc, Fields, SnapError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -183,19 +183,10 @@ fn put_time<W: std::io::Write>(e: &mut Enc<W>, t: &DateTime<Utc>) -> std::io::Re
 /// Bytes of one slot in a snapshot, and of its fields in [`Readings::encode`]'s order.
 const SLOT_BYTES: usize = 16 + 4 + 4 + 8 + 12 + 12 + 16 + 16 + 4;
 
-/// The fields of a fixed-size record, in order.
-struct Fields<'a>(&'a [u8]);
-
-impl Fields<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let (head, rest) = self.0.split_at(N);
-        self.0 = rest;
-        head.try_into().expect("N bytes")
-    }
-    fn time(&mut self) -> Result<DateTime<Utc>, SnapError> {
-        let (secs, nanos) = (i64::from_le_bytes(self.take()), u32::from_le_bytes(self.take()));
-        DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
-    }
+/// A time of a fixed-size record, as [`put_time`] wrote it.
+fn take_time(c: &mut Fields) -> Result<DateTime<Utc>, SnapError> {
+    let (secs, nanos) = (i64::from_le_bytes(c.take()), u32::from_le_bytes(c.take()));
+    DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
 }
 
 /// A decimal as its 16 bytes (scale included, so `1.50` stays `1.50`).
@@ -454,8 +445,8 @@ impl Readings {
                 series: u32::from_le_bytes(c.take()),
                 extra: u32::from_le_bytes(c.take()),
                 version: u64::from_le_bytes(c.take()),
-                start: c.time()?,
-                end: c.time()?,
+                start: take_time(&mut c)?,
+                end: take_time(&mut c)?,
                 posted_wh: EnergyWh::new(Decimal::deserialize(c.take())).map_err(damaged)?,
                 current_eu: Decimal::deserialize(c.take()),
                 tariff_version: u32::from_le_bytes(c.take()),
@@ -480,7 +471,7 @@ impl Readings {
             for _ in 0..m {
                 let b: [u8; 16] = d.array()?;
                 let mut c = Fields(&b);
-                let start = c.time()?;
+                let start = take_time(&mut c)?;
                 let slot = u32::from_le_bytes(c.take());
                 if slot as usize >= r.slots.len() {
                     return Err(damaged(format!("slot {slot} of {}", r.slots.len())));

@@ -130,10 +130,10 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
         index.ids.reserve(n);
         for _ in 0..n {
             let b: [u8; 24] = d.array()?;
-            let (id, p) = b.split_at(16);
+            let mut c = crate::snapfile::Fields(&b);
             index.ids.insert(
-                Uuid::from_u128(u128::from_le_bytes(id.try_into().expect("16 bytes"))),
-                u64::from_le_bytes(p.try_into().expect("8 bytes")),
+                Uuid::from_u128(u128::from_le_bytes(c.take())),
+                u64::from_le_bytes(c.take()),
             );
         }
         index.head = h.position;
