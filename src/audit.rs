@@ -670,6 +670,29 @@ fn repeated_ids(ids: &[u128]) -> HashSet<u128> {
 /// projections, both in log order. Event ids are collected and sorted at the end (16 bytes
 /// an event); only if one repeats is the log read again to say where. The findings, put
 /// back in log order, are those of a one-record-at-a-time walk.
+/// A directory of its own under the system's temporary directory (`TMPDIR`), removed on
+/// drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, StoreError> {
+        let dir = std::env::temp_dir().join(format!(
+            "wattledger-audit-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::Unavailable(format!("audit: scratch directory {}: {e}", dir.display())))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub async fn audit(
     store: &dyn EventStore,
     live: Live,
@@ -750,11 +773,15 @@ pub async fn audit(
             replay
         })
         .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?;
+    // The walk's write state keeps its readings' slots in a scratch directory, removed when
+    // the audit ends, so that its memory does not grow with the log.
+    let scratch = Scratch::new()?;
+    let state = crate::ledger::fresh_state(Some(&scratch.0))?;
     let state_thread = spawn("audit-state")
         .spawn(move || {
             let mut w = Walk {
                 report: Keyed::default(),
-                state: LedgerState::default(),
+                state,
                 closes: Vec::new(),
             };
             while let Some(rx) = order_rx.blocking_recv() {

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bench;
 pub mod domain;
 pub mod export;
+pub mod idmap;
 pub mod import;
 pub mod ledger;
 pub mod metrics;

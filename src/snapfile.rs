@@ -90,6 +90,9 @@ pub struct Enc<W: Write> {
 }
 
 impl<W: Write> Enc<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
     pub fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
         self.out.write_all(b)
     }
@@ -123,6 +126,10 @@ pub struct Dec<R: Read> {
 }
 
 impl<R: Read> Dec<R> {
+    /// Reads a body of `remaining` bytes from `inp` (counts are bounded by it).
+    pub fn new(inp: R, remaining: u64) -> Self {
+        Self { inp, remaining }
+    }
     pub fn fill(&mut self, buf: &mut [u8]) -> Result<(), SnapError> {
         self.inp.read_exact(buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => damaged("it ends early"),

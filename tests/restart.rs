@@ -122,13 +122,13 @@ async fn open(db: &Path, snap: Option<&Path>) -> Arc<Ledger> {
 
 /// The ledger's state equals a full replay of its log.
 async fn assert_state_is_a_replay(ledger: &Ledger) {
-    let live = ledger.with_state(|s| s.clone()).await;
+    // The replay keeps its readings' slots in memory, the ledger in its slot file.
     let (replayed, _) = replay_state(ledger.store().as_ref()).await.unwrap();
-    assert!(!live.readings.is_empty(), "the log has readings");
-    assert!(
-        live == replayed,
-        "the state opened from a snapshot differs from a full replay"
-    );
+    let (has_readings, same) = ledger
+        .with_state(|live| (!live.readings.is_empty(), *live == replayed))
+        .await;
+    assert!(has_readings, "the log has readings");
+    assert!(same, "the state opened from a snapshot differs from a full replay");
 }
 
 #[tokio::test]
@@ -242,7 +242,7 @@ async fn a_snapshot_of_another_log_is_kept_aside_and_a_damaged_one_ignored() {
         l.close().await;
     }
     // B's snapshot over A's log: A's log has an event at B's position, with another hash.
-    std::fs::copy(&snap_b, &snap_a).unwrap();
+    copy_snapshot(&snap_b, &snap_a);
     let l = open(&a, Some(&snap_a)).await;
     assert!(
         l.opened_from
@@ -261,9 +261,37 @@ async fn a_snapshot_of_another_log_is_kept_aside_and_a_damaged_one_ignored() {
     assert!(snap_a.exists(), "a fresh snapshot replaces it on close");
 
     // A's snapshot over B's shorter log: B does not reach its position.
-    std::fs::copy(&snap_a, &snap_b).unwrap();
+    copy_snapshot(&snap_a, &snap_b);
     let l = open(&b, Some(&snap_b)).await;
     assert!(l.opened_from.contains("the log does not reach it"), "{}", l.opened_from);
+    assert_state_is_a_replay(&l).await;
+    l.store().shutdown().await;
+    drop(l);
+
+    // A snapshot whose slot file is gone, then one whose slot file is cut short: ignored,
+    // saying why, and the state is replayed from the log into a new slot file.
+    let home = snapshot::readings_home(&snap_a);
+    let named = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("slots-"))
+        .expect("the snapshot's slot file");
+    let kept = std::fs::read(&named).unwrap();
+    std::fs::remove_file(&named).unwrap();
+    let l = open(&a, Some(&snap_a)).await;
+    assert!(
+        l.opened_from.contains("its slot file") && l.opened_from.contains("is missing"),
+        "{}",
+        l.opened_from
+    );
+    assert_state_is_a_replay(&l).await;
+    l.store().shutdown().await;
+    drop(l);
+    std::fs::remove_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(&named, &kept[..kept.len() - 10]).unwrap();
+    let l = open(&a, Some(&snap_a)).await;
+    assert!(l.opened_from.contains("slots of"), "{}", l.opened_from);
     assert_state_is_a_replay(&l).await;
     l.store().shutdown().await;
     drop(l);
@@ -277,6 +305,64 @@ async fn a_snapshot_of_another_log_is_kept_aside_and_a_damaged_one_ignored() {
     assert!(l.opened_from.contains("ignored: it is damaged: "), "{}", l.opened_from);
     assert_state_is_a_replay(&l).await;
     l.store().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_ledger_on_the_same_snapshot_keeps_its_readings_in_memory_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let snap = dir.path().join("w.snap");
+    let store = SqliteStore::open(&db).await.unwrap();
+    let clock = Arc::new(FixedClock::new(t(NOW)));
+    let first = Ledger::open_with(store.clone(), clock.clone(), Some(snap.clone()))
+        .await
+        .unwrap();
+    run(&first, &setup()).await;
+    run(&first, &round(0)).await;
+    let second = Ledger::open_with(store.clone(), clock, Some(snap.clone()))
+        .await
+        .unwrap();
+    assert!(second.with_state(|s| s.readings.home().is_none()).await);
+    assert!(first.with_state(|s| s.readings.home().is_some()).await);
+    run(&second, &round(1)).await;
+    let refused = second.save_snapshot().await.unwrap_err();
+    assert!(refused.contains("another process keeps its readings in"), "{refused}");
+    assert!(!snap.exists());
+    // The first one's slots are intact: it answers as a replay of the log it wrote.
+    run(&first, &round(2)).await;
+    first.save_snapshot().await.unwrap();
+    drop((first, second));
+    store.shutdown().await;
+    drop(store);
+    let l = open(&db, Some(&snap)).await;
+    assert!(
+        l.opened_from.starts_with("the write-state snapshot at position"),
+        "{}",
+        l.opened_from
+    );
+    assert_state_is_a_replay(&l).await;
+    l.store().shutdown().await;
+}
+
+/// Puts a write-state snapshot and its readings' slot file in another's place.
+fn copy_snapshot(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    let (from, to) = (snapshot::readings_home(from), snapshot::readings_home(to));
+    let _ = std::fs::remove_dir_all(&to);
+    copy_dir(&from, &to);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        let into = to.join(f.file_name().unwrap());
+        if f.is_dir() {
+            copy_dir(&f, &into);
+        } else {
+            std::fs::copy(&f, into).unwrap();
+        }
+    }
 }
 
 fn event(id: u128, kind: &str) -> EventToAppend {

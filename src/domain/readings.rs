@@ -1,24 +1,38 @@
-//! Every recorded reading, as the write model needs it, in as little memory as it can hold.
+//! Every recorded reading, as the write model needs it, with only what meters and jobs
+//! bound kept in memory.
 //!
 //! The write state must know every reading: a repost is recognised by its meter, flow and
 //! interval, an overlap is refused, a correction names a reading by its event id. Readings
-//! are most of the log, so this is the part of the state that grows with events: one fixed
-//! 96-byte [`Slot`] per reading in chunks of 65,536, one 12-byte entry in an id table keyed by 64
-//! bits of the event id, and one 16-byte entry in its meter's sorted interval list —
-//! about 130 bytes per reading with the tables' slack, where a map of owned records
-//! (`HashMap<Uuid, ReadingState>` with its own strings, and a B-tree of intervals) took about
-//! 600. What only some readings have (a job, corrections) lives in a side table.
+//! are most of the log, so this is the part of the state that grows with events:
+//!
+//! - each reading's details are one fixed 92-byte [`Slot`]. A ledger with a home for its
+//!   readings (`serve`, `apply`, `import`, the audit) keeps the slots in an append-only file
+//!   there and reads one back only on the rare paths that need it (a retry, a conflict, a
+//!   correction); others keep them in memory. A slot never changes once written: what a
+//!   correction changes lives in an in-memory side table, and a job id is interned;
+//! - each meter's readings of one flow are a sorted list of **runs**: back-to-back readings
+//!   of one length (a meter posting every 15 minutes makes one run, whatever its number of
+//!   readings), plus 4 bytes a reading naming its slot;
+//! - an id table keyed by 64 bits of the event id.
+//!
+//! The slot file is a cache of the log like the snapshot that names it: the snapshot records
+//! its generation and how many slots it covered, the file is fsynced before the snapshot is
+//! written, and an open truncates what was appended after it (the log's tail folds it in
+//! again). A rebuild starts a new generation in a new file, so a snapshot never names slots
+//! of another build.
 
 use super::events::{ReadingCorrected, ReadingRecorded, meter_stream};
 use super::ids::{JobId, MeterId};
 use super::quantity::EnergyWh;
 use super::tariff::Flow;
 use super::time::Interval;
+use crate::idmap::IdMap;
 use crate::snapfile::{Dec, Enc, Fields, SnapError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 /// A reading as the write model sees it (materialised from its slot on demand).
@@ -39,63 +53,200 @@ pub struct ReadingState {
     pub job_id: Option<JobId>,
 }
 
-/// One reading. `extra` is 1 + its index in [`Readings::extras`], or 0.
+/// One reading as it was recorded. `job` is 1 + its index in [`Readings::jobs`], or 0.
 #[derive(Clone, Debug, PartialEq)]
 struct Slot {
     event_id: Uuid,
     series: u32,
-    extra: u32,
+    job: u32,
     version: u64,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     posted_wh: EnergyWh,
-    current_eu: Decimal,
+    posted_eu: Decimal,
     tariff_version: u32,
 }
 
-/// What only some readings carry.
-#[derive(Clone, Debug, PartialEq)]
-struct Extra {
-    current_wh: EnergyWh,
-    corrections: u32,
-    last_correction: Option<(Uuid, EnergyWh, String)>,
-    job_id: Option<JobId>,
+/// Bytes of one slot, in the slot file and in a snapshot of in-memory slots.
+const SLOT_BYTES: usize = 16 + 4 + 4 + 8 + 12 + 12 + 16 + 16 + 4;
+
+fn put_time_bytes(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    out.extend_from_slice(&t.timestamp().to_le_bytes());
+    out.extend_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
 }
 
-/// One meter's readings of one flow, by interval start.
+impl Slot {
+    fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.event_id.as_u128().to_le_bytes());
+        out.extend_from_slice(&self.series.to_le_bytes());
+        out.extend_from_slice(&self.job.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        put_time_bytes(out, &self.start);
+        put_time_bytes(out, &self.end);
+        out.extend_from_slice(&self.posted_wh.value().serialize());
+        out.extend_from_slice(&self.posted_eu.serialize());
+        out.extend_from_slice(&self.tariff_version.to_le_bytes());
+    }
+
+    fn read_from(b: &[u8; SLOT_BYTES]) -> Result<Self, SnapError> {
+        let mut c = Fields(b);
+        Ok(Slot {
+            event_id: Uuid::from_u128(u128::from_le_bytes(c.take())),
+            series: u32::from_le_bytes(c.take()),
+            job: u32::from_le_bytes(c.take()),
+            version: u64::from_le_bytes(c.take()),
+            start: take_time(&mut c)?,
+            end: take_time(&mut c)?,
+            posted_wh: EnergyWh::new(Decimal::deserialize(c.take())).map_err(damaged)?,
+            posted_eu: Decimal::deserialize(c.take()),
+            tariff_version: u32::from_le_bytes(c.take()),
+        })
+    }
+}
+
+/// What a correction changed in a reading (the slot keeps what was posted).
+#[derive(Clone, Debug, PartialEq)]
+struct Correction {
+    current_wh: EnergyWh,
+    current_eu: Decimal,
+    corrections: u32,
+    last: (Uuid, EnergyWh, String),
+}
+
+/// Back-to-back readings of one length: reading `k` spans `start + k·len` to
+/// `start + (k+1)·len`, and its slot is `Series::slots[first + k]`.
+#[derive(Clone, Debug, PartialEq)]
+struct Run {
+    start: DateTime<Utc>,
+    len: TimeDelta,
+    count: u32,
+    first: u32,
+}
+
+impl Run {
+    /// Nanoseconds from the run's start to reading `k`'s start. A run of more than one
+    /// reading is only ever built where every such offset fits (see [`Series::insert`]).
+    fn offset(&self, k: u32) -> i64 {
+        if k == 0 {
+            return 0;
+        }
+        self.len.num_nanoseconds().expect("a run's length fits") * i64::from(k)
+    }
+    fn start_of(&self, k: u32) -> DateTime<Utc> {
+        self.start + TimeDelta::nanoseconds(self.offset(k))
+    }
+    fn end_of(&self, k: u32) -> DateTime<Utc> {
+        self.start_of(k) + self.len
+    }
+    /// The last reading that starts before `t` (`strictly`) or at or before it.
+    fn last_starting_before(&self, t: DateTime<Utc>, strictly: bool) -> Option<u32> {
+        if t < self.start || (strictly && t == self.start) {
+            return None;
+        }
+        if self.count == 1 {
+            return Some(0);
+        }
+        let d = (t - self.start).num_nanoseconds().map_or(i64::MAX, |n| n) - i64::from(strictly);
+        let len = self.len.num_nanoseconds().expect("a run's length fits");
+        Some(u32::try_from(d / len).unwrap_or(u32::MAX).min(self.count - 1))
+    }
+    /// The part of this run from reading `from` on (`count` readings).
+    fn tail(&self, from: u32, count: u32) -> Run {
+        Run {
+            start: self.start_of(from),
+            len: self.len,
+            count,
+            first: self.first + from,
+        }
+    }
+}
+
+/// One meter's readings of one flow: runs sorted by start (the readings they hold are in
+/// start order across runs too), and each reading's slot.
 #[derive(Clone, Debug, PartialEq)]
 struct Series {
     meter_id: MeterId,
     flow: Flow,
-    by_start: Vec<(DateTime<Utc>, u32)>,
+    runs: Vec<Run>,
+    slots: Vec<u32>,
 }
 
-/// An event id's [`prefix`] is already uniform: it is its own hash.
-#[derive(Default)]
-struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Series {
+    /// The reading whose interval overlaps `interval`, if any: `(start, end, slot)`.
+    /// Recorded intervals of one series never overlap, so the only candidate is the last
+    /// one that starts before `interval` ends.
+    fn overlapping(&self, interval: &Interval) -> Option<(DateTime<Utc>, DateTime<Utc>, u32)> {
+        let i = self.runs.partition_point(|r| r.start < interval.end);
+        let r = self.runs.get(i.checked_sub(1)?)?;
+        let k = r.last_starting_before(interval.end, true)?;
+        let end = r.end_of(k);
+        (end > interval.start).then(|| (r.start_of(k), end, self.slots[(r.first + k) as usize]))
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+
+    /// Adds a reading in start order. A reading with the start of a recorded one (only in
+    /// a tampered log) takes its place, as a map by start would; a reading that falls
+    /// inside a run splits it, so the runs always list every reading in start order.
+    fn insert(&mut self, start: DateTime<Utc>, end: DateTime<Utc>, slot: u32) {
+        let len = end - start;
+        let next = self.slots.len() as u32;
+        let single = Run {
+            start,
+            len,
+            count: 1,
+            first: next,
+        };
+        let i = self.runs.partition_point(|r| r.start <= start);
+        if let Some(j) = i.checked_sub(1) {
+            let r = self.runs[j].clone();
+            let k = r
+                .last_starting_before(start, false)
+                .expect("the run starts at or before");
+            let after = r.count - k - 1;
+            if r.start_of(k) == start {
+                if r.len == len {
+                    self.slots[(r.first + k) as usize] = slot;
+                    return;
+                }
+                let mut parts: Vec<Run> = Vec::with_capacity(3);
+                if k > 0 {
+                    parts.push(Run { count: k, ..r.clone() });
+                }
+                parts.push(single);
+                if after > 0 {
+                    parts.push(r.tail(k + 1, after));
+                }
+                self.runs.splice(j..=j, parts);
+                self.slots.push(slot);
+                return;
+            }
+            if after > 0 {
+                let parts = [
+                    Run {
+                        count: k + 1,
+                        ..r.clone()
+                    },
+                    single,
+                    r.tail(k + 1, after),
+                ];
+                self.runs.splice(j..=j, parts);
+                self.slots.push(slot);
+                return;
+            }
+            let extends = r.len == len
+                && r.end_of(r.count - 1) == start
+                && r.first + r.count == next
+                && len
+                    .num_nanoseconds()
+                    .is_some_and(|n| n > 0 && n.checked_mul(i64::from(r.count) + 1).is_some());
+            if extends {
+                self.runs[j].count += 1;
+                self.slots.push(slot);
+                return;
+            }
         }
+        self.runs.insert(i, single);
+        self.slots.push(slot);
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type PrefixMap = HashMap<u64, u32, BuildHasherDefault<PrefixHasher>>;
-
-/// 64 uniform bits of an event id: its two halves folded together. Either half alone has
-/// fixed bits (the version nibble in the first, the variant bits in the second), and a table
-/// indexed by the low bits of the first half would use one bucket in sixteen.
-fn prefix(id: &Uuid) -> u64 {
-    let v = id.as_u128();
-    (v >> 64) as u64 ^ v as u64
 }
 
 /// Slots per chunk of [`Chunked`].
@@ -119,9 +270,6 @@ impl<T> Default for Chunked<T> {
 }
 
 impl<T> Chunked<T> {
-    fn len(&self) -> usize {
-        self.len
-    }
     fn push(&mut self, v: T) {
         if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
@@ -132,32 +280,319 @@ impl<T> Chunked<T> {
     fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
     }
-}
-
-impl<T> std::ops::Index<usize> for Chunked<T> {
-    type Output = T;
-    fn index(&self, i: usize) -> &T {
+    fn get(&self, i: usize) -> &T {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 }
 
-impl<T> std::ops::IndexMut<usize> for Chunked<T> {
-    fn index_mut(&mut self, i: usize) -> &mut T {
-        &mut self.chunks[i / CHUNK][i % CHUNK]
+/// The slot file's first bytes: magic, then the generation.
+const SLOT_MAGIC: &[u8; 8] = b"WLSLOTS\x01";
+const SLOT_HEADER: u64 = 16;
+/// Slots gathered in memory before they are written to the file in one write.
+const SLOT_TAIL_MAX: usize = 4096;
+
+/// Slots in an append-only file: those before `on_disk` are in it, the rest in `tail`.
+#[derive(Debug)]
+struct SlotFile {
+    /// An exclusive lock on `home/lock`: one process at a time keeps its slots in a home
+    /// (another would cut or remove files this one is using).
+    lock: std::fs::File,
+    home: PathBuf,
+    generation: u64,
+    file: std::fs::File,
+    on_disk: u64,
+    tail: Vec<Slot>,
+    /// Set while writes fail (logged once; the slots stay in `tail` until a write succeeds).
+    failing: bool,
+}
+
+fn slot_file_path(home: &Path, generation: u64) -> PathBuf {
+    home.join(format!("slots-{generation:016x}"))
+}
+
+/// Removes the slot files of `home` other than `keep`'s generation.
+fn remove_other_generations(home: &Path, keep: u64) {
+    let keep = slot_file_path(home, keep);
+    if let Ok(dir) = std::fs::read_dir(home) {
+        for e in dir.flatten() {
+            let p = e.path();
+            let ours = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("slots-"));
+            if ours && p != keep {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The lock on `home`, or `None` if another process (or another state of this one) holds
+/// it.
+fn lock_home(home: &Path) -> std::io::Result<Option<std::fs::File>> {
+    std::fs::create_dir_all(home)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.join("lock"))?;
+    Ok(f.try_lock().is_ok().then_some(f))
+}
+
+impl Drop for SlotFile {
+    /// Releases the lock explicitly: a `flock` lives as long as any copy of its descriptor,
+    /// and a process spawned at the wrong moment holds a copy until it execs.
+    fn drop(&mut self) {
+        let _ = self.lock.unlock();
+    }
+}
+
+impl SlotFile {
+    /// A new, empty generation in `home` (older generations are removed); `None` if another
+    /// process keeps its slots there.
+    fn create(home: &Path) -> std::io::Result<Option<Self>> {
+        let Some(lock) = lock_home(home)? else {
+            return Ok(None);
+        };
+        let generation: u64 = rand::random();
+        let path = slot_file_path(home, generation);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut header = SLOT_MAGIC.to_vec();
+        header.extend_from_slice(&generation.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        remove_other_generations(home, generation);
+        Ok(Some(Self {
+            lock,
+            home: home.to_path_buf(),
+            generation,
+            file,
+            on_disk: 0,
+            tail: Vec::new(),
+            failing: false,
+        }))
+    }
+
+    /// The generation a snapshot names, cut back to the `count` slots it covered.
+    fn open(home: &Path, generation: u64, count: u64) -> Result<Self, SnapError> {
+        let lock =
+            lock_home(home)?.ok_or_else(|| damaged(format!("{} is in use by another process", home.display())))?;
+        let path = slot_file_path(home, generation);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => damaged(format!("its slot file {} is missing", path.display())),
+                _ => SnapError::Io(e),
+            })?;
+        let mut header = [0u8; SLOT_HEADER as usize];
+        file.read_exact_at(&mut header, 0)?;
+        if &header[..8] != SLOT_MAGIC || header[8..] != generation.to_le_bytes() {
+            return Err(damaged(format!(
+                "{} is not generation {generation:016x}",
+                path.display()
+            )));
+        }
+        let want = SLOT_HEADER + count * SLOT_BYTES as u64;
+        let have = file.metadata()?.len();
+        if have < want {
+            return Err(damaged(format!(
+                "{} holds {} slots of {count}",
+                path.display(),
+                have.saturating_sub(SLOT_HEADER) / SLOT_BYTES as u64
+            )));
+        }
+        if have > want {
+            file.set_len(want)?;
+        }
+        remove_other_generations(home, generation);
+        Ok(Self {
+            lock,
+            home: home.to_path_buf(),
+            generation,
+            file,
+            on_disk: count,
+            tail: Vec::new(),
+            failing: false,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.on_disk as usize + self.tail.len()
+    }
+
+    fn get(&self, i: usize) -> Slot {
+        if let Some(at) = (i as u64).checked_sub(self.on_disk) {
+            return self.tail[at as usize].clone();
+        }
+        let mut b = [0u8; SLOT_BYTES];
+        let path = || slot_file_path(&self.home, self.generation);
+        self.file
+            .read_exact_at(&mut b, SLOT_HEADER + i as u64 * SLOT_BYTES as u64)
+            .unwrap_or_else(|e| panic!("reading slot {i} of {}: {e}", path().display()));
+        Slot::read_from(&b).unwrap_or_else(|e| panic!("slot {i} of {}: {e}", path().display()))
+    }
+
+    fn push(&mut self, s: Slot) {
+        self.tail.push(s);
+        if self.tail.len() >= SLOT_TAIL_MAX {
+            match self.write_tail() {
+                Ok(()) => self.failing = false,
+                Err(e) => {
+                    if !self.failing {
+                        tracing::error!(
+                            "readings file {}: {e}; its slots stay in memory until a write succeeds",
+                            slot_file_path(&self.home, self.generation).display()
+                        );
+                    }
+                    self.failing = true;
+                }
+            }
+        }
+    }
+
+    fn write_tail(&mut self) -> std::io::Result<()> {
+        if self.tail.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(self.tail.len() * SLOT_BYTES);
+        for s in &self.tail {
+            s.write_to(&mut out);
+        }
+        self.file
+            .write_all_at(&out, SLOT_HEADER + self.on_disk * SLOT_BYTES as u64)?;
+        self.on_disk += self.tail.len() as u64;
+        self.tail.clear();
+        Ok(())
+    }
+}
+
+/// The id map beside a slot file, brought to exactly its slots: what it holds past them is
+/// dropped, and what it lacks (lost with its memory after a crash) is read back from the
+/// file.
+fn ids_for(f: &SlotFile) -> Result<IdMap, SnapError> {
+    let dir = ids_home(&f.home);
+    let mut ids = IdMap::open(&dir, crate::idmap::DEFAULT_MEM_MAX)
+        .map_err(|e| damaged(format!("its id map {}: {e}", dir.display())))?;
+    let n = f.on_disk;
+    match n.checked_sub(1) {
+        None => ids.clear()?,
+        Some(last) if ids.max_value().is_some_and(|m| m > last) => ids.retain_up_to(last)?,
+        Some(_) => {}
+    }
+    // Each map belongs to one generation: its last slot's id must be found at or after it.
+    if let Some(c) = ids.covered() {
+        let s = f.get(c as usize);
+        if ids.get(s.event_id.as_u128())?.is_none_or(|v| v < c) {
+            return Err(damaged(format!("its id map {} belongs to other slots", dir.display())));
+        }
+    }
+    let from = ids.covered().map_or(0, |c| c + 1);
+    let mut buf = vec![0u8; SLOT_BYTES * 4096];
+    let mut at = from;
+    while at < n {
+        let take = (n - at).min(4096) as usize;
+        let b = &mut buf[..take * SLOT_BYTES];
+        f.file.read_exact_at(b, SLOT_HEADER + at * SLOT_BYTES as u64)?;
+        for (k, rec) in b.chunks_exact(SLOT_BYTES).enumerate() {
+            let id = u128::from_le_bytes(rec[..16].try_into().expect("16 bytes"));
+            ids.insert(id, at + k as u64)?;
+        }
+        at += take as u64;
+    }
+    Ok(ids)
+}
+
+/// Where the slots are.
+#[derive(Debug)]
+enum Slots {
+    Memory(Chunked<Slot>),
+    File(SlotFile),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Memory(Chunked::default())
+    }
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        match self {
+            Slots::Memory(c) => c.len,
+            Slots::File(f) => f.len(),
+        }
+    }
+    fn get(&self, i: usize) -> Slot {
+        match self {
+            Slots::Memory(c) => c.get(i).clone(),
+            Slots::File(f) => f.get(i),
+        }
+    }
+    fn push(&mut self, s: Slot) {
+        match self {
+            Slots::Memory(c) => c.push(s),
+            Slots::File(f) => f.push(s),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct Readings {
-    slots: Chunked<Slot>,
-    extras: Vec<Extra>,
+    slots: Slots,
+    /// What corrections changed, by slot.
+    corrected: HashMap<u32, Correction>,
+    /// Job ids, interned: a slot names one by 1 + its index.
+    jobs: Vec<JobId>,
+    job_index: HashMap<JobId, u32>,
     series: Vec<Series>,
     /// Meter → series index + 1 per flow (0: none yet).
     by_meter: HashMap<MeterId, [u32; 4]>,
-    /// 64 bits of the event id ([`prefix`]) → slot. Ids whose prefix is shared by another
-    /// reading's live in `collided`, keyed by the whole id.
-    ids: PrefixMap,
-    collided: HashMap<Uuid, u32>,
+    /// Event id → slot: in memory, or mostly on disk beside the slot file (`ids/`).
+    ids: IdMap,
+    /// Ids the map could not take (a spill failed), kept here in order until
+    /// [`Readings::persist`] hands them over.
+    unindexed: HashMap<Uuid, u32>,
+}
+
+impl Default for Readings {
+    fn default() -> Self {
+        Self {
+            slots: Slots::default(),
+            corrected: HashMap::new(),
+            jobs: Vec::new(),
+            job_index: HashMap::new(),
+            series: Vec::new(),
+            by_meter: HashMap::new(),
+            ids: IdMap::memory(),
+            unindexed: HashMap::new(),
+        }
+    }
+}
+
+fn ids_home(home: &Path) -> PathBuf {
+    home.join("ids")
+}
+
+/// Two sets of readings are equal when they hold the same readings in the same order,
+/// the same series and corrections, and find every reading by its id, wherever their
+/// slots are kept.
+impl PartialEq for Readings {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.series == other.series
+            && self.by_meter == other.by_meter
+            && self.corrected == other.corrected
+            && self.jobs == other.jobs
+            && (0..self.len()).all(|i| {
+                let s = self.slots.get(i);
+                s == other.slots.get(i) && self.slot_of(&s.event_id) == other.slot_of(&s.event_id)
+            })
+    }
 }
 
 fn flow_index(f: Flow) -> usize {
@@ -179,9 +614,6 @@ fn put_time<W: std::io::Write>(e: &mut Enc<W>, t: &DateTime<Utc>) -> std::io::Re
     e.i64(t.timestamp())?;
     e.u32(t.timestamp_subsec_nanos())
 }
-
-/// Bytes of one slot in a snapshot, and of its fields in [`Readings::encode`]'s order.
-const SLOT_BYTES: usize = 16 + 4 + 4 + 8 + 12 + 12 + 16 + 16 + 4;
 
 /// A time of a fixed-size record, as [`put_time`] wrote it.
 fn take_time(c: &mut Fields) -> Result<DateTime<Utc>, SnapError> {
@@ -208,10 +640,54 @@ fn get_id<R: std::io::Read, T>(d: &mut Dec<R>, parse: fn(&str) -> Result<T, Stri
     parse(&d.string()?).map_err(damaged)
 }
 
-/// Marks a prefix whose readings are all in `collided`.
-const COLLIDED: u32 = u32::MAX;
+/// How a snapshot holds the slots.
+const SLOTS_IN_SNAPSHOT: u8 = 0;
+const SLOTS_IN_FILE: u8 = 1;
 
 impl Readings {
+    /// No readings, their slots kept in a new slot file in `home` (older generations there
+    /// are removed), or in memory without one, or if another process keeps its own there
+    /// (two servers started from one directory on one shared store).
+    pub fn fresh(home: Option<&Path>) -> std::io::Result<Self> {
+        let mut r = Self::default();
+        let Some(home) = home else { return Ok(r) };
+        match SlotFile::create(home)? {
+            Some(f) => {
+                // The slot file's lock is held: the id map is ours to start again.
+                r.ids = IdMap::create(&ids_home(home), crate::idmap::DEFAULT_MEM_MAX)?;
+                r.slots = Slots::File(f);
+            }
+            None => tracing::warn!(
+                "another process keeps its readings in {}; this one keeps them in memory",
+                home.display()
+            ),
+        }
+        Ok(r)
+    }
+
+    /// Where the slots are kept, if in a file.
+    pub fn home(&self) -> Option<&Path> {
+        match &self.slots {
+            Slots::Memory(_) => None,
+            Slots::File(f) => Some(&f.home),
+        }
+    }
+
+    /// Makes every slot and id durable (before a snapshot names them).
+    pub fn persist(&mut self) -> std::io::Result<()> {
+        let Slots::File(f) = &mut self.slots else { return Ok(()) };
+        f.write_tail()?;
+        f.failing = false;
+        f.file.sync_data()?;
+        let mut late: Vec<(Uuid, u32)> = self.unindexed.iter().map(|(id, s)| (*id, *s)).collect();
+        late.sort_unstable_by_key(|(_, s)| *s);
+        for (id, slot) in late {
+            self.ids.insert(id.as_u128(), u64::from(slot))?;
+            self.unindexed.remove(&id);
+        }
+        self.ids.flush()
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }
@@ -221,11 +697,13 @@ impl Readings {
     }
 
     fn slot_of(&self, id: &Uuid) -> Option<u32> {
-        match self.ids.get(&prefix(id)) {
-            None => None,
-            Some(&COLLIDED) => self.collided.get(id).copied(),
-            Some(&i) => (self.slots[i as usize].event_id == *id).then_some(i),
+        if let Some(s) = self.unindexed.get(id) {
+            return Some(*s);
         }
+        let found = self.ids.get(id.as_u128()).unwrap_or_else(|e| {
+            panic!("the readings' id map cannot be read: {e}");
+        });
+        found.map(|s| s as u32)
     }
 
     pub fn contains(&self, id: &Uuid) -> bool {
@@ -234,14 +712,19 @@ impl Readings {
 
     /// Where a reading is recorded: `(stream, version)`.
     pub fn locate(&self, id: &Uuid) -> Option<(String, u64)> {
-        let s = &self.slots[self.slot_of(id)? as usize];
+        let s = self.slots.get(self.slot_of(id)? as usize);
         Some((meter_stream(&self.series[s.series as usize].meter_id), s.version))
     }
 
     pub fn get(&self, id: &Uuid) -> Option<ReadingState> {
-        let s = &self.slots[self.slot_of(id)? as usize];
+        let slot = self.slot_of(id)?;
+        let s = self.slots.get(slot as usize);
         let series = &self.series[s.series as usize];
-        let extra = (s.extra > 0).then(|| &self.extras[s.extra as usize - 1]);
+        let fix = self.corrected.get(&slot);
+        let job_id = match s.job {
+            0 => None,
+            j => Some(self.jobs[j as usize - 1].clone()),
+        };
         Some(ReadingState {
             meter_id: series.meter_id.clone(),
             flow: series.flow,
@@ -250,20 +733,19 @@ impl Readings {
                 end: s.end,
             },
             posted_wh: s.posted_wh,
-            current_wh: extra.map_or(s.posted_wh, |x| x.current_wh),
-            current_eu: s.current_eu,
+            current_wh: fix.map_or(s.posted_wh, |x| x.current_wh),
+            current_eu: fix.map_or(s.posted_eu, |x| x.current_eu),
             tariff_version: s.tariff_version,
             stream: meter_stream(&series.meter_id),
             version: s.version,
-            corrections: extra.map_or(0, |x| x.corrections),
-            last_correction: extra.and_then(|x| x.last_correction.clone()),
-            job_id: extra.and_then(|x| x.job_id.clone()),
+            corrections: fix.map_or(0, |x| x.corrections),
+            last_correction: fix.map(|x| x.last.clone()),
+            job_id,
         })
     }
 
     /// The recorded reading of this meter and flow whose interval overlaps `interval`, if
-    /// any: `(start, end, event id)`. Recorded intervals of one series never overlap, so the
-    /// only candidate is the last one that starts before `interval` ends.
+    /// any: `(start, end, event id)`.
     pub fn overlapping(
         &self,
         meter: &MeterId,
@@ -271,16 +753,13 @@ impl Readings {
         interval: &Interval,
     ) -> Option<(DateTime<Utc>, DateTime<Utc>, Uuid)> {
         let series = self.by_meter.get(meter)?[flow_index(flow)].checked_sub(1)?;
-        let by_start = &self.series[series as usize].by_start;
-        let before_end = by_start.partition_point(|(s, _)| *s < interval.end);
-        let (_, slot) = by_start.get(before_end.checked_sub(1)?)?;
-        let s = &self.slots[*slot as usize];
-        (s.end > interval.start).then_some((s.start, s.end, s.event_id))
+        let (start, end, slot) = self.series[series as usize].overlapping(interval)?;
+        Some((start, end, self.slots.get(slot as usize).event_id))
     }
 
     /// Records a reading event (its stream version is `version`). A second reading of the
-    /// same series and start (only in a tampered log) replaces the first in the interval
-    /// list, as the map it stands for would.
+    /// same series and start (only in a tampered log) replaces the first in the series, as
+    /// the map it stands for would.
     pub fn insert(&mut self, event_id: Uuid, r: &ReadingRecorded, version: u64) {
         let fi = flow_index(r.flow);
         let entry = self.by_meter.entry(r.meter_id.clone()).or_insert([0; 4]);
@@ -288,175 +767,165 @@ impl Readings {
             self.series.push(Series {
                 meter_id: r.meter_id.clone(),
                 flow: r.flow,
-                by_start: Vec::new(),
+                runs: Vec::new(),
+                slots: Vec::new(),
             });
             entry[fi] = self.series.len() as u32;
         }
         let series = entry[fi] - 1;
-        let extra = if r.job_id.is_some() {
-            self.extras.push(Extra {
-                current_wh: r.energy_wh,
-                corrections: 0,
-                last_correction: None,
-                job_id: r.job_id.clone(),
-            });
-            self.extras.len() as u32
-        } else {
-            0
+        let job = match &r.job_id {
+            None => 0,
+            Some(j) => match self.job_index.get(j) {
+                Some(&i) => i,
+                None => {
+                    self.jobs.push(j.clone());
+                    let i = self.jobs.len() as u32;
+                    self.job_index.insert(j.clone(), i);
+                    i
+                }
+            },
         };
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
             event_id,
             series,
-            extra,
+            job,
             version,
             start: r.start,
             end: r.end,
             posted_wh: r.energy_wh,
-            current_eu: r.price.amount_eu,
+            posted_eu: r.price.amount_eu,
             tariff_version: r.price.tariff_version,
         });
-        let by_start = &mut self.series[series as usize].by_start;
-        match by_start.last() {
-            Some((last, _)) if *last >= r.start => match by_start.binary_search_by(|(s, _)| s.cmp(&r.start)) {
-                Ok(i) => by_start[i].1 = slot,
-                Err(i) => by_start.insert(i, (r.start, slot)),
-            },
-            _ => by_start.push((r.start, slot)),
-        }
+        self.series[series as usize].insert(r.start, r.end, slot);
         self.index_id(event_id, slot);
     }
 
+    /// Indexes a reading's id (the same id again, only in a tampered log: the later reading
+    /// answers for it). Once the id map has failed to take one, the rest wait beside it, in
+    /// order, for [`Readings::persist`].
     fn index_id(&mut self, id: Uuid, slot: u32) {
-        let p = prefix(&id);
-        match self.ids.get(&p).copied() {
-            None => {
-                self.ids.insert(p, slot);
-            }
-            Some(COLLIDED) => {
-                self.collided.insert(id, slot);
-            }
-            Some(other) => {
-                let other_id = self.slots[other as usize].event_id;
-                if other_id == id {
-                    // The same id again (a tampered log): the later reading answers for it.
-                    self.ids.insert(p, slot);
-                } else {
-                    self.collided.insert(other_id, other);
-                    self.collided.insert(id, slot);
-                    self.ids.insert(p, COLLIDED);
-                }
+        if self.unindexed.is_empty() {
+            match self.ids.insert(id.as_u128(), u64::from(slot)) {
+                Ok(()) => return,
+                Err(e) => tracing::error!(
+                    "the readings' id map cannot take more ids ({e}); they stay in memory until a snapshot is saved"
+                ),
             }
         }
+        self.unindexed.insert(id, slot);
     }
 
-    /// Writes every reading to a snapshot (`ledger::snapshot`): side table, slots, series
-    /// and id tables, each as it stands.
+    /// Writes every reading to a snapshot (`ledger::snapshot`): the slots (or which file
+    /// holds them, after [`Readings::persist`]), jobs, corrections, series and id tables,
+    /// each as it stands.
     pub fn encode<W: std::io::Write>(&self, e: &mut Enc<W>) -> std::io::Result<()> {
-        e.u64(self.extras.len() as u64)?;
-        for x in &self.extras {
-            put_decimal(e, &x.current_wh.value())?;
-            e.u32(x.corrections)?;
-            match &x.last_correction {
-                None => e.u8(0)?,
-                Some((id, wh, reason)) => {
-                    e.u8(1)?;
-                    e.u128(id.as_u128())?;
-                    put_decimal(e, &wh.value())?;
-                    e.field(reason.as_bytes())?;
+        match &self.slots {
+            Slots::Memory(c) => {
+                e.u8(SLOTS_IN_SNAPSHOT)?;
+                e.u64(c.len as u64)?;
+                let mut b = Vec::with_capacity(SLOT_BYTES);
+                for s in c.iter() {
+                    b.clear();
+                    s.write_to(&mut b);
+                    e.bytes(&b)?;
                 }
             }
-            match &x.job_id {
-                None => e.u8(0)?,
-                Some(j) => {
-                    e.u8(1)?;
-                    e.field(j.as_str().as_bytes())?;
+            Slots::File(f) => {
+                if !f.tail.is_empty() || !self.unindexed.is_empty() {
+                    return Err(std::io::Error::other("the readings are not all written yet"));
                 }
+                e.u8(SLOTS_IN_FILE)?;
+                e.u64(f.generation)?;
+                e.u64(f.on_disk)?;
             }
         }
-        e.u64(self.slots.len() as u64)?;
-        for s in self.slots.iter() {
-            e.u128(s.event_id.as_u128())?;
-            e.u32(s.series)?;
-            e.u32(s.extra)?;
-            e.u64(s.version)?;
-            put_time(e, &s.start)?;
-            put_time(e, &s.end)?;
-            put_decimal(e, &s.posted_wh.value())?;
-            put_decimal(e, &s.current_eu)?;
-            e.u32(s.tariff_version)?;
+        e.u64(self.jobs.len() as u64)?;
+        for j in &self.jobs {
+            e.field(j.as_str().as_bytes())?;
+        }
+        e.u64(self.corrected.len() as u64)?;
+        for (slot, x) in &self.corrected {
+            e.u32(*slot)?;
+            put_decimal(e, &x.current_wh.value())?;
+            put_decimal(e, &x.current_eu)?;
+            e.u32(x.corrections)?;
+            e.u128(x.last.0.as_u128())?;
+            put_decimal(e, &x.last.1.value())?;
+            e.field(x.last.2.as_bytes())?;
         }
         e.u64(self.series.len() as u64)?;
         for s in &self.series {
             e.field(s.meter_id.as_str().as_bytes())?;
             e.u8(flow_index(s.flow) as u8)?;
-            e.u64(s.by_start.len() as u64)?;
-            for (start, slot) in &s.by_start {
-                put_time(e, start)?;
+            e.u64(s.runs.len() as u64)?;
+            for r in &s.runs {
+                put_time(e, &r.start)?;
+                e.i64(r.len.num_seconds())?;
+                e.u32(r.len.subsec_nanos() as u32)?;
+                e.u32(r.count)?;
+                e.u32(r.first)?;
+            }
+            e.u64(s.slots.len() as u64)?;
+            for slot in &s.slots {
                 e.u32(*slot)?;
             }
-        }
-        // The id tables in their own iteration order: loading them in that order fills the
-        // table front to back (rebuilding it from the slots, in random order, took seconds).
-        e.u64(self.ids.len() as u64)?;
-        for (prefix, slot) in &self.ids {
-            e.u64(*prefix)?;
-            e.u32(*slot)?;
-        }
-        e.u64(self.collided.len() as u64)?;
-        for (id, slot) in &self.collided {
-            e.u128(id.as_u128())?;
-            e.u32(*slot)?;
         }
         Ok(())
     }
 
-    /// Reads back what [`Readings::encode`] wrote, checking every cross-reference.
-    pub fn decode<R: std::io::Read>(d: &mut Dec<R>) -> Result<Self, SnapError> {
+    /// Reads back what [`Readings::encode`] wrote, checking every cross-reference it can
+    /// without reading the slot file; slots in a file are looked for in `home`.
+    pub fn decode<R: std::io::Read>(d: &mut Dec<R>, home: Option<&Path>) -> Result<Self, SnapError> {
         let mut r = Readings::default();
-        let n = d.count(22)?;
-        r.extras.reserve_exact(n);
-        for _ in 0..n {
-            let current_wh = get_wh(d)?;
-            let corrections = d.u32()?;
-            let last_correction = match d.u8()? {
-                0 => None,
-                1 => Some((Uuid::from_u128(d.u128()?), get_wh(d)?, d.string()?)),
-                f => return Err(damaged(format!("flag {f}"))),
-            };
-            let job_id = match d.u8()? {
-                0 => None,
-                1 => Some(get_id(d, JobId::parse)?),
-                f => return Err(damaged(format!("flag {f}"))),
-            };
-            r.extras.push(Extra {
-                current_wh,
-                corrections,
-                last_correction,
-                job_id,
-            });
-        }
-        let n = d.count(SLOT_BYTES)?;
-        for _ in 0..n {
-            let b: [u8; SLOT_BYTES] = d.array()?;
-            let mut c = Fields(&b);
-            let s = Slot {
-                event_id: Uuid::from_u128(u128::from_le_bytes(c.take())),
-                series: u32::from_le_bytes(c.take()),
-                extra: u32::from_le_bytes(c.take()),
-                version: u64::from_le_bytes(c.take()),
-                start: take_time(&mut c)?,
-                end: take_time(&mut c)?,
-                posted_wh: EnergyWh::new(Decimal::deserialize(c.take())).map_err(damaged)?,
-                current_eu: Decimal::deserialize(c.take()),
-                tariff_version: u32::from_le_bytes(c.take()),
-            };
-            if s.extra as usize > r.extras.len() {
-                return Err(damaged(format!("extra {} of {}", s.extra, r.extras.len())));
+        match d.u8()? {
+            SLOTS_IN_SNAPSHOT => {
+                if home.is_some() {
+                    return Err(damaged(
+                        "its slots were kept in memory, and this ledger keeps them in a file",
+                    ));
+                }
+                let n = d.count(SLOT_BYTES)?;
+                let mut c = Chunked::default();
+                for _ in 0..n {
+                    c.push(Slot::read_from(&d.array()?)?);
+                }
+                r.slots = Slots::Memory(c);
             }
-            r.slots.push(s);
+            SLOTS_IN_FILE => {
+                let (generation, count) = (d.u64()?, d.u64()?);
+                let home =
+                    home.ok_or_else(|| damaged("its slots are in a file, and this ledger has no readings home"))?;
+                if count > u64::from(u32::MAX) {
+                    return Err(damaged(format!("{count} slots")));
+                }
+                r.slots = Slots::File(SlotFile::open(home, generation, count)?);
+            }
+            f => return Err(damaged(format!("slots kept as {f}"))),
         }
-        let n = d.count(17)?;
+        let slots = r.slots.len();
+        let n = d.count(9)?;
+        for i in 0..n {
+            let j = get_id(d, JobId::parse)?;
+            r.job_index.insert(j.clone(), i as u32 + 1);
+            r.jobs.push(j);
+        }
+        let n = d.count(4 + 16 + 16 + 4 + 16 + 16 + 8)?;
+        r.corrected.reserve(n);
+        for _ in 0..n {
+            let slot = d.u32()?;
+            if slot as usize >= slots {
+                return Err(damaged(format!("correction of slot {slot} of {slots}")));
+            }
+            let x = Correction {
+                current_wh: get_wh(d)?,
+                current_eu: get_decimal(d)?,
+                corrections: d.u32()?,
+                last: (Uuid::from_u128(d.u128()?), get_wh(d)?, d.string()?),
+            };
+            r.corrected.insert(slot, x);
+        }
+        let n = d.count(8 + 1 + 8 + 8)?;
         r.series.reserve_exact(n);
         for i in 0..n {
             let meter_id = get_id(d, MeterId::parse)?;
@@ -466,49 +935,71 @@ impl Readings {
                 return Err(damaged(format!("meter {meter_id:?} has two {flow} series")));
             }
             entry[flow_index(flow)] = i as u32 + 1;
-            let m = d.count(16)?;
-            let mut by_start = Vec::with_capacity(m);
+            let m = d.count(32)?;
+            let mut runs = Vec::with_capacity(m);
             for _ in 0..m {
-                let b: [u8; 16] = d.array()?;
+                let b: [u8; 32] = d.array()?;
                 let mut c = Fields(&b);
                 let start = take_time(&mut c)?;
-                let slot = u32::from_le_bytes(c.take());
-                if slot as usize >= r.slots.len() {
-                    return Err(damaged(format!("slot {slot} of {}", r.slots.len())));
+                let (secs, nanos) = (i64::from_le_bytes(c.take()), i32::from_le_bytes(c.take()));
+                let len = TimeDelta::try_seconds(secs)
+                    .and_then(|s| s.checked_add(&TimeDelta::nanoseconds(i64::from(nanos))))
+                    .ok_or_else(|| damaged(format!("length {secs}.{nanos}")))?;
+                let (count, first) = (u32::from_le_bytes(c.take()), u32::from_le_bytes(c.take()));
+                let fits = count == 1
+                    || len
+                        .num_nanoseconds()
+                        .is_some_and(|n| n > 0 && n.checked_mul(i64::from(count)).is_some());
+                if count == 0 || !fits {
+                    return Err(damaged(format!("a run of {count} readings of {len}")));
                 }
-                by_start.push((start, slot));
+                runs.push(Run {
+                    start,
+                    len,
+                    count,
+                    first,
+                });
+            }
+            let m = d.count(4)?;
+            let mut own = Vec::with_capacity(m);
+            for _ in 0..m {
+                let slot = d.u32()?;
+                if slot as usize >= slots {
+                    return Err(damaged(format!("slot {slot} of {slots}")));
+                }
+                own.push(slot);
+            }
+            if let Some(run) = runs
+                .iter()
+                .find(|run| (run.first as usize + run.count as usize) > own.len())
+            {
+                return Err(damaged(format!(
+                    "a run past its series' {} readings: {run:?}",
+                    own.len()
+                )));
             }
             r.series.push(Series {
                 meter_id,
                 flow,
-                by_start,
+                runs,
+                slots: own,
             });
         }
-        if let Some(s) = r.slots.iter().find(|s| s.series as usize >= r.series.len()) {
-            return Err(damaged(format!("series {} of {}", s.series, r.series.len())));
+        if let Slots::Memory(c) = &r.slots
+            && let Some(s) = c
+                .iter()
+                .find(|s| s.series as usize >= r.series.len() || s.job as usize > r.jobs.len())
+        {
+            return Err(damaged(format!("a slot of series {} and job {}", s.series, s.job)));
         }
-        let known = |slot: u32| {
-            if slot == COLLIDED || (slot as usize) < r.slots.len() {
-                Ok(slot)
-            } else {
-                Err(damaged(format!("slot {slot} of {}", r.slots.len())))
+        match &r.slots {
+            Slots::Memory(c) => {
+                for (i, s) in c.iter().enumerate() {
+                    r.ids.insert(s.event_id.as_u128(), i as u64).map_err(SnapError::Io)?;
+                }
             }
-        };
-        let n = d.count(12)?;
-        let mut ids = PrefixMap::with_capacity_and_hasher(n, Default::default());
-        for _ in 0..n {
-            let b: [u8; 12] = d.array()?;
-            let mut c = Fields(&b);
-            let prefix = u64::from_le_bytes(c.take());
-            ids.insert(prefix, known(u32::from_le_bytes(c.take()))?);
+            Slots::File(f) => r.ids = ids_for(f)?,
         }
-        let n = d.count(20)?;
-        let mut collided = HashMap::with_capacity(n);
-        for _ in 0..n {
-            let id = Uuid::from_u128(d.u128()?);
-            collided.insert(id, known(d.u32()?)?);
-        }
-        (r.ids, r.collided) = (ids, collided);
         Ok(r)
     }
 
@@ -517,69 +1008,202 @@ impl Readings {
         let Some(slot) = self.slot_of(&c.corrected_event_id) else {
             return;
         };
-        let s = &mut self.slots[slot as usize];
-        if s.extra == 0 {
-            self.extras.push(Extra {
-                current_wh: s.posted_wh,
-                corrections: 0,
-                last_correction: None,
-                job_id: None,
-            });
-            s.extra = self.extras.len() as u32;
-        }
-        s.current_eu = c.price.amount_eu;
-        let x = &mut self.extras[s.extra as usize - 1];
+        let x = self.corrected.entry(slot).or_insert_with(|| Correction {
+            current_wh: c.energy_wh,
+            current_eu: c.price.amount_eu,
+            corrections: 0,
+            last: (event_id, c.energy_wh, String::new()),
+        });
         x.current_wh = c.energy_wh;
+        x.current_eu = c.price.amount_eu;
         x.corrections += 1;
-        x.last_correction = Some((event_id, c.energy_wh, c.reason.clone()));
+        x.last = (event_id, c.energy_wh, c.reason.clone());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn a_slot_stays_small() {
-        // The per-reading cost this module promises (96 bytes a slot).
-        assert!(std::mem::size_of::<Slot>() <= 96, "{}", std::mem::size_of::<Slot>());
+    fn slot(event_id: Uuid, version: u64) -> Slot {
+        Slot {
+            event_id,
+            series: 0,
+            job: 0,
+            version,
+            start: DateTime::<Utc>::MIN_UTC,
+            end: DateTime::<Utc>::MIN_UTC,
+            posted_wh: EnergyWh::parse("1").unwrap(),
+            posted_eu: Decimal::ZERO,
+            tariff_version: 1,
+        }
     }
 
     #[test]
-    fn colliding_prefixes_are_told_apart() {
-        let mut r = Readings::default();
-        let a = Uuid::from_u128(0x1111_2222_3333_4444_0000_0000_0000_0001);
-        let b = Uuid::from_u128(0x1111_2222_3333_4445_0000_0000_0000_0000);
-        let c = Uuid::from_u128(0x1111_2222_3333_4447_0000_0000_0000_0002);
+    fn a_slot_stays_small() {
+        // The per-reading cost this module promises, in memory and on disk.
+        assert!(std::mem::size_of::<Slot>() <= 96, "{}", std::mem::size_of::<Slot>());
+        let mut b = Vec::new();
+        slot(Uuid::nil(), 1).write_to(&mut b);
+        assert_eq!(b.len(), SLOT_BYTES);
+    }
+
+    /// What the runs stand for: readings by start (a later one with the same start takes
+    /// its place), each with its end and slot.
+    fn model_overlapping(
+        m: &BTreeMap<DateTime<Utc>, (DateTime<Utc>, u32)>,
+        q: &Interval,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>, u32)> {
+        let (s, (e, slot)) = m.range(..q.end).next_back()?;
+        (*e > q.start).then_some((*s, *e, *slot))
+    }
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_767_225_600, 0).unwrap() + TimeDelta::minutes(minutes)
+    }
+
+    proptest! {
+        /// Runs answer every overlap query as the plain list of readings by start does, for
+        /// readings in order, out of order, with gaps, of several lengths, and repeated
+        /// starts (a tampered log), and they stay few for back-to-back readings.
+        #[test]
+        fn runs_answer_as_the_list_by_start(
+            posts in proptest::collection::vec((0i64..120, prop_oneof![Just(15i64), Just(15), Just(5), Just(30)], any::<bool>()), 1..80),
+            queries in proptest::collection::vec((0i64..140, 1i64..40), 1..40),
+        ) {
+            let mut series = Series { meter_id: MeterId::parse("m-1").unwrap(), flow: Flow::Consumed, runs: vec![], slots: vec![] };
+            let mut model = BTreeMap::new();
+            let mut cursor = 0i64;
+            for (i, (start, len, in_order)) in posts.iter().enumerate() {
+                // Half the readings follow the last one back to back; the rest land anywhere.
+                let start = if *in_order { cursor } else { *start };
+                cursor = start + len;
+                series.insert(at(start), at(start + len), i as u32);
+                model.insert(at(start), (at(start + len), i as u32));
+            }
+            for (start, len) in queries {
+                let q = Interval { start: at(start), end: at(start + len) };
+                prop_assert_eq!(series.overlapping(&q), model_overlapping(&model, &q), "query {:?}", q);
+            }
+            // Every reading is listed once, in start order.
+            let listed: Vec<_> = series.runs.iter().flat_map(|r| (0..r.count).map(move |k| (r.start_of(k), r.end_of(k), r.first + k))).collect();
+            let starts: Vec<_> = listed.iter().map(|(s, e, i)| (*s, (*e, series.slots[*i as usize]))).collect();
+            prop_assert_eq!(starts, model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn back_to_back_readings_make_one_run() {
+        let mut s = Series {
+            meter_id: MeterId::parse("m-1").unwrap(),
+            flow: Flow::Generated,
+            runs: vec![],
+            slots: vec![],
+        };
+        for k in 0..10_000 {
+            s.insert(at(15 * k), at(15 * k + 15), k as u32);
+        }
+        assert_eq!(s.runs.len(), 1);
+        let q = Interval {
+            start: at(15 * 5000 + 3),
+            end: at(15 * 5000 + 4),
+        };
+        assert_eq!(s.overlapping(&q), Some((at(15 * 5000), at(15 * 5001), 5000)));
+        // A gap starts a new run; filling it splits nothing and finds its neighbours.
+        s.insert(at(15 * 10_001), at(15 * 10_002), 10_001);
+        assert_eq!(s.runs.len(), 2);
+        s.insert(at(15 * 10_000), at(15 * 10_001), 10_000);
+        assert_eq!(s.runs.len(), 3);
+        let q = Interval {
+            start: at(15 * 10_000),
+            end: at(15 * 10_002),
+        };
+        assert_eq!(s.overlapping(&q).map(|o| o.2), Some(10_001));
+    }
+
+    #[test]
+    fn slots_in_a_file_come_back_from_a_snapshot_and_what_followed_is_cut() {
+        let home = tempfile::tempdir().unwrap();
+        let one_series = |r: &mut Readings| {
+            r.series.push(Series {
+                meter_id: MeterId::parse("m-1").unwrap(),
+                flow: Flow::Generated,
+                runs: vec![],
+                slots: vec![],
+            });
+            r.by_meter.insert(MeterId::parse("m-1").unwrap(), [1, 0, 0, 0]);
+        };
+        let mut r = Readings::fresh(Some(home.path())).unwrap();
+        one_series(&mut r);
+        let ids: Vec<Uuid> = (0..SLOT_TAIL_MAX as u128 + 10)
+            .map(|i| Uuid::from_u128(i * 7919 + 1))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            r.slots.push(slot(*id, i as u64));
+            r.index_id(*id, i as u32);
+        }
         assert!(
-            prefix(&a) == prefix(&b) && prefix(&b) == prefix(&c),
-            "the three share a prefix"
+            matches!(&r.slots, Slots::File(f) if f.on_disk == SLOT_TAIL_MAX as u64),
+            "one write so far"
         );
-        (0..3).for_each(|i| {
-            r.slots.push(Slot {
-                event_id: [a, b, c][i],
-                series: 0,
-                extra: 0,
-                version: i as u64 + 1,
-                start: DateTime::<Utc>::MIN_UTC,
-                end: DateTime::<Utc>::MIN_UTC,
-                posted_wh: EnergyWh::parse("1").unwrap(),
-                current_eu: Decimal::ZERO,
-                tariff_version: 1,
-            })
-        });
-        r.index_id(a, 0);
-        assert_eq!(r.slot_of(&a), Some(0));
-        assert_eq!(r.slot_of(&b), None, "same prefix, another id");
-        r.index_id(b, 1);
-        r.index_id(c, 2);
-        assert_eq!(
-            (r.slot_of(&a), r.slot_of(&b), r.slot_of(&c)),
-            (Some(0), Some(1), Some(2))
-        );
-        assert_eq!(
-            r.slot_of(&Uuid::from_u128(0x1111_2222_3333_4444_0000_0000_0000_0009)),
-            None
-        );
+        r.persist().unwrap();
+        let mut body = Vec::new();
+        r.encode(&mut Enc::new(&mut body)).unwrap();
+        // More slots after the snapshot, then the process stops without saving.
+        for i in 0..SLOT_TAIL_MAX as u128 {
+            r.slots.push(slot(Uuid::from_u128(u128::MAX - i), 0));
+        }
+        drop(r);
+        let back = Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path())).unwrap();
+        assert_eq!(back.len(), ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(back.slot_of(id), Some(i as u32));
+            assert_eq!(back.slots.get(i), slot(*id, i as u64));
+        }
+        // In memory, the same readings compare equal.
+        let mut mem = Readings::default();
+        one_series(&mut mem);
+        for (i, id) in ids.iter().enumerate() {
+            mem.slots.push(slot(*id, i as u64));
+            mem.index_id(*id, i as u32);
+        }
+        assert_eq!(back, mem);
+        drop(back);
+        // The id map lost (a crash before it spilled, or removed by hand): read back from the
+        // slot file. Then another generation's map: refused.
+        std::fs::remove_dir_all(ids_home(home.path())).unwrap();
+        let back = Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path())).unwrap();
+        assert_eq!(back, mem);
+        drop(back);
+        let other = tempfile::tempdir().unwrap();
+        let mut o = Readings::fresh(Some(other.path())).unwrap();
+        o.slots.push(slot(Uuid::from_u128(5), 0));
+        o.index_id(Uuid::from_u128(5), 0);
+        o.persist().unwrap();
+        drop(o);
+        std::fs::remove_dir_all(ids_home(home.path())).unwrap();
+        std::fs::rename(ids_home(other.path()), ids_home(home.path())).unwrap();
+        let e = Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path())).unwrap_err();
+        assert!(e.to_string().contains("belongs to other slots"), "{e}");
+        std::fs::remove_dir_all(ids_home(home.path())).unwrap();
+        let back = Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path())).unwrap();
+        // A snapshot whose slots are in memory is refused where the ledger keeps a file, and
+        // one that names a file is refused without a home or once a new generation started.
+        let mut inline = Vec::new();
+        mem.encode(&mut Enc::new(&mut inline)).unwrap();
+        assert!(Readings::decode(&mut Dec::new(&inline[..], inline.len() as u64), Some(home.path())).is_err());
+        Readings::decode(&mut Dec::new(&inline[..], inline.len() as u64), None).unwrap();
+        assert!(Readings::decode(&mut Dec::new(&body[..], body.len() as u64), None).is_err());
+        let decode = || Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path()));
+        let e = decode().unwrap_err();
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        let new = Readings::fresh(Some(home.path())).unwrap();
+        assert!(new.home().is_none(), "the home is taken: memory instead");
+        drop(back);
+        drop(Readings::fresh(Some(home.path())).unwrap());
+        let e = decode().unwrap_err();
+        assert!(e.to_string().contains("is missing"), "{e}");
     }
 }

@@ -220,7 +220,7 @@ pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
 
 /// The write model. Everything but the readings is saved as JSON in the ledger's snapshot
 /// (`ledger::snapshot`); the readings have a binary encoding of their own.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerState {
     pub sites: HashMap<SiteId, SiteState>,
     pub meters: HashMap<MeterId, MeterState>,

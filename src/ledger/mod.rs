@@ -180,6 +180,8 @@ struct Inner {
     /// On a shared store: our own events already in the state but not yet seen in the log,
     /// so that catching up with other writers does not fold them twice.
     pending: HashSet<Uuid>,
+    /// Where the readings' slots are kept (beside the snapshot), if not in memory.
+    home: Option<std::path::PathBuf>,
 }
 
 impl Inner {
@@ -230,13 +232,11 @@ impl Inner {
 
     async fn rebuild(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
         let fence = store.failures();
-        let (state, applied) = replay_state(store).await?;
-        *self = Inner {
-            state,
-            fence,
-            applied,
-            pending: HashSet::new(),
-        };
+        // The old state lets go of its slot file before a new generation replaces it.
+        self.state = LedgerState::default();
+        let (state, applied) = replay_from(store, fresh_state(self.home.as_deref())?, 0).await?;
+        (self.state, self.fence, self.applied) = (state, fence, applied);
+        self.pending.clear();
         Ok(())
     }
 
@@ -445,6 +445,21 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<(LedgerState, u64), 
     replay_from(store, LedgerState::default(), 0).await
 }
 
+/// An empty write state whose readings' slots are kept in `home` (a new generation), or in
+/// memory.
+pub fn fresh_state(home: Option<&Path>) -> Result<LedgerState, StoreError> {
+    let readings = crate::domain::state::Readings::fresh(home).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "the readings' directory {}: {e}",
+            home.map_or_else(String::new, |h| h.display().to_string())
+        ))
+    })?;
+    Ok(LedgerState {
+        readings,
+        ..LedgerState::default()
+    })
+}
+
 /// Folds the log after position `after` into `state`; returns it with the last position
 /// folded.
 async fn replay_from(
@@ -517,6 +532,7 @@ impl Ledger {
     ) -> Result<Arc<Self>, StoreError> {
         let fence = store.failures();
         let mut from_snapshot = false;
+        let home = snapshot.as_ref().map(|(path, _)| snapshot::readings_home(path));
         let (snapshot, (start, mut opened_from)) = match snapshot {
             None => (
                 None,
@@ -531,7 +547,7 @@ impl Ledger {
                         from_snapshot = true;
                         ((state, at), format!("the write-state snapshot at position {at}"))
                     }
-                    Err(why) => ((LedgerState::default(), 0), format!("the whole log: {why}")),
+                    Err(why) => ((fresh_state(home.as_deref())?, 0), format!("the whole log: {why}")),
                 };
                 (Some(path), opened)
             }
@@ -550,6 +566,7 @@ impl Ledger {
                 fence,
                 applied,
                 pending: HashSet::new(),
+                home,
             }),
             stale: Arc::new(AtomicBool::new(false)),
             snapshot,
@@ -596,17 +613,36 @@ impl Ledger {
                 chain_hash: head.hash,
             }
         };
+        let home = snapshot::readings_home(path);
+        if inner.state.readings.home().is_none() {
+            return Err(format!(
+                "another process keeps its readings in {}; its snapshot is left to it",
+                home.display()
+            ));
+        }
+        inner
+            .state
+            .readings
+            .persist()
+            .map_err(|e| format!("{}: {e}", home.display()))?;
         snapshot::write(path, &header, &inner.state).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Some(header))
     }
 
     /// Saves the write-state snapshot (a failure is logged: the next open replays more of
-    /// the log), then shuts the store down.
+    /// the log), lets go of the readings' files (so that the next process can open them while
+    /// this one winds down; a later command here rebuilds the state), then shuts the store
+    /// down.
     pub async fn close(&self) {
         match self.save_snapshot().await {
             Ok(Some(h)) => tracing::info!(position = h.position, "saved the write-state snapshot"),
             Ok(None) => {}
             Err(e) => tracing::warn!("write-state snapshot not saved: {e}"),
+        }
+        if self.snapshot.is_some() {
+            let mut inner = self.inner.lock().await;
+            inner.state = LedgerState::default();
+            self.stale.store(true, Ordering::SeqCst);
         }
         self.store.shutdown().await;
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const KIND: &[u8; 8] = b"ledger\0\0";
 /// Bump whenever `evolve` or the state's shape changes what a log folds into: a snapshot of
 /// another format is ignored (and the state rebuilt from the log), never misread.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Writes the state as it stands at `header` (atomically).
 pub fn write(path: &Path, header: &Header, state: &LedgerState) -> std::io::Result<()> {
@@ -37,14 +37,22 @@ pub async fn read_in_background(path: PathBuf) -> Read {
         .unwrap_or_else(|e| Err(SnapError::Io(std::io::Error::other(e))))
 }
 
-/// Reads a snapshot. Does not consult the log.
+/// Reads a snapshot; its readings' slots are in [`readings_home`] of `path`. Does not
+/// consult the log.
 pub fn read(path: &Path) -> Read {
+    let home = readings_home(path);
     snapfile::read(path, KIND, FORMAT, |_, d| {
         let mut state: LedgerState =
             serde_json::from_slice(&d.field()?).map_err(|e| SnapError::Damaged(format!("state: {e}")))?;
-        state.readings = Readings::decode(d)?;
+        state.readings = Readings::decode(d, Some(&home))?;
         Ok(state)
     })
+}
+
+/// The directory beside a write-state snapshot where the readings' slots are kept
+/// (`<db>.state.snapshot` → `<db>.state.readings`).
+pub fn readings_home(snapshot: &Path) -> PathBuf {
+    snapshot.with_extension("readings")
 }
 
 /// Where the write-state snapshot of a store lives: beside an SQLite file, else under
