@@ -132,6 +132,8 @@ pub struct IdMap {
     /// `None` in memory mode.
     disk: Option<Disk>,
     block_reads: AtomicU64,
+    /// After a failed spill: the memtable size at which the next one is tried.
+    spill_retry_at: usize,
 }
 
 struct Disk {
@@ -160,6 +162,7 @@ impl IdMap {
             max_value: None,
             disk: None,
             block_reads: AtomicU64::new(0),
+            spill_retry_at: 0,
         }
     }
 
@@ -233,11 +236,15 @@ impl IdMap {
             max_value,
             disk: Some(disk),
             block_reads: AtomicU64::new(0),
+            spill_retry_at: 0,
         })
     }
 
     /// Maps `key` to `value`, overriding an earlier value of `key`. `value` must not be below any value inserted
-    /// before (`InvalidInput`). May spill the memtable (on error nothing was inserted) and installs a finished merge.
+    /// before (`InvalidInput`). May spill the memtable and installs a finished merge. If the spill fails, the entry is
+    /// inserted all the same (the memtable grows past `mem_max`; the next spill is tried once it has grown by another
+    /// quarter of `mem_max`) and the spill's error is returned for the caller to report: an entry is never lost to a
+    /// full or failing disk.
     pub fn insert(&mut self, key: u128, value: u64) -> io::Result<()> {
         if let Some(max) = self.max_value
             && value < max
@@ -248,11 +255,20 @@ impl IdMap {
             ));
         }
         let key = MemKey::new(key);
+        let mut spill_failed = None;
         if let Some(disk) = &mut self.disk {
             disk.reap(false, self.mem_max);
-            if self.mem.len() >= self.mem_max && !self.mem.contains_key(&key) {
-                disk.spill(&self.mem, self.max_value, self.mem_max)?;
-                self.mem.clear();
+            if self.mem.len() >= self.mem_max.max(self.spill_retry_at) && !self.mem.contains_key(&key) {
+                match disk.spill(&self.mem, self.max_value, self.mem_max) {
+                    Ok(()) => {
+                        self.mem.clear();
+                        self.spill_retry_at = 0;
+                    }
+                    Err(e) => {
+                        self.spill_retry_at = self.mem.len() + self.mem_max.div_ceil(4);
+                        spill_failed = Some(e);
+                    }
+                }
             }
             if disk.covered == Some(value) {
                 // A crash after this insert must not lose it: the durable mark goes below the tie first.
@@ -261,7 +277,7 @@ impl IdMap {
         }
         self.mem.insert(key, value);
         self.max_value = Some(value);
-        Ok(())
+        spill_failed.map_or(Ok(()), Err)
     }
 
     /// The newest value of `key`. Fails only if a run's block cannot be read or fails its checksum.
@@ -1770,6 +1786,35 @@ mod tests {
         assert_eq!((map.runs(), run_files(dir.path())?.len()), (4, 4));
         assert!(!map.poll_merge()?, "the failure is reported once");
         assert_eq!(map.get(key(9))?, Some(90));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_spill_keeps_every_entry_and_the_next_one_catches_up() -> io::Result<()> {
+        let dir = scratch();
+        let maps = dir.path().join("map");
+        let mut map = IdMap::open(&maps, 8)?;
+        // The directory is gone: every spill fails, and nothing inserted is lost.
+        fs::remove_dir_all(&maps)?;
+        let failed: Vec<u64> = (0..12).filter(|i| map.insert(key(*i), *i).is_err()).collect();
+        assert_eq!(
+            failed,
+            [8, 10],
+            "a spill when full, then again a quarter of mem_max later"
+        );
+        assert_eq!((map.runs(), map.mem_len()), (0, 12));
+        for i in 0..12 {
+            assert_eq!(map.get(key(i))?, Some(i));
+        }
+        fs::create_dir(&maps)?;
+        map.insert(key(12), 12)?;
+        assert_eq!((map.runs(), map.mem_len(), map.covered()), (1, 1, Some(11)));
+        map.flush()?;
+        drop(map);
+        let map = IdMap::open(&maps, 8)?;
+        for i in 0..13 {
+            assert_eq!(map.get(key(i))?, Some(i));
+        }
         Ok(())
     }
 

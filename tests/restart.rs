@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use wattledger::domain::time::{fmt_time, parse_time};
 use wattledger::ledger::{FixedClock, Ledger, replay_state, snapshot};
-use wattledger::store::sqlite::{SqliteStore, index_snapshot_path};
+use wattledger::store::sqlite::{SqliteStore, id_map_path, index_snapshot_path};
 use wattledger::store::{AppendBatch, EventStore, EventToAppend, ExpectedVersion, StoreError};
 
 const NOW: &str = "2026-11-28T12:00:00Z";
@@ -473,6 +473,30 @@ async fn the_store_index_is_read_back_from_its_snapshot_and_checked_against_the_
         store.shutdown().await;
         drop(store);
         // Undo the append so that both rounds see the same file.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute("DELETE FROM events WHERE position = 52", []).unwrap();
+    }
+
+    // The writer's id map: another file's (it maps ids this log never had), then none at all
+    // (lost before it was ever saved). Either way the ids are read again from the log.
+    let ids = id_map_path(&db);
+    for round in 0..2 {
+        std::fs::remove_dir_all(&ids).unwrap();
+        if round == 0 {
+            copy_dir(&id_map_path(&other), &ids);
+        }
+        let store = SqliteStore::open(&db).await.unwrap();
+        assert!(matches!(
+            append(&store, "s-0", 18, &[20]).await,
+            Err(StoreError::DuplicateEventId(_))
+        ));
+        assert_eq!(
+            append(&store, "s-0", 18, &[5001]).await.unwrap(),
+            52,
+            "an id of the other file is new here"
+        );
+        store.shutdown().await;
+        drop(store);
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute("DELETE FROM events WHERE position = 52", []).unwrap();
     }

@@ -554,9 +554,6 @@ pub struct Readings {
     by_meter: HashMap<MeterId, [u32; 4]>,
     /// Event id → slot: in memory, or mostly on disk beside the slot file (`ids/`).
     ids: IdMap,
-    /// Ids the map could not take (a spill failed), kept here in order until
-    /// [`Readings::persist`] hands them over.
-    unindexed: HashMap<Uuid, u32>,
 }
 
 impl Default for Readings {
@@ -569,7 +566,6 @@ impl Default for Readings {
             series: Vec::new(),
             by_meter: HashMap::new(),
             ids: IdMap::memory(),
-            unindexed: HashMap::new(),
         }
     }
 }
@@ -679,12 +675,6 @@ impl Readings {
         f.write_tail()?;
         f.failing = false;
         f.file.sync_data()?;
-        let mut late: Vec<(Uuid, u32)> = self.unindexed.iter().map(|(id, s)| (*id, *s)).collect();
-        late.sort_unstable_by_key(|(_, s)| *s);
-        for (id, slot) in late {
-            self.ids.insert(id.as_u128(), u64::from(slot))?;
-            self.unindexed.remove(&id);
-        }
         self.ids.flush()
     }
 
@@ -697,9 +687,6 @@ impl Readings {
     }
 
     fn slot_of(&self, id: &Uuid) -> Option<u32> {
-        if let Some(s) = self.unindexed.get(id) {
-            return Some(*s);
-        }
         let found = self.ids.get(id.as_u128()).unwrap_or_else(|e| {
             panic!("the readings' id map cannot be read: {e}");
         });
@@ -802,18 +789,11 @@ impl Readings {
     }
 
     /// Indexes a reading's id (the same id again, only in a tampered log: the later reading
-    /// answers for it). Once the id map has failed to take one, the rest wait beside it, in
-    /// order, for [`Readings::persist`].
+    /// answers for it). A spill that fails keeps the id in memory ([`IdMap::insert`]).
     fn index_id(&mut self, id: Uuid, slot: u32) {
-        if self.unindexed.is_empty() {
-            match self.ids.insert(id.as_u128(), u64::from(slot)) {
-                Ok(()) => return,
-                Err(e) => tracing::error!(
-                    "the readings' id map cannot take more ids ({e}); they stay in memory until a snapshot is saved"
-                ),
-            }
+        if let Err(e) = self.ids.insert(id.as_u128(), u64::from(slot)) {
+            tracing::error!("the readings' id map could not write to disk ({e}); it keeps the ids in memory meanwhile");
         }
-        self.unindexed.insert(id, slot);
     }
 
     /// Writes every reading to a snapshot (`ledger::snapshot`): the slots (or which file
@@ -832,7 +812,7 @@ impl Readings {
                 }
             }
             Slots::File(f) => {
-                if !f.tail.is_empty() || !self.unindexed.is_empty() {
+                if !f.tail.is_empty() {
                     return Err(std::io::Error::other("the readings are not all written yet"));
                 }
                 e.u8(SLOTS_IN_FILE)?;

@@ -29,21 +29,39 @@ struct Index {
     seed: u64,
     /// Stream → positions of its events, in version order.
     streams: SeededMap<String, Vec<u64>>,
-    /// Event id → position.
-    ids: SeededMap<Uuid, u64>,
+    /// Event id → position, mostly on disk (`<db>.ids/`); the writer's only (a read-only
+    /// store never appends, and the writer holds the map's directory).
+    ids: Option<crate::idmap::IdMap>,
     head: u64,
     head_hash: String,
 }
 
 impl Index {
-    fn empty(seed: u64, streams: usize, ids: usize) -> Self {
+    fn empty(seed: u64, streams: usize) -> Self {
         let state = foldhash::fast::FixedState::with_seed(seed);
         Self {
             seed,
             streams: HashMap::with_capacity_and_hasher(streams, state),
-            ids: HashMap::with_capacity_and_hasher(ids, state),
+            ids: None,
             head: 0,
             head_hash: GENESIS_HASH.to_string(),
+        }
+    }
+
+    /// The position of an event id, if recorded (writer only).
+    fn position_of(&self, id: &Uuid) -> Result<Option<u64>, StoreError> {
+        let ids = self.ids.as_ref().ok_or_else(|| unavailable("the store is read-only"))?;
+        ids.get(id.as_u128())
+            .map_err(|e| unavailable(format!("the store's id map: {e}")))
+    }
+
+    /// Indexes a recorded event id (in position order). A spill that fails keeps it in
+    /// memory ([`crate::idmap::IdMap::insert`]).
+    fn index_id(&mut self, id: &Uuid, position: u64) {
+        if let Some(ids) = &mut self.ids
+            && let Err(e) = ids.insert(id.as_u128(), position)
+        {
+            tracing::error!("the store's id map could not write to disk ({e}); it keeps the ids in memory meanwhile");
         }
     }
 }
@@ -80,11 +98,16 @@ impl Drop for SqliteStore {
 
 const INDEX_KIND: &[u8; 8] = b"sqlindex";
 /// Bump when [`Index`] or its encoding changes.
-const INDEX_FORMAT: u32 = 2;
+const INDEX_FORMAT: u32 = 3;
 
 /// Where the index snapshot of the store at `db` lives.
 pub fn index_snapshot_path(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.index", db.display()))
+}
+
+/// Where the writer keeps the event id → position map of the store at `db`.
+pub fn id_map_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.ids", db.display()))
 }
 
 fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
@@ -102,11 +125,6 @@ fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
                 e.u64(*p)?;
             }
         }
-        e.u64(index.ids.len() as u64)?;
-        for (id, p) in &index.ids {
-            e.u128(id.as_u128())?;
-            e.u64(*p)?;
-        }
         Ok(())
     })
 }
@@ -116,7 +134,7 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
     let found = crate::snapfile::read(path, INDEX_KIND, INDEX_FORMAT, |h, d| {
         let seed = d.u64()?;
         let n = d.count(16)?;
-        let mut index = Index::empty(seed, n, 0);
+        let mut index = Index::empty(seed, n);
         for _ in 0..n {
             let stream = d.string()?;
             let m = d.count(8)?;
@@ -125,16 +143,6 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
                 positions.push(d.u64()?);
             }
             index.streams.insert(stream, positions);
-        }
-        let n = d.count(24)?;
-        index.ids.reserve(n);
-        for _ in 0..n {
-            let b: [u8; 24] = d.array()?;
-            let mut c = crate::snapfile::Fields(&b);
-            index.ids.insert(
-                Uuid::from_u128(u128::from_le_bytes(c.take())),
-                u64::from_le_bytes(c.take()),
-            );
         }
         index.head = h.position;
         index.head_hash = h.chain_hash.clone();
@@ -166,12 +174,58 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
     }
 }
 
+/// Saves the stream index beside the file and makes the id map durable, then lets go of
+/// the id map (the writer has stopped: nothing is appended any more).
 fn save_index(db: &Path, index: &RwLock<Index>) {
     let path = index_snapshot_path(db);
-    let index = index.read().expect("index lock");
+    let mut index = index.write().expect("index lock");
     if let Err(e) = write_index(&path, &index) {
         tracing::warn!("store index snapshot {} not saved: {e}", path.display());
     }
+    if let Some(mut ids) = index.ids.take()
+        && let Err(e) = ids.flush()
+    {
+        tracing::warn!(
+            "store id map {} not saved (the next open reads the ids again from the log): {e}",
+            id_map_path(db).display()
+        );
+    }
+}
+
+/// The writer's id map, agreeing with the log at `conn` up to what it covers: a map the
+/// log contradicts (or that cannot be read) is started again.
+fn open_id_map(conn: &Connection, db: &Path) -> Result<crate::idmap::IdMap, StoreError> {
+    use crate::idmap::{DEFAULT_MEM_MAX, IdMap};
+    let dir = id_map_path(db);
+    let fail = |e: std::io::Error| unavailable(format!("{}: {e}", dir.display()));
+    let why = match IdMap::open(&dir, DEFAULT_MEM_MAX) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(fail(e)),
+        Err(e) => e.to_string(),
+        Ok(ids) => {
+            let Some(covered) = ids.covered() else { return Ok(ids) };
+            let id: Option<String> = conn
+                .query_row(
+                    "SELECT event_id FROM events WHERE position = ?1",
+                    [covered as i64],
+                    |r| r.get(0),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(unavailable(e)),
+                })?;
+            let found = match id.as_deref().map(Uuid::parse_str) {
+                Some(Ok(id)) => ids.get(id.as_u128()).map_err(fail)?,
+                _ => None,
+            };
+            if found.is_some_and(|p| p >= covered) {
+                return Ok(ids);
+            }
+            format!("the log has no event it maps to position {covered}")
+        }
+    };
+    tracing::warn!("store id map {} started again from the log: {why}", dir.display());
+    IdMap::create(&dir, DEFAULT_MEM_MAX).map_err(fail)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -293,7 +347,8 @@ impl SqliteStore {
         if write {
             migrate(&conn)?;
         }
-        let index = Self::load_index(&conn, &index_snapshot_path(&path))?;
+        let ids = if write { Some(open_id_map(&conn, &path)?) } else { None };
+        let index = Self::load_index(&conn, &index_snapshot_path(&path), ids)?;
         let (head_tx, head_rx) = watch::channel(index.head);
         let index = Arc::new(RwLock::new(index));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
@@ -327,34 +382,45 @@ impl SqliteStore {
         }))
     }
 
-    /// Builds the in-memory index: from its snapshot when one agrees with the file, then
-    /// with one sequential scan of the narrow columns of what follows it.
-    fn load_index(conn: &Connection, snapshot: &Path) -> Result<Index, StoreError> {
+    /// Builds the index: the streams from their snapshot when one agrees with the file, the
+    /// ids from the writer's map, then one sequential scan of the narrow columns of what
+    /// follows the older of the two.
+    fn load_index(conn: &Connection, snapshot: &Path, ids: Option<crate::idmap::IdMap>) -> Result<Index, StoreError> {
         let mut index = match read_index(conn, snapshot) {
             Ok(Some(index)) => index,
-            Ok(None) => Index::empty(rand::random(), 0, 0),
+            Ok(None) => Index::empty(rand::random(), 0),
             Err(why) => {
                 tracing::warn!(
                     "store index snapshot {} ignored, the index is rebuilt from the log: {why}",
                     snapshot.display()
                 );
-                Index::empty(rand::random(), 0, 0)
+                Index::empty(rand::random(), 0)
             }
         };
+        let streams_from = index.head;
+        let ids_from = match &ids {
+            None => u64::MAX,
+            Some(ids) => ids.covered().unwrap_or(0),
+        };
+        index.ids = ids;
         let mut stmt = conn
             .prepare("SELECT position, stream, event_id, hash FROM events WHERE position > ?1 ORDER BY position")
             .map_err(unavailable)?;
-        let mut rows = stmt.query([index.head as i64]).map_err(unavailable)?;
+        let mut rows = stmt.query([streams_from.min(ids_from) as i64]).map_err(unavailable)?;
         while let Some(r) = rows.next().map_err(unavailable)? {
             let position = r.get::<_, i64>(0).map_err(unavailable)? as u64;
-            let stream: String = r.get(1).map_err(unavailable)?;
-            let id: String = r.get(2).map_err(unavailable)?;
-            let id = Uuid::parse_str(&id)
-                .map_err(|_| StoreError::Corrupt(format!("position {position}: event id {id:?} is not a UUID")))?;
-            index.streams.entry(stream).or_default().push(position);
-            index.ids.insert(id, position);
-            index.head = position;
-            index.head_hash = r.get(3).map_err(unavailable)?;
+            if position > ids_from {
+                let id: String = r.get(2).map_err(unavailable)?;
+                let id = Uuid::parse_str(&id)
+                    .map_err(|_| StoreError::Corrupt(format!("position {position}: event id {id:?} is not a UUID")))?;
+                index.index_id(&id, position);
+            }
+            if position > streams_from {
+                let stream: String = r.get(1).map_err(unavailable)?;
+                index.streams.entry(stream).or_default().push(position);
+                index.head = position;
+                index.head_hash = r.get(3).map_err(unavailable)?;
+            }
         }
         Ok(index)
     }
@@ -641,11 +707,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 if wrote {
+                    let mut ids: Vec<(Uuid, u64)> = staged.ids.into_iter().collect();
+                    ids.sort_unstable_by_key(|(_, p)| *p);
                     let mut idx = self.index.write().expect("index lock");
                     for (s, ps) in staged.streams {
                         idx.streams.entry(s).or_default().extend(ps);
                     }
-                    idx.ids.extend(staged.ids);
+                    for (id, p) in &ids {
+                        idx.index_id(id, *p);
+                    }
                     idx.head = head;
                     idx.head_hash = head_hash;
                     drop(idx);
@@ -690,13 +760,11 @@ fn check_batch(
     let known: Vec<Option<u64>> = batch
         .events
         .iter()
-        .map(|e| {
-            idx.ids
-                .get(&e.event_id)
-                .or_else(|| staged.ids.get(&e.event_id))
-                .copied()
+        .map(|e| match staged.ids.get(&e.event_id) {
+            Some(p) => Ok(Some(*p)),
+            None => idx.position_of(&e.event_id),
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     if known.iter().any(Option::is_some) {
         let mut recorded = Vec::with_capacity(known.len());
         for (e, pos) in batch.events.iter().zip(&known) {
