@@ -168,14 +168,19 @@ fn merge_findings(report: &mut AuditReport, parts: Vec<Keyed>) {
 }
 
 /// The checks that need the records in order but not their events: positions, the chain
-/// links, stream versions; and the event ids, collected for the uniqueness check at the end.
+/// links, stream versions; and the event ids, for the uniqueness check.
 struct Sequence {
     records: u64,
     expected_position: u64,
     running_hash: String,
     versions: HashMap<String, u64>,
-    /// Every event id, in log order until sorted: 16 bytes per event.
-    ids: Vec<u128>,
+    /// Every event id seen (→ its record number), mostly on disk in the audit's scratch
+    /// directory.
+    ids: crate::idmap::IdMap,
+    /// The ids seen more than once.
+    repeated: HashSet<u128>,
+    /// Why the id map could not be read, if it could not: the audit cannot vouch for ids.
+    failed: Option<String>,
 }
 
 /// What [`Sequence::check`] found about one record, to be reported in order by the walk.
@@ -225,7 +230,19 @@ impl Sequence {
                 self.versions.insert(r.stream.clone(), r.version);
             }
         }
-        self.ids.push(r.event_id.as_u128());
+        let id = r.event_id.as_u128();
+        match self.ids.get(id) {
+            Ok(Some(_)) => {
+                self.repeated.insert(id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+        if let Err(e) = self.ids.insert(id, self.records) {
+            tracing::warn!("audit: the id map could not write to disk ({e}); it keeps the ids in memory meanwhile");
+        }
         early
     }
 }
@@ -656,20 +673,6 @@ fn join<T>(h: std::thread::JoinHandle<T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
-/// The event ids recorded more than once, from the sorted ids.
-fn repeated_ids(ids: &[u128]) -> HashSet<u128> {
-    ids.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect()
-}
-
-/// Audits the whole log against the live projections, if any; `progress(position, head)`
-/// is called after each page.
-///
-/// The walk is a pipeline over the machine's cores: this task reads pages and checks
-/// positions, chain links and stream versions in order; workers re-hash and decode chunks
-/// of records; one thread replays the write state (prices, holds, periods) and another the
-/// projections, both in log order. Event ids are collected and sorted at the end (16 bytes
-/// an event); only if one repeats is the log read again to say where. The findings, put
-/// back in log order, are those of a one-record-at-a-time walk.
 /// A directory of its own under the system's temporary directory (`TMPDIR`), removed on
 /// drop.
 struct Scratch(std::path::PathBuf);
@@ -693,6 +696,15 @@ impl Drop for Scratch {
     }
 }
 
+/// Audits the whole log against the live projections, if any; `progress(position, head)`
+/// is called after each page.
+///
+/// The walk is a pipeline over the machine's cores: this task reads pages and checks
+/// positions, chain links and stream versions in order; workers re-hash and decode chunks
+/// of records; one thread replays the write state (prices, holds, periods) and another the
+/// projections, both in log order. Event ids are checked against those before them in an
+/// on-disk map; only if one repeats is the log read again to say where. The findings, put
+/// back in log order, are those of a one-record-at-a-time walk.
 pub async fn audit(
     store: &dyn EventStore,
     live: Live,
@@ -719,12 +731,19 @@ pub async fn audit(
         compared = true;
         compare(&Books::default(), l, &mut before);
     }
+    // The walk's write state and the id check keep what grows with the log in a scratch
+    // directory, removed when the audit ends, so that the audit's memory does not grow with it.
+    let scratch = Scratch::new()?;
+    let ids_dir = scratch.0.join("log-ids");
     let mut seq = Sequence {
         records: 0,
         expected_position: 1,
         running_hash: GENESIS_HASH.to_string(),
         versions: HashMap::new(),
-        ids: Vec::with_capacity(usize::try_from(head.position).unwrap_or(0).min(1 << 30)),
+        ids: crate::idmap::IdMap::open(&ids_dir, crate::idmap::DEFAULT_MEM_MAX)
+            .map_err(|e| StoreError::Unavailable(format!("audit: {}: {e}", ids_dir.display())))?,
+        repeated: HashSet::new(),
+        failed: None,
     };
 
     // Decoding workers: a chunk in, its checks out on the chunk's own channel.
@@ -773,9 +792,6 @@ pub async fn audit(
             replay
         })
         .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?;
-    // The walk's write state keeps its readings' slots in a scratch directory, removed when
-    // the audit ends, so that its memory does not grow with the log.
-    let scratch = Scratch::new()?;
     let state = crate::ledger::fresh_state(Some(&scratch.0))?;
     let state_thread = spawn("audit-state")
         .spawn(move || {
@@ -839,11 +855,15 @@ pub async fn audit(
     }
     .await;
     drop((order, jobs));
-    let mut ids = std::mem::take(&mut seq.ids);
+    let repeated = std::mem::take(&mut seq.repeated);
+    seq.ids = crate::idmap::IdMap::memory();
+    if let Some(e) = seq.failed.take() {
+        return Err(StoreError::Unavailable(format!(
+            "audit: the id map {}: {e}",
+            ids_dir.display()
+        )));
+    }
     let ((walk_findings, closes), replay, repeated) = tokio::task::spawn_blocking(move || {
-        ids.sort_unstable();
-        let repeated = repeated_ids(&ids);
-        drop(ids);
         let w = join(state_thread);
         let replay = join(books_thread);
         for h in pool {

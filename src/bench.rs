@@ -1041,7 +1041,9 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
     };
     let rss_reset = reset_peak_rss();
     let store = open_empty_store(&url, "ingest").await?;
-    let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+    // The write state as `apply` and `serve` keep it: its readings on disk beside its snapshot.
+    let state_snapshot = crate::ledger::snapshot::path_for(&url);
+    let ledger = Ledger::open_with(store.clone(), Arc::new(SystemClock), Some(state_snapshot)).await?;
     let w = Workload::new(a.readings, a.meters, Utc::now());
     tracing::info!("bench ingest: registering {} meters", a.meters);
     let t_setup = Instant::now();
@@ -1126,6 +1128,8 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
     let db_bytes = db.as_deref().map(file_len);
     let wal_bytes = db.as_deref().map(|p| file_len(&wal_path(p)));
     drop(projections);
+    // As `apply` ends: the write-state snapshot, then the store's shutdown (its index).
+    ledger.close().await;
     drop(ledger);
     store.shutdown().await;
     drop(store);
@@ -1985,7 +1989,9 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
     let db = temp.0.join("http.db");
     let url = store_url.map_or_else(|| format!("sqlite://{}", db.display()), str::to_string);
     let store = open_empty_store(&url, "http").await?;
-    let ledger = Ledger::open(store.clone(), Arc::new(SystemClock)).await?;
+    // The write state as `serve` keeps it (its readings on disk), in the bench's own folder.
+    let state_snapshot = temp.0.join("http.state.snapshot");
+    let ledger = Ledger::open_with(store.clone(), Arc::new(SystemClock), Some(state_snapshot)).await?;
     let w = Arc::new(Workload::new(a.readings, a.meters, Utc::now()));
     tracing::info!("bench http: registering {} meters", a.meters);
     let setup_events = setup(&ledger, &w, 4_096).await?;
