@@ -18,3 +18,4 @@ pub mod projections;
 pub mod sim;
 pub mod snapfile;
 pub mod store;
+pub mod vecs;

@@ -216,7 +216,7 @@ impl Series {
                     parts.push(r.tail(k + 1, after));
                 }
                 self.runs.splice(j..=j, parts);
-                self.slots.push(slot);
+                crate::vecs::push_lean(&mut self.slots, slot);
                 return;
             }
             if after > 0 {
@@ -229,7 +229,7 @@ impl Series {
                     r.tail(k + 1, after),
                 ];
                 self.runs.splice(j..=j, parts);
-                self.slots.push(slot);
+                crate::vecs::push_lean(&mut self.slots, slot);
                 return;
             }
             let extends = r.len == len
@@ -240,12 +240,12 @@ impl Series {
                     .is_some_and(|n| n > 0 && n.checked_mul(i64::from(r.count) + 1).is_some());
             if extends {
                 self.runs[j].count += 1;
-                self.slots.push(slot);
+                crate::vecs::push_lean(&mut self.slots, slot);
                 return;
             }
         }
         self.runs.insert(i, single);
-        self.slots.push(slot);
+        crate::vecs::push_lean(&mut self.slots, slot);
     }
 }
 

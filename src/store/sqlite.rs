@@ -417,7 +417,7 @@ impl SqliteStore {
             }
             if position > streams_from {
                 let stream: String = r.get(1).map_err(unavailable)?;
-                index.streams.entry(stream).or_default().push(position);
+                crate::vecs::push_lean(index.streams.entry(stream).or_default(), position);
                 index.head = position;
                 index.head_hash = r.get(3).map_err(unavailable)?;
             }
@@ -711,7 +711,9 @@ impl Writer {
                     ids.sort_unstable_by_key(|(_, p)| *p);
                     let mut idx = self.index.write().expect("index lock");
                     for (s, ps) in staged.streams {
-                        idx.streams.entry(s).or_default().extend(ps);
+                        let positions = idx.streams.entry(s).or_default();
+                        crate::vecs::reserve_lean(positions, ps.len());
+                        positions.extend(ps);
                     }
                     for (id, p) in &ids {
                         idx.index_id(id, *p);
