@@ -551,7 +551,7 @@ pub struct Readings {
     job_index: HashMap<JobId, u32>,
     series: Vec<Series>,
     /// Meter → series index + 1 per flow (0: none yet).
-    by_meter: HashMap<MeterId, [u32; 4]>,
+    by_meter: foldhash::HashMap<MeterId, [u32; 4]>,
     /// Event id → slot: in memory, or mostly on disk beside the slot file (`ids/`).
     ids: IdMap,
 }
@@ -564,7 +564,7 @@ impl Default for Readings {
             jobs: Vec::new(),
             job_index: HashMap::new(),
             series: Vec::new(),
-            by_meter: HashMap::new(),
+            by_meter: foldhash::HashMap::default(),
             ids: IdMap::memory(),
         }
     }
@@ -749,7 +749,11 @@ impl Readings {
     /// the map it stands for would.
     pub fn insert(&mut self, event_id: Uuid, r: &ReadingRecorded, version: u64) {
         let fi = flow_index(r.flow);
-        let entry = self.by_meter.entry(r.meter_id.clone()).or_insert([0; 4]);
+        // Looked up before it is inserted: the meter's id is cloned only for a new meter.
+        let entry = match self.by_meter.get_mut(&r.meter_id) {
+            Some(e) => e,
+            None => self.by_meter.entry(r.meter_id.clone()).or_insert([0; 4]),
+        };
         if entry[fi] == 0 {
             self.series.push(Series {
                 meter_id: r.meter_id.clone(),

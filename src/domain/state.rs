@@ -223,8 +223,8 @@ pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerState {
     pub sites: HashMap<SiteId, SiteState>,
-    pub meters: HashMap<MeterId, MeterState>,
-    pub tenants: HashMap<TenantId, TenantState>,
+    pub meters: foldhash::HashMap<MeterId, MeterState>,
+    pub tenants: foldhash::HashMap<TenantId, TenantState>,
     pub batteries: HashMap<AssetId, BatteryState>,
     /// Which kind and site each asset was registered with.
     pub assets: HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
@@ -233,7 +233,8 @@ pub struct LedgerState {
     pub readings: Readings,
     /// Events other than readings, by id: (stream, version).
     pub events: HashMap<Uuid, (String, u64)>,
-    pub stream_versions: HashMap<String, u64>,
+    /// (These three maps are looked up for every reading: hashed with foldhash, not SipHash.)
+    pub stream_versions: foldhash::HashMap<String, u64>,
     pub closed: BTreeSet<Period>,
     pub holds: HashMap<HoldId, HoldState>,
     /// Every active hold, by expiry: the ledger records `HoldExpired` for those due.
