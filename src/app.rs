@@ -513,9 +513,47 @@ pub fn data_dir(url: &str) -> std::path::PathBuf {
     }
 }
 
+/// Seconds between `serve`'s checkpoints by default.
+pub const CHECKPOINT_S_DEFAULT: u64 = 300;
+
+/// Every `every` seconds, if the log moved since the last one, a checkpoint
+/// ([`Ledger::checkpoint`]); a failure is logged and tried again at the next tick.
+fn checkpointer(ledger: Arc<Ledger>, every: u64) -> Option<tokio::task::JoinHandle<()>> {
+    if every == 0 {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let period = std::time::Duration::from_secs(every);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = ledger.store().watch_head().borrow().to_owned();
+        loop {
+            tick.tick().await;
+            let head = *ledger.store().watch_head().borrow();
+            if head == last {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            match ledger.checkpoint().await {
+                Ok(saved) => {
+                    last = saved.map_or(head, |h| h.position);
+                    tracing::info!(
+                        position = last,
+                        "checkpoint saved in {:.2} s",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                Err(e) => tracing::warn!("checkpoint not saved: {e}"),
+            }
+        }
+    }))
+}
+
 /// Runs the HTTP API until SIGTERM or SIGINT, then shuts down gracefully.
 /// With `demo`, a fresh store is first loaded with a simulated week (`load_demo`).
-pub async fn serve(url: &str, listen: &str, demo: bool) -> Result<(), AppError> {
+/// Every `checkpoint_every` seconds (0: never) the write state and the store's index are
+/// saved while serving.
+pub async fn serve(url: &str, listen: &str, demo: bool, checkpoint_every: u64) -> Result<(), AppError> {
     let auth = crate::api::auth::AuthConfig::from_env(&data_dir(url), true).map_err(AppError::Usage)?;
     let ledger = open_ledger(url).await?;
     if demo {
@@ -540,8 +578,13 @@ pub async fn serve(url: &str, listen: &str, demo: bool) -> Result<(), AppError> 
         source,
         store::redact_url(url)
     );
+    let checkpoints = checkpointer(server.state.ledger.clone(), checkpoint_every);
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
+    if let Some(c) = checkpoints {
+        c.abort();
+        let _ = c.await;
+    }
     server.stop().await?;
     tracing::info!("stopped");
     Ok(())

@@ -39,6 +39,11 @@ enum Cmd {
         /// Start with a simulated week of a campus (the store must be fresh).
         #[arg(long)]
         demo: bool,
+        /// Seconds between checkpoints (the write-state snapshot and the store's index saved
+        /// while serving, so that a start after a crash folds only what followed); 0: only at
+        /// a clean stop.
+        #[arg(long, env = "WATTLEDGER_CHECKPOINT_S", default_value_t = app::CHECKPOINT_S_DEFAULT)]
+        checkpoint_every: u64,
     },
     /// Print a signed token (JWT) for the server's key.
     Token {
@@ -172,8 +177,12 @@ enum BenchCmd {
 
 async fn run(cli: Cli) -> Result<ExitCode, AppError> {
     match cli.command {
-        Cmd::Serve { listen, demo } => {
-            app::serve(&cli.store, &listen, demo).await?;
+        Cmd::Serve {
+            listen,
+            demo,
+            checkpoint_every,
+        } => {
+            app::serve(&cli.store, &listen, demo, checkpoint_every).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Token {

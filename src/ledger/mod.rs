@@ -647,6 +647,15 @@ impl Ledger {
         self.store.shutdown().await;
     }
 
+    /// Saves the write-state snapshot and the store's caches while the ledger keeps running
+    /// (`serve` does it every few minutes), so that a start after a crash folds only what
+    /// followed. Holds the ledger's lock while the write state is saved.
+    pub async fn checkpoint(&self) -> Result<Option<crate::snapfile::Header>, String> {
+        let saved = self.save_snapshot().await?;
+        self.store.checkpoint().await?;
+        Ok(saved)
+    }
+
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
     }

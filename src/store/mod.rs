@@ -215,6 +215,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Finishes queued work and stops the writer.
     async fn shutdown(&self);
 
+    /// Saves, while the store keeps running, what lets the next open skip reading the log
+    /// (the embedded store's index); its caches only, never a source of truth.
+    async fn checkpoint(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Whether other processes may append to this store too (their events must be folded
     /// before deciding).
     fn shared(&self) -> bool {
