@@ -134,6 +134,8 @@ pub struct IdMap {
     block_reads: AtomicU64,
     /// After a failed spill: the memtable size at which the next one is tried.
     spill_retry_at: usize,
+    /// Whether anything was inserted since the map was opened or created.
+    inserted: bool,
 }
 
 struct Disk {
@@ -163,6 +165,7 @@ impl IdMap {
             disk: None,
             block_reads: AtomicU64::new(0),
             spill_retry_at: 0,
+            inserted: false,
         }
     }
 
@@ -237,6 +240,7 @@ impl IdMap {
             disk: Some(disk),
             block_reads: AtomicU64::new(0),
             spill_retry_at: 0,
+            inserted: false,
         })
     }
 
@@ -271,12 +275,16 @@ impl IdMap {
                 }
             }
             if disk.covered == Some(value) {
-                // A crash after this insert must not lose it: the durable mark goes below the tie first.
-                disk.set_covered(value.checked_sub(1))?;
+                // A crash after this insert must not lose it: the durable mark goes below the tie first. If that
+                // fails, the entry is still taken (only its durability is in doubt) and the error reported.
+                if let Err(e) = disk.set_covered(value.checked_sub(1)) {
+                    spill_failed.get_or_insert(e);
+                }
             }
         }
         self.mem.insert(key, value);
         self.max_value = Some(value);
+        self.inserted = true;
         spill_failed.map_or(Ok(()), Err)
     }
 
@@ -305,7 +313,10 @@ impl IdMap {
         if !self.mem.is_empty() {
             disk.spill(&self.mem, self.max_value, self.mem_max)?;
             self.mem.clear();
-        } else if disk.covered != self.max_value {
+            self.spill_retry_at = 0;
+        } else if self.inserted && disk.covered != self.max_value {
+            // Only what this map took since it was opened is known to be in its runs: after an
+            // open, entries above `covered` may have been lost with a memtable (a tie).
             disk.set_covered(self.max_value)?;
         }
         Ok(())
@@ -334,6 +345,7 @@ impl IdMap {
         }
         self.mem.retain(|_, value| *value <= max_value);
         self.max_value = self.max_value.map(|m| m.min(max_value));
+        self.spill_retry_at = 0;
         Ok(())
     }
 
@@ -344,6 +356,7 @@ impl IdMap {
         }
         self.mem.clear();
         self.max_value = None;
+        self.spill_retry_at = 0;
         Ok(())
     }
 
@@ -476,10 +489,9 @@ impl Disk {
         )?);
         let mut runs = self.runs.clone();
         runs.push(Arc::clone(&run));
-        if let Err(e) = self.write_manifest(&runs, covered) {
-            let _ = fs::remove_file(&run.path);
-            return Err(e);
-        }
+        // On an error the new run is left in place: if only the directory's sync failed, the manifest on disk
+        // names it. `open` removes a run that the manifest does not name.
+        self.write_manifest(&runs, covered)?;
         self.runs = runs;
         self.covered = covered;
         self.maybe_start_merge(mem_max);
@@ -549,10 +561,8 @@ impl Disk {
         let merged = Arc::new(merged);
         let mut runs = self.runs.clone();
         let old: Vec<Arc<Run>> = runs.splice(range, [Arc::clone(&merged)]).collect();
-        if let Err(e) = self.write_manifest(&runs, self.covered) {
-            let _ = fs::remove_file(&merged.path);
-            return Err(e);
-        }
+        // As in `spill`: the merged run is left in place on an error (the manifest on disk may name it).
+        self.write_manifest(&runs, self.covered)?;
         self.runs = runs;
         for run in old {
             let _ = fs::remove_file(&run.path);
@@ -602,10 +612,8 @@ impl Disk {
             }
         }
         let covered = self.covered.map(|c| c.min(max_value));
-        if let Err(e) = self.write_manifest(&runs, covered) {
-            remove_quietly(&written);
-            return Err(e);
-        }
+        // As in `spill`: the rewritten runs are left in place on an error (the manifest on disk may name them).
+        self.write_manifest(&runs, covered)?;
         self.runs = runs;
         self.covered = covered;
         remove_quietly(&dropped);
@@ -1815,6 +1823,30 @@ mod tests {
         for i in 0..13 {
             assert_eq!(map.get(key(i))?, Some(i));
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_flush_after_an_open_does_not_vouch_for_a_tie_lost_with_the_memtable() -> io::Result<()> {
+        let dir = scratch();
+        let mut map = IdMap::open(dir.path(), 8)?;
+        map.insert(key(1), 5)?;
+        map.flush()?;
+        map.insert(key(2), 5)?;
+        assert_eq!(map.covered(), Some(4), "the tie lowers the durable mark");
+        drop(map); // a crash: key 2 was only in the memtable
+        let mut map = IdMap::open(dir.path(), 8)?;
+        map.flush()?;
+        assert_eq!(map.covered(), Some(4), "the caller must still replay value 5");
+        // A tie whose manifest cannot be written is still taken.
+        let gone = dir.path().join("gone");
+        let mut map2 = IdMap::open(&gone, 8)?;
+        map2.insert(key(1), 5)?;
+        map2.flush()?;
+        fs::remove_dir_all(&gone)?;
+        assert!(map2.insert(key(2), 5).is_err(), "the manifest cannot be written");
+        assert_eq!(map2.get(key(2))?, Some(5));
+        drop(map);
         Ok(())
     }
 
