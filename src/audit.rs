@@ -792,7 +792,7 @@ pub async fn audit(
             replay
         })
         .map_err(|e| StoreError::Unavailable(format!("audit: {e}")))?;
-    let state = crate::ledger::fresh_state(Some(&scratch.0))?;
+    let state = crate::ledger::fresh_state(Some(&scratch.0));
     let state_thread = spawn("audit-state")
         .spawn(move || {
             let mut w = Walk {

@@ -229,14 +229,17 @@ async fn meter_allowed(s: &AppState, c: &super::auth::Claims, meter: &str) -> bo
     if c.role != Role::Meter {
         return true;
     }
+    // A state that cannot be rebuilt knows no meter: the token is then refused.
     let site = s
         .ledger
-        .with_state(|st| {
+        .with_fresh_state(|st| {
             crate::domain::ids::MeterId::parse(meter)
                 .ok()
                 .and_then(|m| st.meters.get(&m).map(|m| m.reg.site_id.to_string()))
         })
-        .await;
+        .await
+        .ok()
+        .flatten();
     c.meter_in_scope(meter, site.as_deref())
 }
 
@@ -424,8 +427,8 @@ pub async fn import_readings(
     }
     let kind = s
         .ledger
-        .with_state(|st| st.meters.get(&meter).map(|m| m.reg.kind))
-        .await
+        .with_fresh_state(|st| st.meters.get(&meter).map(|m| m.reg.kind))
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no meter {meter_id:?} is registered")))?;
     let flow = crate::import::flow_for(&meter_id, kind, q.flow.as_deref()).map_err(|m| ApiError::invalid("flow", m))?;
     let bytes = body::read_limited(&headers, body, NDJSON_BODY_BYTES_MAX).await?;
@@ -468,8 +471,8 @@ pub async fn correct_reading(
     {
         let meter = s
             .ledger
-            .with_state(|st| st.readings.get(corrected_event_id).map(|r| r.meter_id.to_string()))
-            .await;
+            .with_fresh_state(|st| st.readings.get(corrected_event_id).map(|r| r.meter_id.to_string()))
+            .await?;
         match meter {
             Some(m) if meter_allowed(&s, &c, &m).await => {}
             Some(m) => return Err(forbidden_meter(&m)),

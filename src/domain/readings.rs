@@ -543,6 +543,10 @@ impl Slots {
 
 #[derive(Debug)]
 pub struct Readings {
+    /// Event id → slot: in memory, or mostly on disk beside the slot file (`ids/`). Declared
+    /// first so that it is dropped first (ending its merge) before the slot file lets go of
+    /// the home's lock.
+    ids: IdMap,
     slots: Slots,
     /// What corrections changed, by slot.
     corrected: HashMap<u32, Correction>,
@@ -552,8 +556,6 @@ pub struct Readings {
     series: Vec<Series>,
     /// Meter → series index + 1 per flow (0: none yet).
     by_meter: foldhash::HashMap<MeterId, [u32; 4]>,
-    /// Event id → slot: in memory, or mostly on disk beside the slot file (`ids/`).
-    ids: IdMap,
 }
 
 impl Default for Readings {
@@ -643,22 +645,33 @@ const SLOTS_IN_FILE: u8 = 1;
 impl Readings {
     /// No readings, their slots kept in a new slot file in `home` (older generations there
     /// are removed), or in memory without one, or if another process keeps its own there
-    /// (two servers started from one directory on one shared store).
-    pub fn fresh(home: Option<&Path>) -> std::io::Result<Self> {
+    /// (two servers started from one directory on one shared store), or if the home cannot
+    /// be used (a read-only or full disk): the ledger then works as before readings moved to
+    /// disk, and saves no snapshot.
+    pub fn fresh(home: Option<&Path>) -> Self {
         let mut r = Self::default();
-        let Some(home) = home else { return Ok(r) };
-        match SlotFile::create(home)? {
-            Some(f) => {
-                // The slot file's lock is held: the id map is ours to start again.
-                r.ids = IdMap::create(&ids_home(home), crate::idmap::DEFAULT_MEM_MAX)?;
-                r.slots = Slots::File(f);
-            }
-            None => tracing::warn!(
+        let Some(home) = home else { return r };
+        // The slot file's lock is held once it is created: the id map is then ours to start
+        // again.
+        let created = SlotFile::create(home).and_then(|f| match f {
+            None => Ok(None),
+            Some(f) => Ok(Some((
+                f,
+                IdMap::create(&ids_home(home), crate::idmap::DEFAULT_MEM_MAX)?,
+            ))),
+        });
+        match created {
+            Ok(Some((f, ids))) => (r.slots, r.ids) = (Slots::File(f), ids),
+            Ok(None) => tracing::warn!(
                 "another process keeps its readings in {}; this one keeps them in memory",
                 home.display()
             ),
+            Err(e) => tracing::warn!(
+                "the readings' home {} cannot be used ({e}); this process keeps its readings in memory",
+                home.display()
+            ),
         }
-        Ok(r)
+        r
     }
 
     /// Where the slots are kept, if in a file.
@@ -1079,6 +1092,17 @@ mod tests {
     }
 
     #[test]
+    fn a_home_that_cannot_be_used_keeps_the_readings_in_memory() {
+        // A file where the directory should be: nothing can be created in it.
+        let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+        let r = Readings::fresh(Some(not_a_dir.path()));
+        assert!(r.home().is_none());
+        assert!(Readings::fresh(None).home().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Readings::fresh(Some(dir.path())).home(), Some(dir.path()));
+    }
+
+    #[test]
     fn back_to_back_readings_make_one_run() {
         let mut s = Series {
             meter_id: MeterId::parse("m-1").unwrap(),
@@ -1119,7 +1143,7 @@ mod tests {
             });
             r.by_meter.insert(MeterId::parse("m-1").unwrap(), [1, 0, 0, 0]);
         };
-        let mut r = Readings::fresh(Some(home.path())).unwrap();
+        let mut r = Readings::fresh(Some(home.path()));
         one_series(&mut r);
         let ids: Vec<Uuid> = (0..SLOT_TAIL_MAX as u128 + 10)
             .map(|i| Uuid::from_u128(i * 7919 + 1))
@@ -1162,7 +1186,7 @@ mod tests {
         assert_eq!(back, mem);
         drop(back);
         let other = tempfile::tempdir().unwrap();
-        let mut o = Readings::fresh(Some(other.path())).unwrap();
+        let mut o = Readings::fresh(Some(other.path()));
         o.slots.push(slot(Uuid::from_u128(5), 0));
         o.index_id(Uuid::from_u128(5), 0);
         o.persist().unwrap();
@@ -1183,10 +1207,10 @@ mod tests {
         let decode = || Readings::decode(&mut Dec::new(&body[..], body.len() as u64), Some(home.path()));
         let e = decode().unwrap_err();
         assert!(e.to_string().contains("in use by another process"), "{e}");
-        let new = Readings::fresh(Some(home.path())).unwrap();
+        let new = Readings::fresh(Some(home.path()));
         assert!(new.home().is_none(), "the home is taken: memory instead");
         drop(back);
-        drop(Readings::fresh(Some(home.path())).unwrap());
+        drop(Readings::fresh(Some(home.path())));
         let e = decode().unwrap_err();
         assert!(e.to_string().contains("is missing"), "{e}");
     }

@@ -182,6 +182,10 @@ struct Inner {
     pending: HashSet<Uuid>,
     /// Where the readings' slots are kept (beside the snapshot), if not in memory.
     home: Option<std::path::PathBuf>,
+    /// Set while an event is being folded: still set afterwards only if the fold was
+    /// interrupted (a panic, such as a read error on the readings' files), and then the
+    /// state is rebuilt from the log before it is used again.
+    torn: bool,
 }
 
 impl Inner {
@@ -203,8 +207,10 @@ impl Inner {
         if let Some(e) = ticket.refusal() {
             return Err(e.clone());
         }
+        self.torn = true;
         self.state
             .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
+        self.torn = false;
         if store.shared() {
             self.pending.insert(new.event_id);
         }
@@ -234,9 +240,10 @@ impl Inner {
         let fence = store.failures();
         // The old state lets go of its slot file before a new generation replaces it.
         self.state = LedgerState::default();
-        let (state, applied) = replay_from(store, fresh_state(self.home.as_deref())?, 0).await?;
+        let (state, applied) = replay_from(store, fresh_state(self.home.as_deref()), 0).await?;
         (self.state, self.fence, self.applied) = (state, fence, applied);
         self.pending.clear();
+        self.torn = false;
         Ok(())
     }
 
@@ -254,7 +261,9 @@ impl Inner {
                 }
                 let ev = Event::from_parts(&r.event_type, &r.data)
                     .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+                self.torn = true;
                 self.state.evolve(r.event_id, &r.stream, r.version, &ev);
+                self.torn = false;
             }
         }
         Ok(())
@@ -446,18 +455,12 @@ pub async fn replay_state(store: &dyn EventStore) -> Result<(LedgerState, u64), 
 }
 
 /// An empty write state whose readings' slots are kept in `home` (a new generation), or in
-/// memory.
-pub fn fresh_state(home: Option<&Path>) -> Result<LedgerState, StoreError> {
-    let readings = crate::domain::state::Readings::fresh(home).map_err(|e| {
-        StoreError::Unavailable(format!(
-            "the readings' directory {}: {e}",
-            home.map_or_else(String::new, |h| h.display().to_string())
-        ))
-    })?;
-    Ok(LedgerState {
-        readings,
+/// memory (without a home, or one it cannot use: [`Readings::fresh`]).
+pub fn fresh_state(home: Option<&Path>) -> LedgerState {
+    LedgerState {
+        readings: crate::domain::state::Readings::fresh(home),
         ..LedgerState::default()
-    })
+    }
 }
 
 /// Folds the log after position `after` into `state`; returns it with the last position
@@ -547,7 +550,7 @@ impl Ledger {
                         from_snapshot = true;
                         ((state, at), format!("the write-state snapshot at position {at}"))
                     }
-                    Err(why) => ((fresh_state(home.as_deref())?, 0), format!("the whole log: {why}")),
+                    Err(why) => ((fresh_state(home.as_deref()), 0), format!("the whole log: {why}")),
                 };
                 (Some(path), opened)
             }
@@ -567,6 +570,7 @@ impl Ledger {
                 applied,
                 pending: HashSet::new(),
                 home,
+                torn: false,
             }),
             stale: Arc::new(AtomicBool::new(false)),
             snapshot,
@@ -585,7 +589,7 @@ impl Ledger {
         let mut inner = self.inner.lock().await;
         // Everything queued before this is durable once the head answers.
         let head = self.store.head().await.map_err(|e| e.to_string())?;
-        if self.stale.load(Ordering::SeqCst) || self.store.failures() != inner.fence {
+        if self.stale.load(Ordering::SeqCst) || self.store.failures() != inner.fence || inner.torn {
             return Err("an append failed since the state was built; it is rebuilt on the next command".into());
         }
         let header = if self.store.shared() {
@@ -616,7 +620,7 @@ impl Ledger {
         let home = snapshot::readings_home(path);
         if inner.state.readings.home().is_none() {
             return Err(format!(
-                "another process keeps its readings in {}; its snapshot is left to it",
+                "this process keeps its readings in memory, not in {} (its log says why)",
                 home.display()
             ));
         }
@@ -825,16 +829,21 @@ impl Ledger {
         }
     }
 
-    /// Under the lock: rebuild a stale state, catch up with other writers, read the clock,
-    /// and queue what is owed at that time. Returns the time of the decision.
-    async fn prepare(&self, inner: &mut Inner, automatic: &mut Vec<Automatic>) -> Result<DateTime<Utc>, StoreError> {
-        // An append failed since the state was built (ours, or one queued ahead of ours):
-        // the state counts events that were not recorded. Rebuild it from the log.
-        let failures = self.store.failures();
-        if self.stale.load(Ordering::SeqCst) || failures != inner.fence {
+    /// Under the lock: rebuilds the state from the log if an append failed since it was built
+    /// (ours, or one queued ahead of ours: the state counts events that were not recorded),
+    /// or if a fold was interrupted.
+    async fn refresh(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        if self.stale.load(Ordering::SeqCst) || self.store.failures() != inner.fence || inner.torn {
             inner.rebuild(self.store.as_ref()).await?;
             self.stale.store(false, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    /// Under the lock: rebuild a stale state, catch up with other writers, read the clock,
+    /// and queue what is owed at that time. Returns the time of the decision.
+    async fn prepare(&self, inner: &mut Inner, automatic: &mut Vec<Automatic>) -> Result<DateTime<Utc>, StoreError> {
+        self.refresh(inner).await?;
         if self.store.shared() {
             inner.catch_up(self.store.as_ref()).await?;
         }
@@ -885,8 +894,17 @@ impl Ledger {
         self.execute(&cmd).await
     }
 
-    /// A read of the write state (for checks that need the ledger's own view).
+    /// A read of the write state as it stands (tests, benchmarks).
     pub async fn with_state<T>(&self, f: impl FnOnce(&LedgerState) -> T) -> T {
         f(&self.inner.lock().await.state)
+    }
+
+    /// A read of the write state as the next command would see it: rebuilt from the log
+    /// first if it must be (checks that need the ledger's own view, such as a token's scope;
+    /// a state that could not be rebuilt is never read).
+    pub async fn with_fresh_state<T>(&self, f: impl FnOnce(&LedgerState) -> T) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().await;
+        self.refresh(&mut inner).await?;
+        Ok(f(&inner.state))
     }
 }
