@@ -857,12 +857,6 @@ pub async fn audit(
     drop((order, jobs));
     let repeated = std::mem::take(&mut seq.repeated);
     seq.ids = crate::idmap::IdMap::memory();
-    if let Some(e) = seq.failed.take() {
-        return Err(StoreError::Unavailable(format!(
-            "audit: the id map {}: {e}",
-            ids_dir.display()
-        )));
-    }
     let ((walk_findings, closes), replay, repeated) = tokio::task::spawn_blocking(move || {
         let w = join(state_thread);
         let replay = join(books_thread);
@@ -874,6 +868,13 @@ pub async fn audit(
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     read?;
+    // Every thread of the pipeline has ended: the scratch directory can go.
+    if let Some(e) = seq.failed.take() {
+        return Err(StoreError::Unavailable(format!(
+            "audit: the id map {}: {e}",
+            ids_dir.display()
+        )));
+    }
     progress(after, head.position);
     report.events = seq.records;
     // Where each repeated id shows again, from a second reading of the records walked.
