@@ -673,29 +673,6 @@ fn join<T>(h: std::thread::JoinHandle<T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
-/// A directory of its own under the system's temporary directory (`TMPDIR`), removed on
-/// drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self, StoreError> {
-        let dir = std::env::temp_dir().join(format!(
-            "wattledger-audit-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::Unavailable(format!("audit: scratch directory {}: {e}", dir.display())))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Audits the whole log against the live projections, if any; `progress(position, head)`
 /// is called after each page.
 ///
@@ -733,7 +710,12 @@ pub async fn audit(
     }
     // The walk's write state and the id check keep what grows with the log in a scratch
     // directory, removed when the audit ends, so that the audit's memory does not grow with it.
-    let scratch = Scratch::new()?;
+    let scratch = crate::scratch::ScratchDir::new(None, "audit").map_err(|e| {
+        StoreError::Unavailable(format!(
+            "audit: a scratch directory under {}: {e}",
+            std::env::temp_dir().display()
+        ))
+    })?;
     let ids_dir = scratch.0.join("log-ids");
     let mut seq = Sequence {
         records: 0,

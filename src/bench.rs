@@ -19,6 +19,7 @@ use crate::app::AppError;
 use crate::domain::Command;
 use crate::ledger::{CommandError, Ledger, Pending, SystemClock};
 use crate::projections::engine::{Projections, snapshot_path_for};
+use crate::scratch::ScratchDir;
 use crate::store::{self, Access, EventStore};
 use chrono::{DateTime, Duration as TimeDelta, DurationRound, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -453,27 +454,6 @@ fn file_len(p: &Path) -> u64 {
 
 fn wal_path(p: &Path) -> PathBuf {
     PathBuf::from(format!("{}-wal", p.display()))
-}
-
-/// A folder removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(parent: Option<&Path>, tag: &str) -> Result<Self, AppError> {
-        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let p = parent.join(format!("wattledger-bench-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p)?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1023,7 +1003,7 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
     }
     let temp = match store_url {
         Some(_) => None,
-        None => Some(TempDir::new(a.dir.as_deref(), "ingest")?),
+        None => Some(ScratchDir::new(a.dir.as_deref(), "bench-ingest")?),
     };
     let url = match (&temp, store_url) {
         (Some(t), _) => format!("sqlite://{}", t.0.join("ingest.db").display()),
@@ -1985,7 +1965,7 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
         return Err(usage(format!("--repeats must be 0 to {REPEATS_MAX}")));
     }
     let rss_reset = reset_peak_rss();
-    let temp = TempDir::new(a.dir.as_deref(), "http")?;
+    let temp = ScratchDir::new(a.dir.as_deref(), "bench-http")?;
     let db = temp.0.join("http.db");
     let url = store_url.map_or_else(|| format!("sqlite://{}", db.display()), str::to_string);
     let store = open_empty_store(&url, "http").await?;

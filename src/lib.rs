@@ -15,6 +15,7 @@ pub mod import;
 pub mod ledger;
 pub mod metrics;
 pub mod projections;
+pub mod scratch;
 pub mod sim;
 pub mod snapfile;
 pub mod store;
