@@ -174,22 +174,35 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
     }
 }
 
-/// Saves the stream index beside the file and makes the id map durable, then lets go of
-/// the id map (the writer has stopped: nothing is appended any more).
-fn save_index(db: &Path, index: &RwLock<Index>) {
+/// Saves the stream index's snapshot beside the file and spills the id map, so that the
+/// next open scans only the rows after them. Both are tried; what failed is returned.
+fn save_index(db: &Path, index: &RwLock<Index>) -> Result<(), String> {
     let path = index_snapshot_path(db);
-    let mut index = index.write().expect("index lock");
-    if let Err(e) = write_index(&path, &index) {
-        tracing::warn!("store index snapshot {} not saved: {e}", path.display());
+    let snapshot = write_index(&path, &index.read().expect("index lock"))
+        .map_err(|e| format!("store index snapshot {} not saved: {e}", path.display()));
+    let ids = match &mut index.write().expect("index lock").ids {
+        Some(ids) => ids.flush().map_err(|e| {
+            format!(
+                "store id map {} not saved (the next open reads the ids again from the log): {e}",
+                id_map_path(db).display()
+            )
+        }),
+        None => Ok(()),
+    };
+    match (snapshot, ids) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
     }
-    if let Some(mut ids) = index.ids.take()
-        && let Err(e) = ids.flush()
-    {
-        tracing::warn!(
-            "store id map {} not saved (the next open reads the ids again from the log): {e}",
-            id_map_path(db).display()
-        );
+}
+
+/// At the writer's end: [`save_index`] (a failure is logged), then the id map is let go:
+/// nothing is appended any more.
+fn close_index(db: &Path, index: &RwLock<Index>) {
+    if let Err(e) = save_index(db, index) {
+        tracing::warn!("{e}");
     }
+    index.write().expect("index lock").ids = None;
 }
 
 /// The writer's id map, agreeing with the log at `conn` up to what it covers: a map the
@@ -428,7 +441,7 @@ impl SqliteStore {
     /// Saves the index beside the file, so the next open reads it instead of scanning the
     /// log (writer only, once its thread has ended: the index then holds every commit).
     fn save_index(&self) {
-        save_index(&self.path, &self.index);
+        close_index(&self.path, &self.index);
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -553,17 +566,9 @@ impl EventStore for SqliteStore {
             return Ok(());
         }
         let (db, index) = (self.path.clone(), self.index.clone());
-        tokio::task::spawn_blocking(move || {
-            let path = index_snapshot_path(&db);
-            write_index(&path, &index.read().expect("index lock")).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut index = index.write().expect("index lock");
-            match &mut index.ids {
-                Some(ids) => ids.flush().map_err(|e| format!("{}: {e}", id_map_path(&db).display())),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || save_index(&db, &index))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     fn group_commit_sizes(&self) -> Option<&crate::metrics::Histogram> {
@@ -582,7 +587,7 @@ impl EventStore for SqliteStore {
             let (db, index) = (self.path.clone(), self.index.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = h.join();
-                save_index(&db, &index);
+                close_index(&db, &index);
             })
             .await;
         }
