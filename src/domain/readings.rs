@@ -70,9 +70,12 @@ struct Slot {
 /// Bytes of one slot, in the slot file and in a snapshot of in-memory slots.
 const SLOT_BYTES: usize = 16 + 4 + 4 + 8 + 12 + 12 + 16 + 16 + 4;
 
-fn put_time_bytes(out: &mut Vec<u8>, t: &DateTime<Utc>) {
-    out.extend_from_slice(&t.timestamp().to_le_bytes());
-    out.extend_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+/// A time as 12 bytes: seconds, then nanoseconds ([`take_time`] reads it back).
+fn time_bytes(t: &DateTime<Utc>) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&t.timestamp().to_le_bytes());
+    b[8..].copy_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+    b
 }
 
 impl Slot {
@@ -81,8 +84,8 @@ impl Slot {
         out.extend_from_slice(&self.series.to_le_bytes());
         out.extend_from_slice(&self.job.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
-        put_time_bytes(out, &self.start);
-        put_time_bytes(out, &self.end);
+        out.extend_from_slice(&time_bytes(&self.start));
+        out.extend_from_slice(&time_bytes(&self.end));
         out.extend_from_slice(&self.posted_wh.value().serialize());
         out.extend_from_slice(&self.posted_eu.serialize());
         out.extend_from_slice(&self.tariff_version.to_le_bytes());
@@ -608,12 +611,7 @@ fn damaged(what: impl std::fmt::Display) -> SnapError {
     SnapError::Damaged(format!("readings: {what}"))
 }
 
-fn put_time<W: std::io::Write>(e: &mut Enc<W>, t: &DateTime<Utc>) -> std::io::Result<()> {
-    e.i64(t.timestamp())?;
-    e.u32(t.timestamp_subsec_nanos())
-}
-
-/// A time of a fixed-size record, as [`put_time`] wrote it.
+/// A time of a fixed-size record, as [`time_bytes`] wrote it.
 fn take_time(c: &mut Fields) -> Result<DateTime<Utc>, SnapError> {
     let (secs, nanos) = (i64::from_le_bytes(c.take()), u32::from_le_bytes(c.take()));
     DateTime::from_timestamp(secs, nanos).ok_or_else(|| damaged(format!("time {secs}.{nanos}")))
@@ -857,7 +855,7 @@ impl Readings {
             e.u8(flow_index(s.flow) as u8)?;
             e.u64(s.runs.len() as u64)?;
             for r in &s.runs {
-                put_time(e, &r.start)?;
+                e.bytes(&time_bytes(&r.start))?;
                 e.i64(r.len.num_seconds())?;
                 e.u32(r.len.subsec_nanos() as u32)?;
                 e.u32(r.count)?;
