@@ -1111,7 +1111,6 @@ pub async fn ingest(store_url: Option<&str>, a: &IngestArgs) -> Result<Report, A
     // As `apply` ends: the write-state snapshot, then the store's shutdown (its index).
     ledger.close().await;
     drop(ledger);
-    store.shutdown().await;
     drop(store);
 
     let readings_per_s = per_s(a.readings, end_to_end);
