@@ -491,6 +491,7 @@ async fn the_audit_finds_expiries_out_of_their_time() {
                         schema_version: 1,
                         recorded_at: at,
                         data: canonical_json(&data),
+                        memo: None,
                     }],
                     fence: None,
                 })

@@ -375,6 +375,7 @@ fn event(id: u128, kind: &str) -> EventToAppend {
         schema_version: 1,
         recorded_at: t(NOW),
         data: json!({"n": id.to_string()}).to_string(),
+        memo: None,
     }
 }
 

@@ -96,7 +96,8 @@ impl Scenario {
         self.state
             .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
         let doc = document(new.event_id, new.recorded_at, &new.event);
-        self.recorded.push((label, new.event, doc));
+        self.recorded
+            .push((label, std::sync::Arc::unwrap_or_clone(new.event), doc));
         new.event_id
     }
 
@@ -110,7 +111,8 @@ impl Scenario {
         self.state
             .evolve(new.event_id, &new.stream, new.expected_version + 1, &new.event);
         let doc = document(new.event_id, new.recorded_at, &new.event);
-        self.recorded.push((label, new.event, doc));
+        self.recorded
+            .push((label, std::sync::Arc::unwrap_or_clone(new.event), doc));
     }
 }
 

@@ -45,7 +45,8 @@ pub struct NewEvent {
     /// The stream's current version (0 = the stream does not exist yet).
     pub expected_version: u64,
     pub recorded_at: DateTime<Utc>,
-    pub event: Event,
+    /// Shared with the store's writer, which hands it to the projections (`store::Memo`).
+    pub event: std::sync::Arc<Event>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -412,7 +413,7 @@ impl LedgerState {
             expected_version: self.version_of(&stream),
             stream,
             recorded_at: ctx.now,
-            event,
+            event: std::sync::Arc::new(event),
         }))
     }
 

@@ -7,7 +7,7 @@ pub mod snapshot;
 
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
-    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, READ_PAGE_EVENTS_MAX, StoreError,
+    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, Memo, READ_PAGE_EVENTS_MAX, StoreError,
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -64,10 +64,10 @@ pub struct Accepted {
     pub version: u64,
     pub position: u64,
     pub duplicate: bool,
-    pub event: Event,
+    pub event: Arc<Event>,
     /// Events the ledger recorded on its own right after this one (a spending limit the
     /// command took its tenant past): `(event id, position, event)`.
-    pub triggered: Vec<(Uuid, u64, Event)>,
+    pub triggered: Vec<(Uuid, u64, Arc<Event>)>,
 }
 
 impl Accepted {
@@ -83,7 +83,7 @@ impl Accepted {
             "event_type": self.event.event_type(),
         });
         let m = v.as_object_mut().expect("object");
-        match &self.event {
+        match &*self.event {
             Event::ReadingCorrected(c) => {
                 m.insert("price".into(), serde_json::to_value(&c.price).expect("price"));
                 m.insert(
@@ -201,6 +201,7 @@ impl Inner {
                 schema_version: crate::domain::events::SCHEMA_VERSION,
                 recorded_at: new.recorded_at,
                 data: new.event.canonical_data(),
+                memo: Some(Memo(new.event.clone())),
             }],
             fence: Some(self.fence),
         });
@@ -437,7 +438,7 @@ async fn recorded_result(store: &dyn EventStore, event_id: Uuid, stream: &str, v
                 version: r.version,
                 position: r.position,
                 duplicate: true,
-                event,
+                event: Arc::new(event),
                 triggered: Vec::new(),
             });
         }

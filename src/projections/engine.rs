@@ -4,7 +4,7 @@
 use super::Books;
 use super::attribution::{SiteAttribution, all_sites};
 use crate::domain::Event;
-use crate::store::{EventStore, READ_PAGE_EVENTS_MAX, StoreError, Subscription};
+use crate::store::{EventStore, READ_PAGE_EVENTS_MAX, RecordedEvent, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -79,14 +79,26 @@ pub fn write_snapshot(path: &Path, books: &Books) -> std::io::Result<()> {
 }
 
 /// Folds recorded events into books, parsing each event once.
-pub fn fold(books: &mut Books, page: &[crate::store::RecordedEvent]) -> Result<(), StoreError> {
-    for r in page {
-        let ev = Event::from_parts(&r.event_type, &r.data)
-            .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
-        books.apply(r, &ev);
+pub fn fold(books: &mut Books, page: &[RecordedEvent]) -> Result<(), StoreError> {
+    page.iter().try_for_each(|r| fold_one(books, r, None))
+}
+
+/// Folds one record: its event as decided when the writer handed it over with it, else
+/// decoded from the record's data.
+fn fold_one(books: &mut Books, r: &RecordedEvent, decided: Option<&Event>) -> Result<(), StoreError> {
+    match decided {
+        Some(ev) => books.apply(r, ev),
+        None => {
+            let ev = Event::from_parts(&r.event_type, &r.data)
+                .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+            books.apply(r, &ev);
+        }
     }
     Ok(())
 }
+
+/// Most events folded under one hold of the books' write lock: readers wait at most that long.
+const FOLD_CHUNK_EVENTS: usize = 256;
 
 /// Moves a sound snapshot that the log contradicts aside, as evidence (the log may have
 /// lost its tail), unless an earlier one is kept there already; returns where it is kept.
@@ -174,37 +186,68 @@ impl Projections {
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
         loop {
             let after = self.position();
-            let page = self.store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
-            if page.is_empty() {
+            if self.fold_next(after).await? == 0 {
                 return Ok(after);
             }
-            self.apply_page(&page)?;
         }
     }
 
-    fn apply_page(&self, page: &[crate::store::RecordedEvent]) -> Result<(), StoreError> {
-        let mut books = self.books.write().expect("books lock");
-        // Only events after the current position: a page read before a concurrent
-        // catch-up must not be folded twice.
-        let fresh: Vec<_> = page.iter().filter(|r| r.position > books.position).cloned().collect();
-        fold(&mut books, &fresh)?;
-        let pos = books.position;
-        drop(books);
-        self.applied_tx.send_replace(pos);
+    /// Folds the next page after `after`: from what this process's writer just committed
+    /// (the events as the ledger decided them) when it is at hand, else read from the store.
+    /// Returns how many records the page held (0: nothing after `after`).
+    async fn fold_next(&self, after: u64) -> Result<u64, StoreError> {
+        if let Some(recent) = self.store.recent(after, READ_PAGE_EVENTS_MAX) {
+            self.fold_each(
+                recent
+                    .iter()
+                    .map(|c| (&c.record, c.memo.as_ref().and_then(|m| m.get::<Event>()))),
+            )?;
+            return Ok(recent.len() as u64);
+        }
+        let page = self.store.read_all(after, READ_PAGE_EVENTS_MAX).await?;
+        self.fold_each(page.iter().map(|r| (r, None)))?;
+        Ok(page.len() as u64)
+    }
+
+    /// Folds records in position order, [`FOLD_CHUNK_EVENTS`] under one hold of the lock.
+    /// Only those after the current position: a page read before a concurrent catch-up must
+    /// not be folded twice.
+    fn fold_each<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a RecordedEvent, Option<&'a Event>)>,
+    ) -> Result<(), StoreError> {
+        let mut records = records.peekable();
+        while records.peek().is_some() {
+            let mut books = self.books.write().expect("books lock");
+            let result = records.by_ref().take(FOLD_CHUNK_EVENTS).try_for_each(|(r, decided)| {
+                if r.position <= books.position {
+                    return Ok(());
+                }
+                fold_one(&mut books, r, decided)
+            });
+            let pos = books.position;
+            drop(books);
+            self.applied_tx.send_replace(pos);
+            result?;
+        }
         Ok(())
     }
 
     /// Follows the log until the store fails, snapshotting every [`SNAPSHOT_EVERY_EVENTS`].
     pub async fn follow(self: Arc<Self>) -> Result<(), StoreError> {
-        let mut sub = Subscription::new(self.store.clone(), self.position());
+        let mut head = self.store.watch_head();
         let mut since_snapshot = 0u64;
         loop {
-            let r = sub.next().await?;
-            if r.position <= self.position() {
+            let after = self.position();
+            let read = self.fold_next(after).await?;
+            if read == 0 {
+                // Wait for the head to move past what we have; a bounded wait also covers
+                // appends made by other processes that this one's watch does not see.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), head.wait_for(|h| *h > after)).await;
                 continue;
             }
-            self.apply_page(std::slice::from_ref(&r))?;
-            since_snapshot += 1;
+            since_snapshot += read;
             if since_snapshot >= SNAPSHOT_EVERY_EVENTS {
                 since_snapshot = 0;
                 if let Err(e) = self.save() {

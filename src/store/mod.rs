@@ -37,6 +37,90 @@ pub struct EventToAppend {
     pub recorded_at: DateTime<Utc>,
     /// Canonical JSON (object keys sorted), as produced by [`canonical_json`].
     pub data: String,
+    /// Handed back with the record to readers in this process ([`EventStore::recent`]);
+    /// never stored.
+    pub memo: Option<Memo>,
+}
+
+/// What an appender attaches to an event for readers in the same process: the ledger
+/// attaches the decided [`crate::domain::Event`], so that the projections fold it without
+/// reading the row back and decoding its JSON again. It is not part of the event: it is never
+/// stored, compares equal to any other memo, and a record read from the store has none.
+#[derive(Clone)]
+pub struct Memo(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl Memo {
+    pub fn new<T: std::any::Any + Send + Sync>(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// A record this process's writer committed, with the memo its appender attached.
+#[derive(Debug)]
+pub struct Committed {
+    pub record: RecordedEvent,
+    pub memo: Option<Memo>,
+}
+
+/// Most records a writer keeps in its [`Recent`] tail (when nobody reads them, they stay).
+pub const RECENT_EVENTS_MAX: usize = 8_192;
+
+/// The last records this process's writer committed, in position order and without gaps,
+/// for readers in the same process that follow the head (the projections): they take them
+/// from here instead of reading the rows back. A reader that fell further behind, or a
+/// position another process wrote, is read from the store as before.
+#[derive(Default)]
+pub struct Recent(std::sync::Mutex<VecDeque<Arc<Committed>>>);
+
+impl Recent {
+    /// Adds records just committed, in position order. A record that does not follow the
+    /// last one (another process wrote in between) starts the tail afresh.
+    pub fn push(&self, committed: Vec<Committed>) {
+        let mut ring = self.0.lock().expect("recent lock");
+        for c in committed {
+            if ring.back().is_some_and(|b| b.record.position + 1 != c.record.position) {
+                ring.clear();
+            }
+            if ring.len() == RECENT_EVENTS_MAX {
+                ring.pop_front();
+            }
+            ring.push_back(Arc::new(c));
+        }
+    }
+
+    /// Up to `limit` records after `after`, if the tail holds the very next one; `None` when
+    /// it does not (the reader must ask the store). The records up to `after` are let go: the
+    /// reader has them, and the tail holds only what is still to be read (a second reader
+    /// that is further behind reads the store).
+    pub fn after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
+        let mut ring = self.0.lock().expect("recent lock");
+        let read = ring.partition_point(|c| c.record.position <= after);
+        let done: Vec<_> = ring.drain(..read).collect();
+        let next = match ring.front() {
+            Some(c) if c.record.position == after + 1 => Some(ring.iter().take(limit).cloned().collect()),
+            _ => None,
+        };
+        drop(ring);
+        // Freed outside the lock: the writer pushes under it.
+        drop(done);
+        next
+    }
 }
 
 /// What a batch expects of its stream before it is appended.
@@ -211,6 +295,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Follows the last durable position.
     fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// Records after `after_position` that this process's writer committed lately, with their
+    /// memos (see [`Recent`]); `None` when they are not at hand, and the caller reads the
+    /// store. Never a reason to skip reading the store when it returns `None`.
+    fn recent(&self, _after_position: u64, _limit: usize) -> Option<Vec<Arc<Committed>>> {
+        None
+    }
 
     /// Finishes queued work and stops the writer.
     async fn shutdown(&self);

@@ -18,6 +18,7 @@ pub fn ev(data: &str) -> EventToAppend {
         schema_version: 1,
         recorded_at: Utc.with_ymd_and_hms(2026, 11, 2, 20, 0, 0).unwrap() + chrono::Duration::milliseconds(123),
         data: data.into(),
+        memo: None,
     }
 }
 
