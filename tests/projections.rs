@@ -200,3 +200,36 @@ async fn the_energy_balance_flags_intervals_that_break_conservation() {
     assert_eq!(eb["intervals"][0]["losses_wh"], "40");
     assert_eq!(eb["intervals"][0]["flagged"], false);
 }
+
+/// A live follower folds the events as the ledger decided them, handed over by the store's
+/// writer; the books it builds are the books rebuilt from the log, to the text of every
+/// decimal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_books_are_the_books_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger(dir.path()).await;
+    let p = Projections::open(l.store().clone(), None).await.unwrap();
+    let follower = tokio::spawn(p.clone().follow());
+    run(&l, &setup()).await;
+    for i in 0..40 {
+        let start = format!("2026-11-02T{:02}:{:02}:00Z", i / 4, (i % 4) * 15);
+        run(
+            &l,
+            &[
+                reading("gen", "generated", &start, 15, &format!("{}.5", 100 + i)),
+                reading("load", "consumed", &start, 15, &format!("{}.25", 90 + i)),
+            ],
+        )
+        .await;
+    }
+    let head = l.store().head().await.unwrap().position;
+    assert!(p.wait_for(head, std::time::Duration::from_secs(10)).await);
+    let replayed = replay_books(l.store().as_ref()).await.unwrap();
+    let live = p.read(|b| b.clone());
+    assert_eq!(live, replayed);
+    assert_eq!(
+        serde_json::to_string(&live).unwrap(),
+        serde_json::to_string(&replayed).unwrap()
+    );
+    follower.abort();
+}

@@ -67,6 +67,8 @@ pub struct PgStore {
     head_rx: watch::Receiver<u64>,
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
+    /// What the writer committed last, for this process's followers.
+    recent: Arc<Recent>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     listener: tokio::task::JoinHandle<()>,
     /// `read_all`'s own connections (none for small pools).
@@ -152,12 +154,14 @@ impl PgStore {
         let (queue, rx) = WriterQueue::new();
         let failures = Arc::new(AtomicU64::new(0));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
+        let recent = Arc::new(Recent::default());
         let writer = Writer {
             pool: pool.clone(),
             head_tx: head_tx.clone(),
             failures: failures.clone(),
             group_sizes: group_sizes.clone(),
             channel: channel.clone(),
+            recent: recent.clone(),
             conn: None,
             keep_conn: pool_size >= WRITER_KEEPS_CONNECTION_POOL_MIN,
         };
@@ -169,6 +173,7 @@ impl PgStore {
             head_rx,
             failures,
             group_sizes,
+            recent,
             writer: std::sync::Mutex::new(Some(writer)),
             listener,
             readers: READER_CONNECTIONS_POOL_MIN
@@ -240,10 +245,20 @@ struct Writer {
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
     channel: String,
+    recent: Arc<Recent>,
     /// The connection kept between groups (when `keep_conn`).
     conn: Option<PoolConnection<Postgres>>,
     keep_conn: bool,
 }
+
+/// What a group's transaction did: each append's outcome, the new head (if anything was
+/// written), the head as of each `Head` request in queue order, and the records written.
+type Written = (
+    Vec<Result<Appended, StoreError>>,
+    Option<u64>,
+    Vec<Head>,
+    Vec<Committed>,
+);
 
 /// Rows of one group, column by column (for one `INSERT … SELECT FROM UNNEST`).
 #[derive(Default)]
@@ -258,6 +273,37 @@ struct Rows {
     data: Vec<String>,
     hash: Vec<String>,
     prev_hash: Vec<String>,
+    memo: Vec<Option<Memo>>,
+}
+
+impl Rows {
+    /// The rows as records, once they are committed (for [`Recent`]).
+    fn into_committed(self) -> Vec<Committed> {
+        let one = "one value per row in every column";
+        let mut stream = self.stream.into_iter();
+        let mut event_type = self.event_type.into_iter();
+        let mut data = self.data.into_iter();
+        let mut hash = self.hash.into_iter();
+        let mut prev_hash = self.prev_hash.into_iter();
+        let mut memo = self.memo.into_iter();
+        (0..self.position.len())
+            .map(|i| Committed {
+                record: RecordedEvent {
+                    position: self.position[i] as u64,
+                    stream: stream.next().expect(one),
+                    version: self.version[i] as u64,
+                    event_id: self.event_id[i],
+                    event_type: event_type.next().expect(one),
+                    schema_version: self.schema_version[i] as u32,
+                    recorded_at: self.recorded_at[i],
+                    data: data.next().expect(one),
+                    hash: hash.next().expect(one),
+                    prev_hash: prev_hash.next().expect(one),
+                },
+                memo: memo.next().expect(one),
+            })
+            .collect()
+    }
 }
 
 impl Writer {
@@ -293,7 +339,8 @@ impl Writer {
             }
         }
         match self.write(failures, &appends, &order).await {
-            Ok((outcomes, head_after, head_points)) => {
+            Ok((outcomes, head_after, head_points, committed)) => {
+                self.recent.push(committed);
                 if let Some(h) = head_after {
                     self.head_tx.send_if_modified(|cur| bump(cur, h));
                 }
@@ -327,7 +374,7 @@ impl Writer {
         failures: u64,
         appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
         order: &[bool],
-    ) -> Result<(Vec<Result<Appended, StoreError>>, Option<u64>, Vec<Head>), StoreError> {
+    ) -> Result<Written, StoreError> {
         let mut fresh = self.conn.is_none();
         let mut conn = match self.conn.take() {
             Some(c) => c,
@@ -364,7 +411,7 @@ impl Writer {
         failures: u64,
         appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
         order: &[bool],
-    ) -> Result<(Vec<Result<Appended, StoreError>>, Option<u64>, Vec<Head>), (StoreError, bool)> {
+    ) -> Result<Written, (StoreError, bool)> {
         // One simple-protocol message, two statements: the lock is held before the next
         // statement takes its snapshot, so that statement sees every earlier commit.
         conn.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('wattledger:' || current_schema()))")
@@ -488,7 +535,7 @@ impl Writer {
             .map_err(|e| locked(unavailable(e)))?;
         }
         conn.execute("COMMIT").await.map_err(|e| locked(unavailable(e)))?;
-        Ok((outcomes, wrote.then_some(head), head_points))
+        Ok((outcomes, wrote.then_some(head), head_points, rows.into_committed()))
     }
 }
 
@@ -560,6 +607,7 @@ fn stage(
         rows.data.push(e.data.clone());
         rows.hash.push(hash.clone());
         rows.prev_hash.push(head_hash.clone());
+        rows.memo.push(e.memo.clone());
         known.insert(
             e.event_id,
             (
@@ -634,6 +682,10 @@ impl EventStore for PgStore {
 
     async fn head(&self) -> Result<Head, StoreError> {
         self.queue.head().await
+    }
+
+    fn recent(&self, after_position: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
+        self.recent.after(after_position, limit)
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

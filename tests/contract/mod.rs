@@ -346,6 +346,48 @@ pub async fn reads_are_paged(store: Arc<dyn EventStore>) {
     assert!(huge.len() <= READ_PAGE_EVENTS_MAX);
 }
 
+/// What a store hands back from its recent tail ([`EventStore::recent`]) is what it reads
+/// back, with the memo each event was appended with; a backend without a tail answers
+/// `None`, and so does one asked for a position it no longer holds.
+pub async fn the_recent_tail_is_what_was_recorded(store: Arc<dyn EventStore>) {
+    let memoed = |i: u32| EventToAppend {
+        memo: Some(Memo::new(i)),
+        ..ev(&format!(r#"{{"i":{i}}}"#))
+    };
+    for chunk in [vec![memoed(1), memoed(2)], vec![ev("{}")], vec![memoed(4)]] {
+        store
+            .append(batch("r", ExpectedVersion::Any, chunk))
+            .wait()
+            .await
+            .unwrap();
+    }
+    let all = read_everything(store.as_ref()).await;
+    let Some(tail) = store.recent(1, 10) else {
+        return;
+    };
+    let records: Vec<RecordedEvent> = tail.iter().map(|c| c.record.clone()).collect();
+    assert_eq!(
+        records,
+        all[1..].to_vec(),
+        "the tail after position 1 is the log after it"
+    );
+    let memos: Vec<Option<u32>> = tail
+        .iter()
+        .map(|c| c.memo.as_ref().and_then(|m| m.get::<u32>()).copied())
+        .collect();
+    assert_eq!(memos, vec![Some(2), None, Some(4)], "each record keeps its own memo");
+    assert!(
+        store
+            .recent(3, 1)
+            .is_some_and(|t| t.len() == 1 && t[0].record.position == 4)
+    );
+    assert!(store.recent(4, 10).is_none(), "nothing after the head");
+    assert!(
+        store.recent(0, 10).is_none(),
+        "what a reader has read is let go: a reader behind it reads the store"
+    );
+}
+
 #[macro_export]
 macro_rules! contract_suite {
     ($fresh:expr) => {
@@ -386,6 +428,12 @@ macro_rules! contract_suite {
             async fn subscribe_catches_up_then_follows() {
                 if let Some(s) = $fresh().await {
                     contract::subscribe_catches_up_then_follows(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_recent_tail_is_what_was_recorded() {
+                if let Some(s) = $fresh().await {
+                    contract::the_recent_tail_is_what_was_recorded(s).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
