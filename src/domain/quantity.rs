@@ -60,9 +60,53 @@ pub mod decimal_str {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        decimal_from_json(&v).map_err(serde::de::Error::custom)
+        deserialize_decimal(d)?.map_err(serde::de::Error::custom)
     }
+}
+
+/// A decimal as [`decimal_from_json`] reads it, or its refusal, without building a
+/// `serde_json::Value` for the usual case: a string (as every stored event carries its
+/// decimals) is parsed straight from the text. Any other JSON value is built and handed to
+/// [`decimal_from_json`], so numbers keep their exact text and refusals their wording.
+pub fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Result<Decimal, String>, D::Error> {
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    use serde_json::Value;
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Result<Decimal, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal number")
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(parse_decimal(s))
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::Bool(b)))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::from(n)))
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::from(n)))
+        }
+        fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::from(n)))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::Null))
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(decimal_from_json(&Value::Null))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            Value::deserialize(SeqAccessDeserializer::new(a)).map(|v| decimal_from_json(&v))
+        }
+        /// Also how serde_json's `arbitrary_precision` hands over a number.
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            Value::deserialize(MapAccessDeserializer::new(a)).map(|v| decimal_from_json(&v))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// Serde helpers for `Option<Decimal>` fields carried as JSON strings.
@@ -174,8 +218,9 @@ macro_rules! quantity {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let v = serde_json::Value::deserialize(d)?;
-                Self::from_json(&v).map_err(serde::de::Error::custom)
+                deserialize_decimal(d)?
+                    .and_then(Self::new)
+                    .map_err(serde::de::Error::custom)
             }
         }
     };
@@ -193,6 +238,56 @@ quantity!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read straight from the text or through a `Value`, a decimal comes out the same, and
+    /// so does every refusal's wording.
+    #[test]
+    fn decimals_read_from_the_text_are_the_decimals_read_through_a_value() {
+        #[derive(serde::Deserialize)]
+        struct D {
+            #[serde(with = "decimal_str")]
+            d: Decimal,
+        }
+        #[derive(serde::Deserialize)]
+        struct E {
+            e: EnergyWh,
+        }
+        for json in [
+            r#""12.50""#,
+            r#""-3""#,
+            r#""""#,
+            r#""1e5""#,
+            r#""NaN""#,
+            r#""0.0001""#,
+            "12.5",
+            "-7",
+            "123456789012345.125",
+            "1e400",
+            "18446744073709551616",
+            "true",
+            "null",
+            "[1]",
+            r#"{"a":1}"#,
+        ] {
+            let through_value = |v: &str| {
+                let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                (decimal_from_json(&v), EnergyWh::from_json(&v))
+            };
+            let (want_d, want_e) = through_value(json);
+            let got_d = serde_json::from_str::<D>(&format!(r#"{{"d":{json}}}"#)).map(|x| x.d);
+            let got_e = serde_json::from_str::<E>(&format!(r#"{{"e":{json}}}"#)).map(|x| x.e);
+            match (want_d, got_d) {
+                (Ok(w), Ok(g)) => assert_eq!((w, w.scale()), (g, g.scale()), "{json}"),
+                (Err(w), Err(g)) => assert!(g.to_string().starts_with(&w), "{json}: {g} / {w}"),
+                (w, g) => panic!("{json}: through a Value {w:?}, from the text {g:?}"),
+            }
+            match (want_e, got_e) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{json}"),
+                (Err(w), Err(g)) => assert!(g.to_string().starts_with(&w), "{json}: {g} / {w}"),
+                (w, g) => panic!("{json}: through a Value {w:?}, from the text {g:?}"),
+            }
+        }
+    }
 
     #[test]
     fn energy_parses_strings_and_numbers_exactly() {

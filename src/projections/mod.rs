@@ -312,7 +312,15 @@ pub struct Books {
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d").to_string()
+    use chrono::Datelike;
+    if (0..=9999).contains(&t.year()) {
+        // The date of `fmt_time`'s text, which writes these years digit by digit.
+        let mut day = crate::domain::time::fmt_time(&t);
+        day.truncate(10);
+        day
+    } else {
+        t.format("%Y-%m-%d").to_string()
+    }
 }
 
 /// Spreads `wh` over the grid intervals `[start, end)` touches, pro rata by time.
@@ -358,9 +366,13 @@ impl Books {
     pub fn apply(&mut self, rec: &RecordedEvent, ev: &Event) {
         self.position = rec.position;
         self.chain_hash = rec.hash.clone();
-        let booked = booked_period(ev);
+        let booked = booked_period(ev).map(|p| p.to_string());
         for p in postings(ev) {
-            let a = self.accounts.entry(p.account.clone()).or_default();
+            // Looked up before a key is made: an account is new only once.
+            let a = match self.accounts.get_mut(&p.account) {
+                Some(a) => a,
+                None => self.accounts.entry(p.account.clone()).or_default(),
+            };
             let (eu, wh) = match p.side {
                 Side::Debit => {
                     a.debits_eu += p.amount_eu;
@@ -373,13 +385,15 @@ impl Books {
                     (-p.amount_eu, -p.energy_wh)
                 }
             };
-            if let Some(period) = booked {
-                let net = self
-                    .settlement
-                    .entry(period.to_string())
-                    .or_default()
-                    .entry(p.account)
-                    .or_default();
+            if let Some(period) = &booked {
+                let nets = match self.settlement.get_mut(period) {
+                    Some(nets) => nets,
+                    None => self.settlement.entry(period.clone()).or_default(),
+                };
+                let net = match nets.get_mut(&p.account) {
+                    Some(net) => net,
+                    None => nets.entry(p.account).or_default(),
+                };
                 net.0 += eu;
                 net.1 += wh;
             }
