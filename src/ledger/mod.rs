@@ -7,7 +7,8 @@ pub mod snapshot;
 
 use crate::domain::{Command, DecideContext, Decision, Event, LedgerState, NewEvent, Rejection};
 use crate::store::{
-    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, Memo, READ_PAGE_EVENTS_MAX, StoreError,
+    AppendBatch, AppendTicket, EventStore, EventToAppend, ExpectedVersion, Memo, READ_PAGE_EVENTS_MAX, RecordedEvent,
+    StoreError,
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -251,22 +252,45 @@ impl Inner {
     /// Folds what other writers appended since the last look (shared stores only). It asks
     /// the store itself, not the head watch: a notification from another server may still be
     /// on its way when a client that saw that server's answer sends its next command here.
+    /// What this process's own writer committed is taken from its recent tail (mostly our
+    /// own events, only to be let go of), not read back; the loop ends on an empty read.
     async fn catch_up(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
         loop {
-            let page = store.read_all(self.applied, READ_PAGE_EVENTS_MAX).await?;
-            let Some(last) = page.last() else { break };
-            self.applied = last.position;
-            for r in &page {
-                if self.pending.remove(&r.event_id) {
-                    continue;
+            if let Some(tail) = store.recent(self.applied, READ_PAGE_EVENTS_MAX) {
+                for c in &tail {
+                    self.fold_other(&c.record, c.memo.as_ref().and_then(|m| m.get::<Event>()))?;
                 }
-                let ev = Event::from_parts(&r.event_type, &r.data)
-                    .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
-                self.torn = true;
-                self.state.evolve(r.event_id, &r.stream, r.version, &ev);
-                self.torn = false;
+                continue;
+            }
+            let page = store.read_all(self.applied, READ_PAGE_EVENTS_MAX).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                self.fold_other(r, None)?;
             }
         }
+        Ok(())
+    }
+
+    /// Folds the next record of the log unless it is one of our own (already folded).
+    fn fold_other(&mut self, r: &RecordedEvent, decided: Option<&Event>) -> Result<(), StoreError> {
+        self.applied = r.position;
+        if self.pending.remove(&r.event_id) {
+            return Ok(());
+        }
+        let decoded;
+        let ev = match decided {
+            Some(ev) => ev,
+            None => {
+                decoded = Event::from_parts(&r.event_type, &r.data)
+                    .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+                &decoded
+            }
+        };
+        self.torn = true;
+        self.state.evolve(r.event_id, &r.stream, r.version, ev);
+        self.torn = false;
         Ok(())
     }
 }

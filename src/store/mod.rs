@@ -78,13 +78,14 @@ pub struct Committed {
     pub memo: Option<Memo>,
 }
 
-/// Most records a writer keeps in its [`Recent`] tail (when nobody reads them, they stay).
-pub const RECENT_EVENTS_MAX: usize = 8_192;
+/// Most records a writer keeps in its [`Recent`] tail (four full group commits).
+pub const RECENT_EVENTS_MAX: usize = 16_384;
 
 /// The last records this process's writer committed, in position order and without gaps,
-/// for readers in the same process that follow the head (the projections): they take them
-/// from here instead of reading the rows back. A reader that fell further behind, or a
-/// position another process wrote, is read from the store as before.
+/// for readers in the same process that follow the head (the projections, and the ledger
+/// catching up on a shared store): they take them from here instead of reading the rows
+/// back. A reader that fell further behind, or a position another process wrote, is read
+/// from the store as before.
 #[derive(Default)]
 pub struct Recent(std::sync::Mutex<VecDeque<Arc<Committed>>>);
 
@@ -92,34 +93,33 @@ impl Recent {
     /// Adds records just committed, in position order. A record that does not follow the
     /// last one (another process wrote in between) starts the tail afresh.
     pub fn push(&self, committed: Vec<Committed>) {
+        let mut gone = Vec::new();
         let mut ring = self.0.lock().expect("recent lock");
         for c in committed {
             if ring.back().is_some_and(|b| b.record.position + 1 != c.record.position) {
-                ring.clear();
+                gone.extend(ring.drain(..));
             }
             if ring.len() == RECENT_EVENTS_MAX {
-                ring.pop_front();
+                gone.extend(ring.pop_front());
             }
             ring.push_back(Arc::new(c));
         }
+        drop(ring);
+        // Freed outside the lock, which the readers take too.
+        drop(gone);
     }
 
     /// Up to `limit` records after `after`, if the tail holds the very next one; `None` when
-    /// it does not (the reader must ask the store). The records up to `after` are let go: the
-    /// reader has them, and the tail holds only what is still to be read (a second reader
-    /// that is further behind reads the store).
+    /// it does not (the reader must ask the store).
     pub fn after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
-        let mut ring = self.0.lock().expect("recent lock");
-        let read = ring.partition_point(|c| c.record.position <= after);
-        let done: Vec<_> = ring.drain(..read).collect();
-        let next = match ring.front() {
-            Some(c) if c.record.position == after + 1 => Some(ring.iter().take(limit).cloned().collect()),
-            _ => None,
-        };
-        drop(ring);
-        // Freed outside the lock: the writer pushes under it.
-        drop(done);
-        next
+        let ring = self.0.lock().expect("recent lock");
+        let first = ring.front()?.record.position;
+        let last = ring.back()?.record.position;
+        if after + 1 < first || after >= last {
+            return None;
+        }
+        let start = (after + 1 - first) as usize;
+        Some(ring.range(start..).take(limit).cloned().collect())
     }
 }
 
@@ -554,5 +554,48 @@ mod tests {
             assert!(e.contains("built without the `kurrentdb` feature"), "{e}");
             assert!(!e.contains("s3cret"), "{e}");
         }
+    }
+
+    fn committed(position: u64) -> Committed {
+        Committed {
+            record: RecordedEvent {
+                position,
+                stream: "s".into(),
+                version: position,
+                event_id: Uuid::from_u128(position as u128),
+                event_type: "T".into(),
+                schema_version: 1,
+                recorded_at: chrono::DateTime::UNIX_EPOCH,
+                data: "{}".into(),
+                hash: String::new(),
+                prev_hash: String::new(),
+            },
+            memo: None,
+        }
+    }
+
+    fn positions(tail: Option<Vec<Arc<Committed>>>) -> Option<Vec<u64>> {
+        tail.map(|t| t.iter().map(|c| c.record.position).collect())
+    }
+
+    /// The tail answers only from the very next position, holds no gap (a position written
+    /// by another process starts it afresh) and keeps at most `RECENT_EVENTS_MAX` records.
+    #[test]
+    fn the_recent_tail_answers_only_without_a_gap() {
+        let recent = Recent::default();
+        assert_eq!(positions(recent.after(0, 10)), None, "empty");
+        recent.push((1..=3).map(committed).collect());
+        assert_eq!(positions(recent.after(0, 10)), Some(vec![1, 2, 3]));
+        assert_eq!(positions(recent.after(1, 1)), Some(vec![2]));
+        assert_eq!(positions(recent.after(3, 10)), None, "nothing after the last");
+        recent.push(vec![committed(5)]);
+        assert_eq!(positions(recent.after(0, 10)), None, "4 is not ours: 1..3 went");
+        assert_eq!(positions(recent.after(3, 10)), None, "4 must be read from the store");
+        assert_eq!(positions(recent.after(4, 10)), Some(vec![5]));
+        let n = RECENT_EVENTS_MAX as u64;
+        recent.push((6..=n + 10).map(committed).collect());
+        // 5..=n+10 is n+6 records: 5..=10 went.
+        assert_eq!(positions(recent.after(9, 1)), None, "evicted");
+        assert_eq!(positions(recent.after(10, 2)), Some(vec![11, 12]));
     }
 }
