@@ -537,8 +537,8 @@ impl Workload {
         let _ = write!(
             out,
             r#"{{"command":"post_reading","meter_id":"m-{m:06}","flow":"consumed","start":"{}","end":"{}","wh":"{wh}"}}"#,
-            start.format("%Y-%m-%dT%H:%M:%SZ"),
-            end.format("%Y-%m-%dT%H:%M:%SZ"),
+            crate::domain::time::fmt_time(&start),
+            crate::domain::time::fmt_time(&end),
         );
     }
 }
