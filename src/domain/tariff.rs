@@ -13,10 +13,9 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// One of the four flows across a site bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -379,7 +378,9 @@ fn day_boundaries(tz: &Tz, minutes: &[u16], day: NaiveDate) -> Vec<DateTime<Utc>
 /// minutes are stored and compared, not only hashed), so the cache changes no result.
 struct BoundaryCache {
     minutes: Vec<u16>,
-    days: HashMap<(Tz, NaiveDate, u64), DayBoundaries>,
+    /// Hashed by foldhash: SipHash showed in the pricing profile (a lookup per local day
+    /// around every reading).
+    days: foldhash::HashMap<(Tz, NaiveDate, u64), DayBoundaries>,
 }
 
 /// A day's boundary minutes and their UTC instants.
@@ -391,7 +392,7 @@ const BOUNDARY_CACHE_DAYS_MAX: usize = 16_384;
 thread_local! {
     static BOUNDARIES: RefCell<BoundaryCache> = RefCell::new(BoundaryCache {
         minutes: Vec::new(),
-        days: HashMap::new(),
+        days: foldhash::HashMap::default(),
     });
 }
 
@@ -404,7 +405,7 @@ fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime
         let cache = &mut *cache.borrow_mut();
         boundary_minutes(terms, &mut cache.minutes);
         let minutes = cache.minutes.as_slice();
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = foldhash::fast::FixedState::default().build_hasher();
         minutes.hash(&mut hasher);
         let minutes_hash = hasher.finish();
         if cache.days.len() >= BOUNDARY_CACHE_DAYS_MAX {

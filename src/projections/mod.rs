@@ -195,7 +195,7 @@ impl StatementAcc {
             self.first_position = rec.position;
         }
         self.last_position = rec.position;
-        self.chain_hash = rec.hash.clone();
+        self.chain_hash.clone_from(&rec.hash);
     }
 }
 
@@ -365,7 +365,7 @@ impl Books {
     /// Folds one recorded event. Pure: no I/O, deterministic.
     pub fn apply(&mut self, rec: &RecordedEvent, ev: &Event) {
         self.position = rec.position;
-        self.chain_hash = rec.hash.clone();
+        self.chain_hash.clone_from(&rec.hash);
         let booked = booked_period(ev).map(|p| p.to_string());
         for p in postings(ev) {
             // Looked up before a key is made: an account is new only once.
