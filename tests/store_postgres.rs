@@ -152,3 +152,44 @@ async fn sslmode_in_the_url_is_honoured() {
         .expect("refused");
     assert!(e.to_string().contains("cannot connect"), "{e}");
 }
+
+/// A writer trusts what it knows of the streams only while nobody else wrote: after another
+/// writer appended to its stream, it sees the new version (and the other's event ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_sees_what_another_wrote_to_its_stream() {
+    let Some(base) = pg::base_url("a_writer_sees_what_another_wrote_to_its_stream") else {
+        return;
+    };
+    let url = pg::fresh_schema_url(&base).await;
+    let (a, b) = (PgStore::open(&url).await.unwrap(), PgStore::open(&url).await.unwrap());
+    let append = |s: &Arc<PgStore>, expected, e| {
+        let s = s.clone();
+        async move { s.append(contract::batch("s", expected, vec![e])).wait().await }
+    };
+    append(&a, ExpectedVersion::NoStream, contract::ev("{}")).await.unwrap();
+    append(&a, ExpectedVersion::Exact(1), contract::ev("{}")).await.unwrap();
+    let theirs = contract::ev(r#"{"b":1}"#);
+    append(&b, ExpectedVersion::Exact(2), theirs.clone()).await.unwrap();
+    // `a` last knew version 2: it must not accept 2 again, and must accept 3.
+    let stale = append(&a, ExpectedVersion::Exact(2), contract::ev("{}")).await;
+    assert!(
+        matches!(
+            stale,
+            Err(wattledger::store::StoreError::VersionConflict { actual: 3, .. })
+        ),
+        "{stale:?}"
+    );
+    append(&a, ExpectedVersion::Exact(3), contract::ev("{}")).await.unwrap();
+    // The other writer's event, sent again through `a`, is a duplicate of it.
+    let again = append(&a, ExpectedVersion::Exact(2), theirs).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.recorded, vec![(3, 3)]);
+    // And `a`'s own: a retry after it wrote more is recognised too.
+    let mine = contract::ev(r#"{"a":5}"#);
+    append(&a, ExpectedVersion::Exact(4), mine.clone()).await.unwrap();
+    append(&a, ExpectedVersion::Exact(5), contract::ev("{}")).await.unwrap();
+    let again = append(&a, ExpectedVersion::Exact(4), mine).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.recorded, vec![(5, 5)]);
+    assert_eq!(a.head().await.unwrap().position, 6);
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// One of the four flows across a site bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -405,9 +405,7 @@ fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime
         let cache = &mut *cache.borrow_mut();
         boundary_minutes(terms, &mut cache.minutes);
         let minutes = cache.minutes.as_slice();
-        let mut hasher = foldhash::fast::FixedState::default().build_hasher();
-        minutes.hash(&mut hasher);
-        let minutes_hash = hasher.finish();
+        let minutes_hash = foldhash::fast::FixedState::default().hash_one(minutes);
         if cache.days.len() >= BOUNDARY_CACHE_DAYS_MAX {
             cache.days.clear();
         }

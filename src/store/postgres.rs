@@ -162,6 +162,7 @@ impl PgStore {
             group_sizes: group_sizes.clone(),
             channel: channel.clone(),
             recent: recent.clone(),
+            known: None,
             conn: None,
             keep_conn: pool_size >= WRITER_KEEPS_CONNECTION_POOL_MIN,
         };
@@ -246,6 +247,8 @@ struct Writer {
     group_sizes: Arc<crate::metrics::Histogram>,
     channel: String,
     recent: Arc<Recent>,
+    /// What this writer knows of the log since its last commit (see [`Known`]).
+    known: Option<Known>,
     /// The connection kept between groups (when `keep_conn`).
     conn: Option<PoolConnection<Postgres>>,
     keep_conn: bool,
@@ -259,6 +262,27 @@ type Written = (
     Vec<Head>,
     Vec<Committed>,
 );
+
+/// The head this writer left after its last transaction, and the version of every stream it
+/// has looked up or written since the log last moved under another writer. When the next
+/// transaction finds the same head under the lock, nobody else wrote in between: the versions
+/// are exact, only streams new to it are looked up, and the group's event ids are not looked
+/// up at all: the unique index refuses a recorded one, and the group is then done again with
+/// every lookup (`Failed::unchecked`).
+#[derive(Default)]
+struct Known {
+    head: u64,
+    hash: String,
+    versions: HashMap<String, u64>,
+}
+
+/// Why a group's transaction failed: the error, whether the lock had been taken, and whether
+/// it was the unique index refusing a row whose id the writer had not looked up.
+struct Failed {
+    error: StoreError,
+    locked: bool,
+    unchecked: bool,
+}
 
 /// Rows of one group, column by column (for one `INSERT … SELECT FROM UNNEST`).
 #[derive(Default)]
@@ -380,22 +404,35 @@ impl Writer {
             Some(c) => c,
             None => self.pool.acquire().await.map_err(unavailable)?,
         };
+        let mut rechecked = false;
         loop {
             match self.write_on(&mut conn, failures, appends, order).await {
-                Ok(done) => {
+                Ok((done, extends, learned)) => {
+                    match (&mut self.known, extends) {
+                        (Some(k), true) => {
+                            k.versions.extend(learned.versions);
+                            (k.head, k.hash) = (learned.head, learned.hash);
+                        }
+                        (k, _) => *k = Some(learned),
+                    }
                     if self.keep_conn {
                         self.conn = Some(conn);
                     }
                     return Ok(done);
                 }
-                Err((e, locked)) => {
+                Err(f) => {
                     discard(conn);
-                    if locked || fresh {
-                        return Err(e);
+                    self.known = None;
+                    if f.unchecked && !rechecked {
+                        // Nothing was written; the same group again, every id looked up.
+                        rechecked = true;
+                    } else if f.locked || fresh {
+                        return Err(f.error);
+                    } else {
+                        tracing::info!(error = %f.error, "a kept connection failed before the commit began; retrying on a fresh one");
+                        fresh = true;
                     }
-                    tracing::info!(error = %e, "a kept connection failed before the commit began; retrying on a fresh one");
                     conn = self.pool.acquire().await.map_err(unavailable)?;
-                    fresh = true;
                 }
             }
         }
@@ -411,18 +448,28 @@ impl Writer {
         failures: u64,
         appends: &[(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>)],
         order: &[bool],
-    ) -> Result<Written, (StoreError, bool)> {
+    ) -> Result<(Written, bool, Known), Failed> {
         // One simple-protocol message, two statements: the lock is held before the next
         // statement takes its snapshot, so that statement sees every earlier commit.
         conn.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('wattledger:' || current_schema()))")
             .await
-            .map_err(|e| (unavailable(e), false))?;
-        let locked = |e: StoreError| (e, true);
+            .map_err(|e| Failed {
+                error: unavailable(e),
+                locked: false,
+                unchecked: false,
+            })?;
+        let locked = |error: StoreError| Failed {
+            error,
+            locked: true,
+            unchecked: false,
+        };
 
         // What the checks need, in one query for the whole group: the head (kind 0), the
         // events already recorded under the group's ids (kind 1), each stream's version
         // (kind 2). Both lookups probe a unique index once per id or stream (`LATERAL …
         // LIMIT 1` keeps the planner from turning a long list into a scan of the table).
+        // When the head is still the one this writer left ($3, $4), the ids are not looked up
+        // and only the streams it does not know ($5) are (see [`Known`]).
         let ids: Vec<uuid::Uuid> = appends
             .iter()
             .flat_map(|(b, _)| b.events.iter().map(|e| e.event_id))
@@ -436,18 +483,32 @@ impl Writer {
         let (mut head, mut head_hash) = (0, GENESIS_HASH.to_string());
         let mut known: HashMap<uuid::Uuid, (u64, u64, String, String, String)> = HashMap::new();
         let mut versions: HashMap<String, u64> = HashMap::new();
+        let (left_head, left_hash) = self
+            .known
+            .as_ref()
+            .map_or((-1, ""), |k| (k.head as i64, k.hash.as_str()));
+        let unknown: Vec<&String> = streams
+            .iter()
+            .filter(|s| !self.known.as_ref().is_some_and(|k| k.versions.contains_key(*s)))
+            .collect();
         let lookups = sqlx::query(
-            "SELECT 0::int AS k, h.position AS n, NULL::bigint AS v, h.hash AS a, NULL::uuid AS i, NULL::text AS t, NULL::text AS d \
-               FROM (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS h \
+            "WITH h AS (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1), \
+                  m AS (SELECT NOT EXISTS (SELECT 1 FROM h WHERE position = $3 AND hash = $4) AS moved) \
+             SELECT 0::int AS k, h.position AS n, NULL::bigint AS v, h.hash AS a, NULL::uuid AS i, NULL::text AS t, NULL::text AS d FROM h \
              UNION ALL \
-             SELECT 1, e.position, e.version, e.stream, e.event_id, e.event_type, e.data::text FROM UNNEST($1::uuid[]) AS q(id) \
+             SELECT 1, e.position, e.version, e.stream, e.event_id, e.event_type, e.data::text \
+               FROM m, UNNEST(CASE WHEN m.moved THEN $1::uuid[] ELSE '{}'::uuid[] END) AS q(id) \
                CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.event_id = q.id LIMIT 1) AS e \
              UNION ALL \
-             SELECT 2, v.version, NULL, s.stream, NULL, NULL, NULL FROM UNNEST($2::text[]) AS s(stream) \
+             SELECT 2, v.version, NULL, s.stream, NULL, NULL, NULL \
+               FROM m, UNNEST(CASE WHEN m.moved THEN $2::text[] ELSE $5::text[] END) AS s(stream) \
                CROSS JOIN LATERAL (SELECT version FROM events e WHERE e.stream = s.stream ORDER BY version DESC LIMIT 1) AS v",
         )
         .bind(&ids)
         .bind(&streams)
+        .bind(left_head)
+        .bind(left_hash)
+        .bind(&unknown)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| locked(unavailable(e)))?;
@@ -481,6 +542,19 @@ impl Writer {
             }
         }
 
+        // The same test as the query's `moved`, on the same snapshot.
+        let unchecked = self
+            .known
+            .as_ref()
+            .is_some_and(|k| k.head == head && k.hash == head_hash);
+        if unchecked && let Some(k) = &self.known {
+            for s in &streams {
+                if let Some(v) = k.versions.get(s) {
+                    versions.insert(s.clone(), *v);
+                }
+            }
+        }
+
         let mut rows = Rows::default();
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut head_points = Vec::new();
@@ -510,6 +584,18 @@ impl Writer {
             ));
         }
 
+        if unchecked
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Err(StoreError::VersionConflict { .. })))
+        {
+            // A retry of a recorded batch looks like a conflict until its ids are looked up.
+            return Err(Failed {
+                error: unavailable("a version conflict seen without the ids looked up"),
+                locked: true,
+                unchecked: true,
+            });
+        }
         let wrote = !rows.position.is_empty();
         if wrote {
             // A data-modifying WITH runs to completion whatever the outer query reads.
@@ -532,10 +618,24 @@ impl Writer {
             .bind(head.to_string())
             .execute(&mut *conn)
             .await
-            .map_err(|e| locked(unavailable(e)))?;
+            .map_err(|e| {
+                let unique = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
+                Failed {
+                    unchecked: unchecked && unique,
+                    ..locked(unavailable(e))
+                }
+            })?;
         }
         conn.execute("COMMIT").await.map_err(|e| locked(unavailable(e)))?;
-        Ok((outcomes, wrote.then_some(head), head_points, rows.into_committed()))
+        // What this group looked up or wrote; it adds to what the writer knew when nobody
+        // else wrote in between, and replaces it otherwise.
+        let learned = Known {
+            head,
+            hash: head_hash,
+            versions,
+        };
+        let written = (outcomes, wrote.then_some(head), head_points, rows.into_committed());
+        Ok((written, unchecked, learned))
     }
 }
 
