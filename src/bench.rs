@@ -872,7 +872,7 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
     let mut pos = after;
     while pos < upto {
         let mut chunk = String::new();
-        let mut bin = pg_binary::header();
+        let mut bin = crate::store::postgres::copy_binary::header();
         let mut n = 0;
         while n < COPY_ROWS_PER_TX && pos < upto {
             let page = store
@@ -897,7 +897,7 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
                 text.row_bytes += line.len() as u64;
                 chunk.push_str(&line);
                 let before = bin.len();
-                pg_binary::row(&mut bin, r);
+                crate::store::postgres::copy_binary::row(&mut bin, r);
                 binary.row_bytes += (bin.len() - before) as u64;
                 n += 1;
             }
@@ -905,7 +905,7 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
         if n == 0 {
             break;
         }
-        pg_binary::trailer(&mut bin);
+        crate::store::postgres::copy_binary::trailer(&mut bin);
         for (what, table, body, into) in [
             ("binary", &tables[0], bin, &mut binary),
             ("csv", &tables[1], chunk.into_bytes(), &mut text),
@@ -937,52 +937,6 @@ async fn raw_copy_pg(url: &str, after: u64, upto: u64) -> Result<RawAppend, AppE
     store.shutdown().await;
     binary.csv = Some(Box::new(text));
     Ok(binary)
-}
-
-/// PostgreSQL's binary `COPY` format: a header, per row a field count and per field its
-/// length and its bytes in the type's binary send format, a trailer.
-mod pg_binary {
-    use crate::store::RecordedEvent;
-
-    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
-    const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
-    /// The `jsonb` binary format's version byte (the text follows).
-    const JSONB_VERSION: u8 = 1;
-
-    /// Signature, flags (no OIDs), header extension length.
-    pub(super) fn header() -> Vec<u8> {
-        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b
-    }
-
-    pub(super) fn trailer(b: &mut Vec<u8>) {
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-    }
-
-    fn field(b: &mut Vec<u8>, bytes: &[u8]) {
-        b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        b.extend_from_slice(bytes);
-    }
-
-    /// One row of the events table's shape: int8, text, int8, uuid, text, int4,
-    /// timestamptz, jsonb, text, text.
-    pub(super) fn row(b: &mut Vec<u8>, r: &RecordedEvent) {
-        b.extend_from_slice(&10i16.to_be_bytes());
-        field(b, &(r.position as i64).to_be_bytes());
-        field(b, r.stream.as_bytes());
-        field(b, &(r.version as i64).to_be_bytes());
-        field(b, r.event_id.as_bytes());
-        field(b, r.event_type.as_bytes());
-        field(b, &(r.schema_version as i32).to_be_bytes());
-        field(b, &(r.recorded_at.timestamp_micros() - PG_EPOCH_UNIX_US).to_be_bytes());
-        b.extend_from_slice(&(r.data.len() as i32 + 1).to_be_bytes());
-        b.push(JSONB_VERSION);
-        b.extend_from_slice(r.data.as_bytes());
-        field(b, r.hash.as_bytes());
-        field(b, r.prev_hash.as_bytes());
-    }
 }
 
 /// `bench ingest`: see the module documentation. `store_url` is `None` for a fresh

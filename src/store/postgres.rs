@@ -284,7 +284,7 @@ struct Failed {
     unchecked: bool,
 }
 
-/// Rows of one group, column by column (for one `INSERT … SELECT FROM UNNEST`).
+/// Rows of one group, column by column, as the checks stage them.
 #[derive(Default)]
 struct Rows {
     position: Vec<i64>,
@@ -438,10 +438,9 @@ impl Writer {
         }
     }
 
-    /// The group's transaction in four round trips: `BEGIN` and the lock; the head, the
-    /// recorded ids and the stream versions in one query; the rows (one `INSERT … SELECT
-    /// FROM UNNEST`) and the notification in one statement; `COMMIT`. An error says whether
-    /// the lock had been taken.
+    /// The group's transaction: `BEGIN` and the lock; the head, the recorded ids and the
+    /// stream versions in one query; the rows in one binary `COPY`; the notification and
+    /// `COMMIT` in one message. An error says whether the lock had been taken.
     async fn write_on(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -597,28 +596,25 @@ impl Writer {
             });
         }
         let wrote = !rows.position.is_empty();
+        let committed = rows.into_committed();
         if wrote {
-            // A data-modifying WITH runs to completion whatever the outer query reads.
-            sqlx::query(
-                "WITH ins AS (INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) \
-                 SELECT p, s, v, i, t, sv, a, d::jsonb, h, ph FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS x(p, s, v, i, t, sv, a, d, h, ph)) \
-                 SELECT pg_notify($11, $12)",
-            )
-            .bind(&rows.position)
-            .bind(&rows.stream)
-            .bind(&rows.version)
-            .bind(&rows.event_id)
-            .bind(&rows.event_type)
-            .bind(&rows.schema_version)
-            .bind(&rows.recorded_at)
-            .bind(&rows.data)
-            .bind(&rows.hash)
-            .bind(&rows.prev_hash)
-            .bind(&self.channel)
-            .bind(head.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| {
+            // The rows in PostgreSQL's binary COPY format, as the raw limit of `bench ingest`
+            // sends them: no parameter arrays to encode, and nothing for the server to unpack.
+            let mut body = copy_binary::header();
+            for c in &committed {
+                copy_binary::row(&mut body, &c.record);
+            }
+            copy_binary::trailer(&mut body);
+            let copied = async {
+                let mut copy = conn
+                    .copy_in_raw(
+                        "COPY events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) FROM STDIN (FORMAT binary)",
+                    )
+                    .await?;
+                copy.send(body).await?;
+                copy.finish().await
+            };
+            copied.await.map_err(|e| {
                 let unique = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
                 Failed {
                     unchecked: unchecked && unique,
@@ -626,7 +622,18 @@ impl Writer {
                 }
             })?;
         }
-        conn.execute("COMMIT").await.map_err(|e| locked(unavailable(e)))?;
+        // The notification is sent at the commit, in the same message.
+        let commit = if wrote {
+            format!(
+                "SELECT pg_notify('{}', '{head}'); COMMIT",
+                self.channel.replace('\'', "''")
+            )
+        } else {
+            "COMMIT".to_string()
+        };
+        conn.execute(commit.as_str())
+            .await
+            .map_err(|e| locked(unavailable(e)))?;
         // What this group looked up or wrote; it adds to what the writer knew when nobody
         // else wrote in between, and replaces it otherwise.
         let learned = Known {
@@ -634,8 +641,54 @@ impl Writer {
             hash: head_hash,
             versions,
         };
-        let written = (outcomes, wrote.then_some(head), head_points, rows.into_committed());
+        let written = (outcomes, wrote.then_some(head), head_points, committed);
         Ok((written, unchecked, learned))
+    }
+}
+
+/// PostgreSQL's binary `COPY` format (the writer's rows, and the raw limit of `bench ingest`): a header, per row a field count and per field its
+/// length and its bytes in the type's binary send format, a trailer.
+pub mod copy_binary {
+    use crate::store::RecordedEvent;
+
+    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
+    const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+    /// The `jsonb` binary format's version byte (the text follows).
+    const JSONB_VERSION: u8 = 1;
+
+    /// Signature, flags (no OIDs), header extension length.
+    pub fn header() -> Vec<u8> {
+        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b
+    }
+
+    pub fn trailer(b: &mut Vec<u8>) {
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+
+    fn field(b: &mut Vec<u8>, bytes: &[u8]) {
+        b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        b.extend_from_slice(bytes);
+    }
+
+    /// One row of the events table's shape: int8, text, int8, uuid, text, int4,
+    /// timestamptz, jsonb, text, text.
+    pub fn row(b: &mut Vec<u8>, r: &RecordedEvent) {
+        b.extend_from_slice(&10i16.to_be_bytes());
+        field(b, &(r.position as i64).to_be_bytes());
+        field(b, r.stream.as_bytes());
+        field(b, &(r.version as i64).to_be_bytes());
+        field(b, r.event_id.as_bytes());
+        field(b, r.event_type.as_bytes());
+        field(b, &(r.schema_version as i32).to_be_bytes());
+        field(b, &(r.recorded_at.timestamp_micros() - PG_EPOCH_UNIX_US).to_be_bytes());
+        b.extend_from_slice(&(r.data.len() as i32 + 1).to_be_bytes());
+        b.push(JSONB_VERSION);
+        b.extend_from_slice(r.data.as_bytes());
+        field(b, r.hash.as_bytes());
+        field(b, r.prev_hash.as_bytes());
     }
 }
 
