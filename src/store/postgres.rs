@@ -284,52 +284,6 @@ struct Failed {
     unchecked: bool,
 }
 
-/// Rows of one group, column by column, as the checks stage them.
-#[derive(Default)]
-struct Rows {
-    position: Vec<i64>,
-    stream: Vec<String>,
-    version: Vec<i64>,
-    event_id: Vec<uuid::Uuid>,
-    event_type: Vec<String>,
-    schema_version: Vec<i32>,
-    recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
-    data: Vec<String>,
-    hash: Vec<String>,
-    prev_hash: Vec<String>,
-    memo: Vec<Option<Memo>>,
-}
-
-impl Rows {
-    /// The rows as records, once they are committed (for [`Recent`]).
-    fn into_committed(self) -> Vec<Committed> {
-        let one = "one value per row in every column";
-        let mut stream = self.stream.into_iter();
-        let mut event_type = self.event_type.into_iter();
-        let mut data = self.data.into_iter();
-        let mut hash = self.hash.into_iter();
-        let mut prev_hash = self.prev_hash.into_iter();
-        let mut memo = self.memo.into_iter();
-        (0..self.position.len())
-            .map(|i| Committed {
-                record: RecordedEvent {
-                    position: self.position[i] as u64,
-                    stream: stream.next().expect(one),
-                    version: self.version[i] as u64,
-                    event_id: self.event_id[i],
-                    event_type: event_type.next().expect(one),
-                    schema_version: self.schema_version[i] as u32,
-                    recorded_at: self.recorded_at[i],
-                    data: data.next().expect(one),
-                    hash: hash.next().expect(one),
-                    prev_hash: prev_hash.next().expect(one),
-                },
-                memo: memo.next().expect(one),
-            })
-            .collect()
-    }
-}
-
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         while let Some(first) = rx.recv().await {
@@ -554,7 +508,8 @@ impl Writer {
             }
         }
 
-        let mut rows = Rows::default();
+        // The group's rows, as they will be recorded (and then handed to [`Recent`]).
+        let mut rows: Vec<Committed> = Vec::new();
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut head_points = Vec::new();
         let mut batches = appends.iter();
@@ -595,13 +550,12 @@ impl Writer {
                 unchecked: true,
             });
         }
-        let wrote = !rows.position.is_empty();
-        let committed = rows.into_committed();
+        let wrote = !rows.is_empty();
         if wrote {
             // The rows in PostgreSQL's binary COPY format, as the raw limit of `bench ingest`
             // sends them: no parameter arrays to encode, and nothing for the server to unpack.
             let mut body = copy_binary::header();
-            for c in &committed {
+            for c in &rows {
                 copy_binary::row(&mut body, &c.record);
             }
             copy_binary::trailer(&mut body);
@@ -641,7 +595,7 @@ impl Writer {
             hash: head_hash,
             versions,
         };
-        let written = (outcomes, wrote.then_some(head), head_points, committed);
+        let written = (outcomes, wrote.then_some(head), head_points, rows);
         Ok((written, unchecked, learned))
     }
 }
@@ -698,7 +652,7 @@ fn stage(
     batch: &AppendBatch,
     known: &mut HashMap<uuid::Uuid, (u64, u64, String, String, String)>,
     versions: &mut HashMap<String, u64>,
-    rows: &mut Rows,
+    rows: &mut Vec<Committed>,
     head: &mut u64,
     head_hash: &mut String,
 ) -> Result<Appended, StoreError> {
@@ -750,17 +704,21 @@ fn stage(
             &e.recorded_at,
             &e.data,
         );
-        rows.position.push(*head as i64);
-        rows.stream.push(batch.stream.clone());
-        rows.version.push(version as i64);
-        rows.event_id.push(e.event_id);
-        rows.event_type.push(e.event_type.clone());
-        rows.schema_version.push(e.schema_version as i32);
-        rows.recorded_at.push(e.recorded_at);
-        rows.data.push(e.data.clone());
-        rows.hash.push(hash.clone());
-        rows.prev_hash.push(head_hash.clone());
-        rows.memo.push(e.memo.clone());
+        rows.push(Committed {
+            record: RecordedEvent {
+                position: *head,
+                stream: batch.stream.clone(),
+                version,
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                recorded_at: e.recorded_at,
+                data: e.data.clone(),
+                hash: hash.clone(),
+                prev_hash: head_hash.clone(),
+            },
+            memo: e.memo.clone(),
+        });
         known.insert(
             e.event_id,
             (
