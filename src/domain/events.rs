@@ -551,6 +551,20 @@ impl Event {
         }
     }
 
+    /// The event a record holds: as the ledger decided it when the store's writer handed it
+    /// over with the record (`decided`, see `store::Memo`), else decoded from its data.
+    pub fn of_record<'a>(
+        r: &crate::store::RecordedEvent,
+        decided: Option<&'a Event>,
+    ) -> Result<std::borrow::Cow<'a, Event>, crate::store::StoreError> {
+        match decided {
+            Some(ev) => Ok(std::borrow::Cow::Borrowed(ev)),
+            None => Event::from_parts(&r.event_type, &r.data)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|m| crate::store::StoreError::Corrupt(format!("position {}: {m}", r.position))),
+        }
+    }
+
     /// Rebuilds an event from its stored type and data (JSON text).
     ///
     /// Each type's data is parsed straight into its struct: going through serde's buffered

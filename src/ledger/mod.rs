@@ -258,7 +258,7 @@ impl Inner {
         loop {
             if let Some(tail) = store.recent(self.applied, READ_PAGE_EVENTS_MAX) {
                 for c in &tail {
-                    self.fold_other(&c.record, c.memo.as_ref().and_then(|m| m.get::<Event>()))?;
+                    self.fold_other(&c.record, c.memo::<Event>())?;
                 }
                 continue;
             }
@@ -279,17 +279,9 @@ impl Inner {
         if self.pending.remove(&r.event_id) {
             return Ok(());
         }
-        let decoded;
-        let ev = match decided {
-            Some(ev) => ev,
-            None => {
-                decoded = Event::from_parts(&r.event_type, &r.data)
-                    .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
-                &decoded
-            }
-        };
+        let ev = Event::of_record(r, decided)?;
         self.torn = true;
-        self.state.evolve(r.event_id, &r.stream, r.version, ev);
+        self.state.evolve(r.event_id, &r.stream, r.version, &ev);
         self.torn = false;
         Ok(())
     }
@@ -500,8 +492,7 @@ async fn replay_from(
         let Some(last) = page.last() else { break };
         after = last.position;
         for r in &page {
-            let ev = Event::from_parts(&r.event_type, &r.data)
-                .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
+            let ev = Event::of_record(r, None)?;
             state.evolve(r.event_id, &r.stream, r.version, &ev);
         }
     }

@@ -83,17 +83,9 @@ pub fn fold(books: &mut Books, page: &[RecordedEvent]) -> Result<(), StoreError>
     page.iter().try_for_each(|r| fold_one(books, r, None))
 }
 
-/// Folds one record: its event as decided when the writer handed it over with it, else
-/// decoded from the record's data.
+/// Folds one record (see [`Event::of_record`]).
 fn fold_one(books: &mut Books, r: &RecordedEvent, decided: Option<&Event>) -> Result<(), StoreError> {
-    match decided {
-        Some(ev) => books.apply(r, ev),
-        None => {
-            let ev = Event::from_parts(&r.event_type, &r.data)
-                .map_err(|m| StoreError::Corrupt(format!("position {}: {m}", r.position)))?;
-            books.apply(r, &ev);
-        }
-    }
+    books.apply(r, &*Event::of_record(r, decided)?);
     Ok(())
 }
 
@@ -197,11 +189,7 @@ impl Projections {
     /// Returns how many records the page held (0: nothing after `after`).
     async fn fold_next(&self, after: u64) -> Result<u64, StoreError> {
         if let Some(recent) = self.store.recent(after, READ_PAGE_EVENTS_MAX) {
-            self.fold_each(
-                recent
-                    .iter()
-                    .map(|c| (&c.record, c.memo.as_ref().and_then(|m| m.get::<Event>()))),
-            )?;
+            self.fold_each(recent.iter().map(|c| (&c.record, c.memo::<Event>())))?;
             return Ok(recent.len() as u64);
         }
         let page = self.store.read_all(after, READ_PAGE_EVENTS_MAX).await?;

@@ -78,6 +78,13 @@ pub struct Committed {
     pub memo: Option<Memo>,
 }
 
+impl Committed {
+    /// The memo, if there is one of type `T`.
+    pub fn memo<T: std::any::Any>(&self) -> Option<&T> {
+        self.memo.as_ref().and_then(Memo::get)
+    }
+}
+
 /// Most records a writer keeps in its [`Recent`] tail (four full group commits).
 pub const RECENT_EVENTS_MAX: usize = 16_384;
 
