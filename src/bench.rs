@@ -452,9 +452,7 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn wal_path(p: &Path) -> PathBuf {
-    PathBuf::from(format!("{}-wal", p.display()))
-}
+use crate::store::sqlite::wal_path;
 
 // ---------------------------------------------------------------------------------------
 // The workload: one site, one tenant, one tariff, M load meters, N readings

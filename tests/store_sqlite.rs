@@ -81,3 +81,55 @@ async fn the_file_is_in_wal_mode_with_full_sync() {
         .unwrap();
     assert_eq!(indexes, 0);
 }
+
+/// A group whose WAL sync fails is refused and never shown to readers, and the store then
+/// refuses everything: what was written after the last good sync may not be on disk. On
+/// reopening, the refused append may be found in the file (it was committed to the WAL, as
+/// a reply lost on the way can leave it), and its retry is recognised as a duplicate.
+#[tokio::test]
+async fn a_failed_sync_refuses_its_group_and_everything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.append(contract::batch(
+        "r",
+        ExpectedVersion::NoStream,
+        vec![contract::ev("{}")],
+    ))
+    .wait()
+    .await
+    .unwrap();
+    let head = s.head().await.unwrap();
+    s.fail_next_sync();
+    let refused = contract::batch("r", ExpectedVersion::Exact(1), vec![contract::ev(r#"{"n":2}"#)]);
+    let e = s.append(refused.clone()).wait().await.expect_err("its sync failed");
+    assert!(e.to_string().contains("could not be synced"), "{e}");
+    let after = s
+        .append(contract::batch("q", ExpectedVersion::Any, vec![contract::ev("{}")]))
+        .wait()
+        .await
+        .expect_err("nothing more is written");
+    assert!(after.to_string().contains("could not be synced"), "{after}");
+    assert!(s.head().await.is_err());
+    assert!(s.failures() > 0);
+    let all = s.read_all(0, 10).await.unwrap();
+    assert_eq!(all.len(), 1, "only the synced event is shown");
+    assert_eq!(all[0].hash, head.hash);
+    s.shutdown().await;
+    drop(s);
+
+    let s = SqliteStore::open(&path).await.unwrap();
+    let all = s.read_all(0, 10).await.unwrap();
+    contract::assert_sound_chain(&all);
+    assert!(all.len() <= 2, "{all:?}");
+    let retry = s.append(refused).wait().await;
+    if all.len() == 2 {
+        assert!(
+            retry.unwrap().duplicate,
+            "the retry of what the file holds is a duplicate"
+        );
+    } else {
+        retry.unwrap();
+    }
+    contract::assert_sound_chain(&s.read_all(0, 10).await.unwrap());
+}

@@ -112,9 +112,8 @@ impl ReadingRecorded {
     /// with hold draws or a price in parts, which the generic writer takes. The property
     /// tests check that both give the same bytes.
     fn canonical_data(&self) -> Option<String> {
-        use super::quantity::fmt_decimal;
+        use super::quantity::write_decimal;
         use super::time::write_time;
-        use std::fmt::Write;
         if !self.hold_draws.is_empty() || !self.price.parts.is_empty() {
             return None;
         }
@@ -127,11 +126,16 @@ impl ReadingRecorded {
             o.push_str(k);
             o.push_str("\":");
         }
-        /// A JSON string through serde_json's escaping.
+        /// A JSON string: as it is when nothing in it needs escaping (serde_json escapes
+        /// only `"`, `\\` and control characters), else through serde_json's escaping.
         fn string(o: &mut String, v: &str) {
-            let mut buf = std::mem::take(o).into_bytes();
-            serde_json::to_writer(&mut buf, v).expect("strings serialise");
-            *o = String::from_utf8(buf).expect("serde_json writes UTF-8");
+            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                o.push('"');
+                o.push_str(v);
+                o.push('"');
+            } else {
+                o.push_str(&serde_json::to_string(v).expect("strings serialise"));
+            }
         }
         fn time(o: &mut String, t: &DateTime<Utc>) {
             o.push('"');
@@ -140,7 +144,12 @@ impl ReadingRecorded {
         }
         fn decimal(o: &mut String, d: &Decimal) {
             o.push('"');
-            o.push_str(&fmt_decimal(d));
+            write_decimal(o, d);
+            o.push('"');
+        }
+        fn period(o: &mut String, p: &Period) {
+            o.push('"');
+            p.write_to(o);
             o.push('"');
         }
         let p = &self.price;
@@ -151,7 +160,7 @@ impl ReadingRecorded {
             string(&mut o, a.as_str());
         }
         key(&mut o, "booked_period");
-        write!(o, "\"{}\"", self.booked_period).expect("writes to a String");
+        period(&mut o, &self.booked_period);
         key(&mut o, "end");
         time(&mut o, &self.end);
         key(&mut o, "energy_wh");
@@ -165,7 +174,7 @@ impl ReadingRecorded {
         key(&mut o, "meter_id");
         string(&mut o, self.meter_id.as_str());
         key(&mut o, "period");
-        write!(o, "\"{}\"", self.period).expect("writes to a String");
+        period(&mut o, &self.period);
         key(&mut o, "price");
         o.push('{');
         key(&mut o, "amount_eu");
@@ -181,7 +190,7 @@ impl ReadingRecorded {
         key(&mut o, "source_multiplier");
         decimal(&mut o, &p.source_multiplier);
         key(&mut o, "tariff_version");
-        write!(o, "{}", p.tariff_version).expect("writes to a String");
+        o.push_str(itoa::Buffer::new().format(p.tariff_version));
         o.push('}');
         key(&mut o, "quality");
         string(&mut o, self.quality.as_str());

@@ -32,7 +32,9 @@ pub fn fmt_time(t: &DateTime<Utc>) -> String {
 /// leap seconds, go through chrono.
 pub fn write_time(out: &mut String, t: &DateTime<Utc>) {
     use chrono::Timelike;
-    let (year, nanos) = (t.year(), t.nanosecond());
+    // The naive time once: each of `DateTime`'s own accessors converts it again.
+    let n = t.naive_utc();
+    let (year, nanos) = (n.year(), n.nanosecond());
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
         out.push_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         return;
@@ -46,11 +48,11 @@ pub fn write_time(out: &mut String, t: &DateTime<Utc>) {
         }
     };
     put(0, year as u32, 4);
-    put(5, t.month(), 2);
-    put(8, t.day(), 2);
-    put(11, t.hour(), 2);
-    put(14, t.minute(), 2);
-    put(17, t.second(), 2);
+    put(5, n.month(), 2);
+    put(8, n.day(), 2);
+    put(11, n.hour(), 2);
+    put(14, n.minute(), 2);
+    put(17, n.second(), 2);
     let mut len = 19;
     if nanos != 0 {
         let (v, digits) = if nanos % 1_000_000 == 0 {
@@ -188,6 +190,28 @@ impl fmt::Display for Period {
     }
 }
 
+impl Period {
+    /// Appends what `Display` writes (`2026-03`), digit by digit for the years 0–9999.
+    pub fn write_to(&self, out: &mut String) {
+        if !(0..=9999).contains(&self.year) || !(1..=12).contains(&self.month) {
+            use fmt::Write;
+            write!(out, "{self}").expect("writes to a String");
+            return;
+        }
+        let (y, m) = (self.year as u32, self.month);
+        let b = [
+            b'0' + (y / 1000) as u8,
+            b'0' + (y / 100 % 10) as u8,
+            b'0' + (y / 10 % 10) as u8,
+            b'0' + (y % 10) as u8,
+            b'-',
+            b'0' + (m / 10) as u8,
+            b'0' + (m % 10) as u8,
+        ];
+        out.push_str(std::str::from_utf8(&b).expect("ASCII digits"));
+    }
+}
+
 impl Serialize for Period {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -204,6 +228,17 @@ impl<'de> Deserialize<'de> for Period {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Period::write_to` writes what `Display` does.
+    #[test]
+    fn periods_are_written_as_display_writes_them() {
+        for (y, m) in [(2026, 3), (0, 1), (9999, 12), (10000, 1), (-1, 7), (1970, 10), (5, 5)] {
+            let p = Period { year: y, month: m };
+            let mut out = String::from("x");
+            p.write_to(&mut out);
+            assert_eq!(out, format!("x{p}"));
+        }
+    }
 
     #[test]
     fn intervals_must_be_ordered_and_short() {

@@ -1,15 +1,19 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so an
-//! acknowledged append survives power loss.
+//! The embedded store: one SQLite file in WAL mode, and an acknowledged append survives
+//! power loss.
 //!
 //! One writer thread owns the write connection. It folds every request waiting in its queue
-//! (up to [`GROUP_COMMIT_REQUESTS_MAX`]) into one transaction and one fsync, checks expected
-//! versions and event ids against its in-memory index, assigns positions and the hash chain,
-//! and answers each request only after the commit. If the commit fails, every request of
-//! the group is refused and the index is left as it was.
+//! (up to [`GROUP_COMMIT_REQUESTS_MAX`]) into one transaction, checks expected versions and
+//! event ids against its in-memory index (and the groups not yet synced), assigns positions
+//! and the hash chain, and commits to the WAL with `synchronous=NORMAL`. A second thread,
+//! the syncer, then fdatasyncs the WAL and only after that applies the group to the index
+//! and answers its requests, while the writer goes on with the next group. If a commit
+//! fails, every request of the group is refused and the index is left as it was; if a sync
+//! fails, the store refuses everything from then on (see [`Syncer`]). Readers see only what
+//! is synced.
 
 use super::*;
 use rusqlite::{Connection, OpenFlags, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use tokio::sync::mpsc;
@@ -79,6 +83,8 @@ pub struct SqliteStore {
     failures: Arc<std::sync::atomic::AtomicU64>,
     /// What the writer committed last, for this process's followers.
     recent: Arc<Recent>,
+    /// Tests only: makes the writer's next sync of the WAL fail.
+    fail_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for SqliteStore {
@@ -108,6 +114,11 @@ pub fn index_snapshot_path(db: &Path) -> PathBuf {
 }
 
 /// Where the writer keeps the event id → position map of the store at `db`.
+/// The WAL beside the database file, as SQLite names it.
+pub fn wal_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", db.display()))
+}
+
 pub fn id_map_path(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.ids", db.display()))
 }
@@ -265,9 +276,11 @@ fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
                 "could not enable WAL (journal_mode={mode})"
             )));
         }
-        // A group commit of a few thousand events dirties more pages than the default
-        // 2 MiB cache holds, and SQLite then spills them to the WAL mid-transaction.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size=-16384;")
+        // NORMAL: a commit writes the WAL and the writer's syncer syncs it before any
+        // answer (see `Syncer`), as FULL would have inside the commit. A group commit of a
+        // few thousand events dirties more pages than the default 2 MiB cache holds, and
+        // SQLite then spills them to the WAL mid-transaction.
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-16384;")
             .map_err(unavailable)?;
     }
     Ok(conn)
@@ -372,6 +385,7 @@ impl SqliteStore {
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
         let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let recent = Arc::new(Recent::default());
+        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (queue, writer) = if write {
             let (queue, rx) = WriterQueue::new();
             let writer = Writer {
@@ -380,6 +394,9 @@ impl SqliteStore {
                 group_sizes: group_sizes.clone(),
                 failures: failures.clone(),
                 recent: recent.clone(),
+                poisoned: Arc::default(),
+                wal: wal_path(&path),
+                fail_sync: fail_sync.clone(),
             };
             let writer = std::thread::Builder::new()
                 .name("wattledger-sqlite-writer".into())
@@ -400,6 +417,7 @@ impl SqliteStore {
             group_sizes,
             failures,
             recent,
+            fail_sync,
         }))
     }
 
@@ -444,6 +462,13 @@ impl SqliteStore {
             }
         }
         Ok(index)
+    }
+
+    /// Fault injection for tests: the writer's next sync of the WAL fails, as a disk that
+    /// refuses an fdatasync would make it.
+    #[doc(hidden)]
+    pub fn fail_next_sync(&self) {
+        self.fail_sync.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Saves the index beside the file, so the next open reads it instead of scanning the
@@ -519,12 +544,22 @@ impl EventStore for SqliteStore {
 
     async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.min(READ_PAGE_EVENTS_MAX);
+        // Only what is synced: the WAL shows a group to readers from its commit on, and
+        // the index's head moves once it is synced. A read-only store reads what the file
+        // holds.
+        let upto = if self.queue.has_writer() {
+            self.index.read().expect("index lock").head as i64
+        } else {
+            i64::MAX
+        };
         self.with_reader(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!("{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"))
+                .prepare_cached(&format!(
+                    "{SELECT} WHERE position > ?1 AND position <= ?3 ORDER BY position LIMIT ?2"
+                ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![after_position as i64, limit as i64], row_to_event)
+                .query_map(params![after_position as i64, limit as i64, upto], row_to_event)
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(|e| match e {
                 rusqlite::Error::FromSqlConversionFailure(_, _, m) => StoreError::Corrupt(m.to_string()),
@@ -606,11 +641,51 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// What one transaction changes in the index, applied only after it commits.
+/// What one transaction changes in the index, applied only once it is durable.
 #[derive(Default)]
 struct Staged {
     streams: foldhash::HashMap<String, Vec<u64>>,
     ids: foldhash::HashMap<Uuid, u64>,
+}
+
+/// A group committed to the WAL whose sync has not yet been done: the writer looks in it as
+/// in the index until the syncer has applied it (its `last` position is then the index's
+/// head or behind it).
+struct Unsynced {
+    last: u64,
+    staged: Arc<Staged>,
+}
+
+/// What the writer knows of the log: the index, and the groups ahead of it not yet synced.
+struct View<'a> {
+    idx: &'a Index,
+    unsynced: &'a VecDeque<Unsynced>,
+    staged: &'a Staged,
+}
+
+impl View<'_> {
+    /// The groups not yet in the index (the syncer applies them in order).
+    fn ahead(&self) -> impl Iterator<Item = &Staged> {
+        let head = self.idx.head;
+        self.unsynced.iter().filter(move |u| u.last > head).map(|u| &*u.staged)
+    }
+
+    fn version(&self, stream: &str) -> u64 {
+        let len = |s: &Staged| s.streams.get(stream).map_or(0, Vec::len);
+        let n =
+            self.idx.streams.get(stream).map_or(0, Vec::len) + len(self.staged) + self.ahead().map(len).sum::<usize>();
+        n as u64
+    }
+
+    fn position_of(&self, id: &Uuid) -> Result<Option<u64>, StoreError> {
+        if let Some(p) = self.staged.ids.get(id) {
+            return Ok(Some(*p));
+        }
+        if let Some(p) = self.ahead().find_map(|s| s.ids.get(id)) {
+            return Ok(Some(*p));
+        }
+        self.idx.position_of(id)
+    }
 }
 
 /// The writer thread's shared handles.
@@ -620,6 +695,13 @@ struct Writer {
     group_sizes: Arc<crate::metrics::Histogram>,
     failures: Arc<std::sync::atomic::AtomicU64>,
     recent: Arc<Recent>,
+    /// Set when a sync of the WAL failed: what was written since may not be on disk, and
+    /// the writer refuses every request from then on (see [`Syncer`]).
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
+    /// The WAL's path, which the syncer syncs.
+    wal: PathBuf,
+    /// Tests only: the syncer's next sync fails.
+    fail_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Reply = (
@@ -627,8 +709,56 @@ type Reply = (
     Result<Appended, StoreError>,
 );
 
+/// A group's answers, handed to the syncer in commit order and sent once the WAL is synced.
+struct Answers {
+    /// The group's writes, if it wrote: its staged index changes, its last position and
+    /// hash, and its records for the tail.
+    wrote: Option<(Arc<Staged>, u64, String, Vec<Committed>)>,
+    appends: Vec<Reply>,
+    heads: Vec<oneshot::Sender<Result<Head, StoreError>>>,
+}
+
+/// Groups committed and not yet synced that the writer may run ahead of its syncer.
+const UNSYNCED_GROUPS_MAX: usize = 2;
+
+fn poisoned_error() -> StoreError {
+    StoreError::Unavailable(
+        "the log's WAL could not be synced to disk, so nothing more is written; restart the service once the disk is sound".into(),
+    )
+}
+
 impl Writer {
+    /// Commits groups on this thread and syncs them on a second one, `wattledger-sqlite-sync`:
+    /// the next group's inserts run while the last one's fdatasync waits on the disk.
     fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
+        let (to_sync, synced) = std::sync::mpsc::sync_channel::<Answers>(UNSYNCED_GROUPS_MAX);
+        let syncer = Syncer {
+            index: self.index.clone(),
+            head_tx: self.head_tx.clone(),
+            failures: self.failures.clone(),
+            recent: self.recent.clone(),
+            poisoned: self.poisoned.clone(),
+            wal: self.wal.clone(),
+            file: None,
+            fail_sync: self.fail_sync.clone(),
+        };
+        let syncer = match std::thread::Builder::new()
+            .name("wattledger-sqlite-sync".into())
+            .spawn(move || syncer.run(synced))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "the store's sync thread did not start; nothing is written");
+                self.poisoned.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.refuse_all(&mut rx);
+                return;
+            }
+        };
+        let (mut head, mut head_hash) = {
+            let i = self.index.read().expect("index lock");
+            (i.head, i.head_hash.clone())
+        };
+        let mut unsynced: VecDeque<Unsynced> = VecDeque::new();
         while let Some(first) = rx.blocking_recv() {
             let mut msgs = vec![first];
             while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
@@ -638,25 +768,73 @@ impl Writer {
                 }
             }
             self.group_sizes.observe(msgs.len() as f64);
-            self.commit_group(&mut conn, msgs);
+            {
+                let applied = self.index.read().expect("index lock").head;
+                while unsynced.front().is_some_and(|u| u.last <= applied) {
+                    unsynced.pop_front();
+                }
+            }
+            let answers = self.commit_group(&mut conn, msgs, &mut head, &mut head_hash, &unsynced);
+            if let Some((staged, last, _, _)) = &answers.wrote {
+                unsynced.push_back(Unsynced {
+                    last: *last,
+                    staged: staged.clone(),
+                });
+            }
+            if to_sync.send(answers).is_err() {
+                break;
+            }
+        }
+        drop(to_sync);
+        let _ = syncer.join();
+    }
+
+    /// Refuses what is queued until the queue closes (the writer cannot write).
+    fn refuse_all(&self, rx: &mut mpsc::Receiver<WriterMsg>) {
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                WriterMsg::Append(_, reply) => drop(reply.send(Err(poisoned_error()))),
+                WriterMsg::Head(reply) => drop(reply.send(Err(poisoned_error()))),
+            }
         }
     }
 
-    fn commit_group(&self, conn: &mut Connection, msgs: Vec<WriterMsg>) {
-        let failures = self.failures.load(std::sync::atomic::Ordering::SeqCst);
-        let (mut head, mut head_hash) = {
-            let i = self.index.read().expect("index lock");
-            (i.head, i.head_hash.clone())
-        };
+    /// Checks and inserts one group in one transaction and commits it to the WAL (not yet
+    /// synced). `head` and `head_hash` are the log's last record as this writer wrote it,
+    /// synced or not, and move on with the group only if it commits.
+    fn commit_group(
+        &self,
+        conn: &mut Connection,
+        msgs: Vec<WriterMsg>,
+        head: &mut u64,
+        head_hash: &mut String,
+        unsynced: &VecDeque<Unsynced>,
+    ) -> Answers {
+        use std::sync::atomic::Ordering::SeqCst;
+        let failures = self.failures.load(SeqCst);
+        let mut appends: Vec<Reply> = Vec::with_capacity(msgs.len());
+        let mut heads = Vec::new();
+        if self.poisoned.load(SeqCst) {
+            for msg in msgs {
+                match msg {
+                    WriterMsg::Append(_, reply) => appends.push((reply, Err(poisoned_error()))),
+                    WriterMsg::Head(reply) => heads.push(reply),
+                }
+            }
+            return Answers {
+                wrote: None,
+                appends,
+                heads,
+            };
+        }
         // Sized for the group: growing these maps showed in the writer's profile.
         let mut staged = Staged {
             streams: foldhash::HashMap::with_capacity_and_hasher(msgs.len(), Default::default()),
             ids: foldhash::HashMap::with_capacity_and_hasher(msgs.len(), Default::default()),
         };
-        let mut appends: Vec<Reply> = Vec::with_capacity(msgs.len());
-        let mut heads: Vec<(oneshot::Sender<Result<Head, StoreError>>, Head)> = Vec::new();
         let mut wrote = false;
         let mut committed: Vec<Committed> = Vec::with_capacity(msgs.len());
+        let (mut pos, mut hash_now) = (*head, head_hash.clone());
 
         let result = (|| -> Result<(), StoreError> {
             let tx = conn.transaction().map_err(unavailable)?;
@@ -664,16 +842,9 @@ impl Writer {
                 let mut insert = tx
                     .prepare_cached("INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
                     .map_err(unavailable)?;
-                let idx = self.index.read().expect("index lock");
                 for msg in msgs {
                     match msg {
-                        WriterMsg::Head(reply) => heads.push((
-                            reply,
-                            Head {
-                                position: head,
-                                hash: head_hash.clone(),
-                            },
-                        )),
+                        WriterMsg::Head(reply) => heads.push(reply),
                         WriterMsg::Append(batch, reply) => {
                             if batch.fence.is_some_and(|f| f != failures) {
                                 appends.push((
@@ -684,22 +855,32 @@ impl Writer {
                                 ));
                                 continue;
                             }
-                            let outcome = match check_batch(&tx, &idx, &staged, &batch) {
-                                Ok(Some(dup)) => Ok(dup),
+                            // The index's lock only for the checks: the syncer takes it to
+                            // apply the groups before this one.
+                            let checked = {
+                                let idx = self.index.read().expect("index lock");
+                                let view = View {
+                                    idx: &idx,
+                                    unsynced,
+                                    staged: &staged,
+                                };
+                                check_batch(&tx, &view, &batch).map(|dup| (dup, view.version(&batch.stream)))
+                            };
+                            let outcome = match checked {
+                                Ok((Some(dup), _)) => Ok(dup),
                                 Err(e) => Err(e),
-                                Ok(None) => {
-                                    let mut version = current_version(&idx, &staged, &batch.stream);
+                                Ok((None, mut version)) => {
                                     let mut recorded = Vec::with_capacity(batch.events.len());
                                     for e in batch.events {
-                                        head += 1;
+                                        pos += 1;
                                         version += 1;
                                         // The hash and the event id in stack buffers, the time
                                         // text once for the hash and the row.
                                         let recorded_at = crate::domain::time::fmt_time(&e.recorded_at);
                                         let mut hash_hex = [0u8; 64];
                                         let hash = chain::record_hash_hex(
-                                            &head_hash,
-                                            head,
+                                            &hash_now,
+                                            pos,
                                             &batch.stream,
                                             version,
                                             &e.event_id,
@@ -712,7 +893,7 @@ impl Writer {
                                         let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
                                         insert
                                             .execute(params![
-                                                head as i64,
+                                                pos as i64,
                                                 batch.stream,
                                                 version as i64,
                                                 &*e.event_id.hyphenated().encode_lower(&mut id_text),
@@ -721,12 +902,12 @@ impl Writer {
                                                 recorded_at,
                                                 e.data,
                                                 hash,
-                                                head_hash,
+                                                hash_now,
                                             ])
                                             .map_err(unavailable)?;
                                         committed.push(Committed {
                                             record: RecordedEvent {
-                                                position: head,
+                                                position: pos,
                                                 stream: batch.stream.clone(),
                                                 version,
                                                 event_id: e.event_id,
@@ -735,14 +916,14 @@ impl Writer {
                                                 recorded_at: e.recorded_at,
                                                 data: e.data,
                                                 hash: hash.to_string(),
-                                                prev_hash: std::mem::take(&mut head_hash),
+                                                prev_hash: std::mem::take(&mut hash_now),
                                             },
                                             memo: e.memo,
                                         });
-                                        head_hash.push_str(hash);
-                                        staged.streams.entry(batch.stream.clone()).or_default().push(head);
-                                        staged.ids.insert(e.event_id, head);
-                                        recorded.push((head, version));
+                                        hash_now.push_str(hash);
+                                        staged.streams.entry(batch.stream.clone()).or_default().push(pos);
+                                        staged.ids.insert(e.event_id, pos);
+                                        recorded.push((pos, version));
                                         wrote = true;
                                     }
                                     Ok(Appended {
@@ -764,67 +945,162 @@ impl Writer {
 
         match result {
             Ok(()) => {
-                if wrote {
-                    let mut ids: Vec<(Uuid, u64)> = staged.ids.into_iter().collect();
-                    ids.sort_unstable_by_key(|(_, p)| *p);
-                    let mut idx = self.index.write().expect("index lock");
-                    for (s, ps) in staged.streams {
-                        let positions = idx.streams.entry(s).or_default();
-                        crate::vecs::reserve_lean(positions, ps.len());
-                        positions.extend(ps);
-                    }
-                    for (id, p) in &ids {
-                        idx.index_id(id, *p);
-                    }
-                    idx.head = head;
-                    idx.head_hash = head_hash;
-                    drop(idx);
-                    self.recent.push(committed);
-                    self.head_tx.send_replace(head);
-                }
-                for (reply, outcome) in appends {
-                    let _ = reply.send(outcome);
-                }
-                for (reply, h) in heads {
-                    let _ = reply.send(Ok(h));
-                }
+                let wrote = wrote.then(|| {
+                    (*head, *head_hash) = (pos, hash_now.clone());
+                    (Arc::new(staged), pos, hash_now, committed)
+                });
+                Answers { wrote, appends, heads }
             }
             Err(e) => {
-                // Nothing of this group is durable: refuse every request in it, and count the
-                // failure first, so that anything queued behind it on the same decisions is
-                // refused by its fence.
-                self.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Nothing of this group is in the log: refuse every request in it, and count
+                // the failure first, so that anything queued behind it on the same decisions
+                // is refused by its fence.
+                self.failures.fetch_add(1, SeqCst);
                 tracing::error!(error = %e, "a commit failed; its appends are refused");
                 for (reply, _) in appends {
                     let _ = reply.send(Err(e.clone()));
                 }
-                for (reply, _) in heads {
+                for reply in heads {
                     let _ = reply.send(Err(e.clone()));
+                }
+                Answers {
+                    wrote: None,
+                    appends: Vec::new(),
+                    heads: Vec::new(),
                 }
             }
         }
     }
 }
 
-fn current_version(idx: &Index, staged: &Staged, stream: &str) -> u64 {
-    let n = idx.streams.get(stream).map_or(0, Vec::len) + staged.streams.get(stream).map_or(0, Vec::len);
-    n as u64
+/// The second half of the writer: syncs the WAL for the groups committed to it, then
+/// applies them to the index, the tail and the head, and answers their requests. With
+/// `synchronous=NORMAL` a commit writes the WAL without syncing it; an answer is sent only
+/// after an fdatasync of the WAL that began after the group's commit returned, so an
+/// acknowledged append survives power loss as with `synchronous=FULL`, and a group's sync
+/// overlaps the next group's inserts. SQLite's own checkpoints still sync the WAL before
+/// copying it and the database after, and its recovery keeps only whole transactions.
+struct Syncer {
+    index: Arc<RwLock<Index>>,
+    head_tx: watch::Sender<u64>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
+    recent: Arc<Recent>,
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
+    wal: PathBuf,
+    /// The WAL, opened read-only, and its inode (reopened should the file ever be another).
+    file: Option<(std::fs::File, u64)>,
+    fail_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Syncer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Answers>) {
+        while let Ok(first) = rx.recv() {
+            let mut groups = vec![first];
+            groups.extend(rx.try_iter());
+            // One sync serves every group committed before it began.
+            let synced = if groups.iter().any(|g| g.wrote.is_some()) {
+                self.sync()
+            } else {
+                Ok(())
+            };
+            match synced {
+                Ok(()) if !self.poisoned.load(std::sync::atomic::Ordering::SeqCst) => {
+                    groups.into_iter().for_each(|g| self.apply(g))
+                }
+                Ok(()) => groups.into_iter().for_each(|g| refuse(g, &poisoned_error())),
+                Err(e) => {
+                    tracing::error!(error = %e, "the WAL could not be synced: its appends are refused and nothing more is written");
+                    self.poisoned.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    groups.into_iter().for_each(|g| refuse(g, &poisoned_error()));
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.fail_sync.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("a failure injected by a test"));
+        }
+        let ino = std::fs::metadata(&self.wal)?.ino();
+        if self.file.as_ref().is_none_or(|(_, i)| *i != ino) {
+            self.file = Some((std::fs::File::open(&self.wal)?, ino));
+        }
+        self.file.as_ref().expect("opened above").0.sync_data()
+    }
+
+    /// A synced group: into the index, the tail and the head, then its answers.
+    fn apply(&self, g: Answers) {
+        if let Some((staged, last, hash, committed)) = g.wrote {
+            let mut ids: Vec<(Uuid, u64)> = staged.ids.iter().map(|(id, p)| (*id, *p)).collect();
+            ids.sort_unstable_by_key(|(_, p)| *p);
+            let mut idx = self.index.write().expect("index lock");
+            for (s, ps) in &staged.streams {
+                match idx.streams.get_mut(s.as_str()) {
+                    Some(positions) => {
+                        crate::vecs::reserve_lean(positions, ps.len());
+                        positions.extend_from_slice(ps);
+                    }
+                    None => {
+                        idx.streams.insert(s.clone(), ps.clone());
+                    }
+                }
+            }
+            for (id, p) in &ids {
+                idx.index_id(id, *p);
+            }
+            idx.head = last;
+            idx.head_hash = hash;
+            let head = Head {
+                position: idx.head,
+                hash: idx.head_hash.clone(),
+            };
+            drop(idx);
+            self.recent.push(committed);
+            self.head_tx.send_replace(last);
+            answer(g.appends, g.heads, head);
+        } else {
+            let head = {
+                let idx = self.index.read().expect("index lock");
+                Head {
+                    position: idx.head,
+                    hash: idx.head_hash.clone(),
+                }
+            };
+            answer(g.appends, g.heads, head);
+        }
+    }
+}
+
+fn answer(appends: Vec<Reply>, heads: Vec<oneshot::Sender<Result<Head, StoreError>>>, head: Head) {
+    for (reply, outcome) in appends {
+        let _ = reply.send(outcome);
+    }
+    for reply in heads {
+        let _ = reply.send(Ok(head.clone()));
+    }
+}
+
+fn refuse(g: Answers, e: &StoreError) {
+    for (reply, _) in g.appends {
+        let _ = reply.send(Err(e.clone()));
+    }
+    for reply in g.heads {
+        let _ = reply.send(Err(e.clone()));
+    }
 }
 
 /// `Ok(Some(_))`: the whole batch is already recorded (a retry). `Ok(None)`: append it.
 fn check_batch(
     tx: &rusqlite::Transaction<'_>,
-    idx: &Index,
-    staged: &Staged,
+    view: &View<'_>,
     batch: &AppendBatch,
 ) -> Result<Option<Appended>, StoreError> {
     let known: Vec<Option<u64>> = batch
         .events
         .iter()
-        .map(|e| match staged.ids.get(&e.event_id) {
-            Some(p) => Ok(Some(*p)),
-            None => idx.position_of(&e.event_id),
-        })
+        .map(|e| view.position_of(&e.event_id))
         .collect::<Result<_, _>>()?;
     if known.iter().any(Option::is_some) {
         let mut recorded = Vec::with_capacity(known.len());
@@ -862,7 +1138,7 @@ fn check_batch(
             return Err(StoreError::DuplicateEventId(e.event_id));
         }
     }
-    let actual = current_version(idx, staged, &batch.stream);
+    let actual = view.version(&batch.stream);
     if !batch.expected.admits(actual) {
         return Err(StoreError::VersionConflict {
             stream: batch.stream.clone(),
