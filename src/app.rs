@@ -123,6 +123,8 @@ pub async fn apply(
                 "command",
                 format!("line {line_no} is longer than {COMMAND_LINE_BYTES_MAX} bytes"),
             )))
+        } else if let Some(cmd) = Command::reading_from_text(&line) {
+            Parsed::Command(cmd)
         } else {
             match serde_json::from_str::<Value>(&line) {
                 Err(e) => Parsed::Refused(refused_line(Rejection::validation(

@@ -618,9 +618,14 @@ async fn pipeline(
                 line.clear();
                 make(i, &mut line);
                 let t1 = Instant::now();
-                let parsed = serde_json::from_str::<Value>(&line)
-                    .map_err(|e| format!("line {i} is not valid JSON: {e}"))
-                    .and_then(|v| Command::from_json(&v).map_err(|r| CommandError::Rejected(r).to_json().to_string()));
+                let parsed = match Command::reading_from_text(&line) {
+                    Some(cmd) => Ok(cmd),
+                    None => serde_json::from_str::<Value>(&line)
+                        .map_err(|e| format!("line {i} is not valid JSON: {e}"))
+                        .and_then(|v| {
+                            Command::from_json(&v).map_err(|r| CommandError::Rejected(r).to_json().to_string())
+                        }),
+                };
                 let t2 = Instant::now();
                 generate += t1 - t0;
                 parse += t2 - t1;

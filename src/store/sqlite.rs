@@ -395,7 +395,7 @@ impl SqliteStore {
                 failures: failures.clone(),
                 recent: recent.clone(),
                 poisoned: Arc::default(),
-                wal: wal_path(&path),
+                db: path.clone(),
                 fail_sync: fail_sync.clone(),
             };
             let writer = std::thread::Builder::new()
@@ -698,8 +698,8 @@ struct Writer {
     /// Set when a sync of the WAL failed: what was written since may not be on disk, and
     /// the writer refuses every request from then on (see [`Syncer`]).
     poisoned: Arc<std::sync::atomic::AtomicBool>,
-    /// The WAL's path, which the syncer syncs.
-    wal: PathBuf,
+    /// The database file (the syncer syncs its WAL and checkpoints it).
+    db: PathBuf,
     /// Tests only: the syncer's next sync fails.
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -721,6 +721,28 @@ struct Answers {
 /// Groups committed and not yet synced that the writer may run ahead of its syncer.
 const UNSYNCED_GROUPS_MAX: usize = 2;
 
+/// Rows' bytes after which the syncer checkpoints the WAL (SQLite's own default is 1,000
+/// pages, about 4 MiB).
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// Rows' bytes after which the writer checkpoints what is left, so that the WAL starts over.
+const WAL_RESTART_BYTES: u64 = 64 << 20;
+
+/// About what a row adds to the WAL.
+fn row_bytes(c: &Committed) -> u64 {
+    let r = &c.record;
+    (r.stream.len() + r.event_type.len() + r.data.len() + r.hash.len() + r.prev_hash.len() + 100) as u64
+}
+
+/// The syncer's connection for checkpoints: `synchronous=NORMAL` syncs the WAL before it is
+/// copied and the database after.
+fn checkpoint_conn(db: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.execute_batch("PRAGMA synchronous=NORMAL")?;
+    Ok(c)
+}
+
 fn poisoned_error() -> StoreError {
     StoreError::Unavailable(
         "the log's WAL could not be synced to disk, so nothing more is written; restart the service once the disk is sound".into(),
@@ -732,15 +754,34 @@ impl Writer {
     /// the next group's inserts run while the last one's fdatasync waits on the disk.
     fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
         let (to_sync, synced) = std::sync::mpsc::sync_channel::<Answers>(UNSYNCED_GROUPS_MAX);
+        // Checkpoints run on the syncer's own connection, so that their two fsyncs (the WAL,
+        // then the database) no longer stall the inserts. Without it, SQLite checkpoints
+        // on this connection as before.
+        let checkpointer = match checkpoint_conn(&self.db) {
+            Ok(c) => match conn.execute_batch("PRAGMA wal_autocheckpoint=0") {
+                Ok(()) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoints stay on the writer's connection");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoints stay on the writer's connection");
+                None
+            }
+        };
+        let own_checkpoints = checkpointer.is_some();
         let syncer = Syncer {
             index: self.index.clone(),
             head_tx: self.head_tx.clone(),
             failures: self.failures.clone(),
             recent: self.recent.clone(),
             poisoned: self.poisoned.clone(),
-            wal: self.wal.clone(),
+            wal: wal_path(&self.db),
             file: None,
             fail_sync: self.fail_sync.clone(),
+            checkpointer,
+            unchecked_bytes: 0,
         };
         let syncer = match std::thread::Builder::new()
             .name("wattledger-sqlite-sync".into())
@@ -759,7 +800,18 @@ impl Writer {
             (i.head, i.head_hash.clone())
         };
         let mut unsynced: VecDeque<Unsynced> = VecDeque::new();
+        let mut since_restart = 0u64;
         while let Some(first) = rx.blocking_recv() {
+            // The WAL starts over only when a write begins with all of it copied to the
+            // database, which the syncer's checkpoints, racing these writes, seldom leave:
+            // so every WAL_RESTART_BYTES this thread checkpoints what is left itself.
+            if own_checkpoints && since_restart >= WAL_RESTART_BYTES {
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+                    Ok(0) => since_restart = 0,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "a checkpoint of the WAL failed; it is tried again"),
+                }
+            }
             let mut msgs = vec![first];
             while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
                 match rx.try_recv() {
@@ -775,7 +827,8 @@ impl Writer {
                 }
             }
             let answers = self.commit_group(&mut conn, msgs, &mut head, &mut head_hash, &unsynced);
-            if let Some((staged, last, _, _)) = &answers.wrote {
+            if let Some((staged, last, _, committed)) = &answers.wrote {
+                since_restart += committed.iter().map(row_bytes).sum::<u64>();
                 unsynced.push_back(Unsynced {
                     last: *last,
                     staged: staged.clone(),
@@ -990,6 +1043,9 @@ struct Syncer {
     /// The WAL, opened read-only, and its inode (reopened should the file ever be another).
     file: Option<(std::fs::File, u64)>,
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
+    /// Its connection for checkpoints, if it has one, and the rows' bytes since the last.
+    checkpointer: Option<Connection>,
+    unchecked_bytes: u64,
 }
 
 impl Syncer {
@@ -1005,7 +1061,8 @@ impl Syncer {
             };
             match synced {
                 Ok(()) if !self.poisoned.load(std::sync::atomic::Ordering::SeqCst) => {
-                    groups.into_iter().for_each(|g| self.apply(g))
+                    groups.into_iter().for_each(|g| self.apply(g));
+                    self.checkpoint();
                 }
                 Ok(()) => groups.into_iter().for_each(|g| refuse(g, &poisoned_error())),
                 Err(e) => {
@@ -1030,9 +1087,23 @@ impl Syncer {
         self.file.as_ref().expect("opened above").0.sync_data()
     }
 
+    /// A passive checkpoint once enough was written since the last: it copies what it can
+    /// of the WAL into the database without waiting for the writer or the readers.
+    fn checkpoint(&mut self) {
+        let Some(c) = &self.checkpointer else { return };
+        if self.unchecked_bytes < CHECKPOINT_BYTES {
+            return;
+        }
+        self.unchecked_bytes = 0;
+        if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+            tracing::warn!(error = %e, "a checkpoint of the WAL failed; it is tried again later");
+        }
+    }
+
     /// A synced group: into the index, the tail and the head, then its answers.
-    fn apply(&self, g: Answers) {
+    fn apply(&mut self, g: Answers) {
         if let Some((staged, last, hash, committed)) = g.wrote {
+            self.unchecked_bytes += committed.iter().map(row_bytes).sum::<u64>();
             let mut ids: Vec<(Uuid, u64)> = staged.ids.iter().map(|(id, p)| (*id, *p)).collect();
             ids.sort_unstable_by_key(|(_, p)| *p);
             let mut idx = self.index.write().expect("index lock");
