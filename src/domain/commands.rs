@@ -978,8 +978,7 @@ mod tests {
                 )
             } else {
                 let m = rng.gen_range(0..100_000);
-                format!(r#""2026-01-01T00:00:00Z""#)
-                    .replace("00:00:00", &format!("{:02}:{:02}:00", m / 60 % 24, m % 60))
+                format!(r#""2026-01-01T{:02}:{:02}:00Z""#, m / 60 % 24, m % 60)
             };
             put("start", start);
             let end = if odd {
