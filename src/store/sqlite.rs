@@ -721,6 +721,49 @@ struct Answers {
 /// Groups committed and not yet synced that the writer may run ahead of its syncer.
 const UNSYNCED_GROUPS_MAX: usize = 2;
 
+/// Requests from which a group is committed while the last one is still being synced;
+/// a smaller one waits for that sync first.
+const PIPELINED_GROUP_MIN: usize = 256;
+
+/// Groups handed to the syncer and not yet answered.
+#[derive(Default)]
+struct InFlight {
+    groups: Mutex<usize>,
+    done: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        *self.groups.lock().expect("in-flight lock") += 1;
+    }
+
+    fn finish(&self, n: usize) {
+        let mut g = self.groups.lock().expect("in-flight lock");
+        *g = g.saturating_sub(n);
+        if *g == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits until no group is in flight, or a second has passed (a sync that slow, or a
+    /// syncer gone, is not waited for: the group is committed as it is); whether it waited.
+    fn wait_idle(&self) -> bool {
+        let mut g = self.groups.lock().expect("in-flight lock");
+        let waited = *g > 0;
+        while *g > 0 {
+            let (next, t) = self
+                .done
+                .wait_timeout(g, std::time::Duration::from_secs(1))
+                .expect("in-flight lock");
+            g = next;
+            if t.timed_out() {
+                break;
+            }
+        }
+        waited
+    }
+}
+
 /// Rows' bytes after which the syncer checkpoints the WAL (SQLite's own default is 1,000
 /// pages, about 4 MiB).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -771,6 +814,7 @@ impl Writer {
             }
         };
         let own_checkpoints = checkpointer.is_some();
+        let in_flight = Arc::new(InFlight::default());
         let syncer = Syncer {
             index: self.index.clone(),
             head_tx: self.head_tx.clone(),
@@ -782,6 +826,7 @@ impl Writer {
             fail_sync: self.fail_sync.clone(),
             checkpointer,
             unchecked_bytes: 0,
+            in_flight: in_flight.clone(),
         };
         let syncer = match std::thread::Builder::new()
             .name("wattledger-sqlite-sync".into())
@@ -813,11 +858,20 @@ impl Writer {
                 }
             }
             let mut msgs = vec![first];
-            while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
+            let take = |msgs: &mut Vec<WriterMsg>, rx: &mut mpsc::Receiver<WriterMsg>| {
+                while msgs.len() < GROUP_COMMIT_REQUESTS_MAX {
+                    match rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
                 }
+            };
+            take(&mut msgs, &mut rx);
+            // A small group waits for the sync in flight and grows meanwhile, as groups did
+            // when the commit itself synced: committing a few requests at a time writes a
+            // WAL page for each commit. Large groups go ahead and overlap the sync.
+            if msgs.len() < PIPELINED_GROUP_MIN && in_flight.wait_idle() {
+                take(&mut msgs, &mut rx);
             }
             self.group_sizes.observe(msgs.len() as f64);
             {
@@ -834,6 +888,7 @@ impl Writer {
                     staged: staged.clone(),
                 });
             }
+            in_flight.start();
             if to_sync.send(answers).is_err() {
                 break;
             }
@@ -1046,6 +1101,7 @@ struct Syncer {
     /// Its connection for checkpoints, if it has one, and the rows' bytes since the last.
     checkpointer: Option<Connection>,
     unchecked_bytes: u64,
+    in_flight: Arc<InFlight>,
 }
 
 impl Syncer {
@@ -1053,6 +1109,7 @@ impl Syncer {
         while let Ok(first) = rx.recv() {
             let mut groups = vec![first];
             groups.extend(rx.try_iter());
+            let n = groups.len();
             // One sync serves every group committed before it began.
             let synced = if groups.iter().any(|g| g.wrote.is_some()) {
                 self.sync()
@@ -1072,6 +1129,7 @@ impl Syncer {
                     groups.into_iter().for_each(|g| refuse(g, &poisoned_error()));
                 }
             }
+            self.in_flight.finish(n);
         }
     }
 
