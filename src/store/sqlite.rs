@@ -718,7 +718,8 @@ struct Answers {
     heads: Vec<oneshot::Sender<Result<Head, StoreError>>>,
 }
 
-/// Groups committed and not yet synced that the writer may run ahead of its syncer.
+/// Committed groups that may wait for the syncer while it syncs others; when that many
+/// wait, the writer waits too.
 const UNSYNCED_GROUPS_MAX: usize = 2;
 
 /// Requests from which a group is committed while the last one is still being synced;
@@ -1119,7 +1120,11 @@ impl Syncer {
             match synced {
                 Ok(()) if !self.poisoned.load(std::sync::atomic::Ordering::SeqCst) => {
                     groups.into_iter().for_each(|g| self.apply(g));
+                    // Answered: a small group waiting for them need not wait for the
+                    // checkpoint too.
+                    self.in_flight.finish(n);
                     self.checkpoint();
+                    continue;
                 }
                 Ok(()) => groups.into_iter().for_each(|g| refuse(g, &poisoned_error())),
                 Err(e) => {
