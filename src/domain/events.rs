@@ -608,15 +608,16 @@ impl Event {
     }
 }
 
-/// The stream an entity's events live on.
+/// The stream an entity's events live on (joined without `format!`: a meter's stream is
+/// named for every reading).
 pub fn site_stream(site: &SiteId) -> String {
-    format!("site-{site}")
+    ["site-", site.as_str()].concat()
 }
 pub fn meter_stream(meter: &MeterId) -> String {
-    format!("meter-{meter}")
+    ["meter-", meter.as_str()].concat()
 }
 pub fn tenant_stream(tenant: &TenantId) -> String {
-    format!("tenant-{tenant}")
+    ["tenant-", tenant.as_str()].concat()
 }
 pub fn period_stream(period: &Period) -> String {
     format!("period-{period}")

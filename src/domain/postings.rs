@@ -27,7 +27,7 @@ pub struct Posting {
 pub const ISSUANCE_ACCOUNT: &str = "issuance";
 
 pub fn bus_account(site: &str) -> String {
-    format!("site:{site}:bus")
+    ["site:", site, ":bus"].concat()
 }
 
 /// Whether an account is credit-normal (its balance is credits − debits): tenants hold EU,
@@ -82,11 +82,12 @@ fn pair(debit: String, credit: String, eu: Decimal, wh: Decimal) -> Vec<Posting>
 fn flow_accounts(flow: Flow, site: &str, asset: Option<&str>, tenant: Option<&str>) -> (String, String) {
     let bus = bus_account(site);
     let asset = asset.unwrap_or("unknown");
+    // Joined without `format!`: every reading names two accounts.
     match flow {
-        Flow::Generated => (bus, format!("asset:{asset}")),
-        Flow::Stored => (format!("storage:{asset}"), bus),
-        Flow::Dispatched => (bus, format!("storage:{asset}")),
-        Flow::Consumed => (format!("tenant:{}", tenant.unwrap_or("unknown")), bus),
+        Flow::Generated => (bus, ["asset:", asset].concat()),
+        Flow::Stored => (["storage:", asset].concat(), bus),
+        Flow::Dispatched => (bus, ["storage:", asset].concat()),
+        Flow::Consumed => (["tenant:", tenant.unwrap_or("unknown")].concat(), bus),
     }
 }
 

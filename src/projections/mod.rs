@@ -1119,17 +1119,17 @@ fn booked_period(ev: &Event) -> Option<Period> {
 
 fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>, wh: Decimal, price: &Price) {
     let mut add = |date: String, band: &str, wh: Decimal, eu: Decimal| {
-        let line = st
-            .consumption
-            .entry(format!("{date}|{site}|{band}"))
-            .or_insert_with(|| Line {
-                kind: "consumption".into(),
-                date: Some(date),
-                site_id: Some(site.to_string()),
-                band: Some(band.to_string()),
-                energy_wh: Some(Decimal::ZERO),
-                ..Line::default()
-            });
+        // Joined without `format!` (with the accounts' names, a fifth of the projections'
+        // time went to `fmt`).
+        let key = [date.as_str(), "|", site, "|", band].concat();
+        let line = st.consumption.entry(key).or_insert_with(|| Line {
+            kind: "consumption".into(),
+            date: Some(date),
+            site_id: Some(site.to_string()),
+            band: Some(band.to_string()),
+            energy_wh: Some(Decimal::ZERO),
+            ..Line::default()
+        });
         *line.energy_wh.get_or_insert(Decimal::ZERO) += wh;
         line.amount_eu += eu;
     };
