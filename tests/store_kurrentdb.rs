@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use wattledger::store::kurrentdb::fake::{FakeServer, Fault};
 use wattledger::store::kurrentdb::{
-    KurrentStore, LEASE_STREAM_SUFFIX, NewEvent, Server, encode, kdb_stream, stage, stream_regex,
+    KurrentStore, LEASE_STREAM_SUFFIX, NewEvent, Server, encode, kdb_stream, stream_regex,
 };
-use wattledger::store::{Access, EventStore, ExpectedVersion, GENESIS_HASH, StoreError};
+use wattledger::store::{Access, EventStore, ExpectedVersion, GENESIS_HASH, StoreError, stage};
 
 fn base_url(test: &str) -> Option<String> {
     match std::env::var("WATTLEDGER_TEST_KURRENTDB_URL") {

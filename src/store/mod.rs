@@ -130,6 +130,44 @@ impl Recent {
     }
 }
 
+/// The records of a batch on top of a head: positions, versions and the chain (the
+/// PostgreSQL writer's rows, KurrentDB's staged records).
+pub fn stage(batch: &AppendBatch, current: u64, head: u64, head_hash: &str) -> Vec<RecordedEvent> {
+    let mut prev = head_hash.to_string();
+    batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let position = head + 1 + i as u64;
+            let version = current + 1 + i as u64;
+            let hash = record_hash(
+                &prev,
+                position,
+                &batch.stream,
+                version,
+                &e.event_id,
+                &e.event_type,
+                e.schema_version,
+                &e.recorded_at,
+                &e.data,
+            );
+            RecordedEvent {
+                position,
+                stream: batch.stream.clone(),
+                version,
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                recorded_at: e.recorded_at,
+                data: e.data.clone(),
+                hash: hash.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash),
+            }
+        })
+        .collect()
+}
+
 /// What a batch expects of its stream before it is appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "version")]

@@ -688,51 +688,27 @@ fn stage(
             actual,
         });
     }
-    let mut version = actual;
-    let mut recorded = Vec::with_capacity(batch.events.len());
-    for e in &batch.events {
-        *head += 1;
-        version += 1;
-        let hash = record_hash(
-            head_hash,
-            *head,
-            &batch.stream,
-            version,
-            &e.event_id,
-            &e.event_type,
-            e.schema_version,
-            &e.recorded_at,
-            &e.data,
-        );
-        rows.push(Committed {
-            record: RecordedEvent {
-                position: *head,
-                stream: batch.stream.clone(),
-                version,
-                event_id: e.event_id,
-                event_type: e.event_type.clone(),
-                schema_version: e.schema_version,
-                recorded_at: e.recorded_at,
-                data: e.data.clone(),
-                hash: hash.clone(),
-                prev_hash: head_hash.clone(),
-            },
-            memo: e.memo.clone(),
-        });
+    let records = super::stage(batch, actual, *head, head_hash);
+    let mut recorded = Vec::with_capacity(records.len());
+    for (e, record) in batch.events.iter().zip(records) {
         known.insert(
             e.event_id,
             (
-                *head,
-                version,
+                record.position,
+                record.version,
                 batch.stream.clone(),
                 e.event_type.clone(),
                 e.data.clone(),
             ),
         );
-        *head_hash = hash;
-        recorded.push((*head, version));
+        recorded.push((record.position, record.version));
+        (*head, *head_hash) = (record.position, record.hash.clone());
+        rows.push(Committed {
+            record,
+            memo: e.memo.clone(),
+        });
     }
-    versions.insert(batch.stream.clone(), version);
+    versions.insert(batch.stream.clone(), actual + batch.events.len() as u64);
     Ok(Appended {
         recorded,
         duplicate: false,
