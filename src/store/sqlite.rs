@@ -709,11 +709,22 @@ type Reply = (
     Result<Appended, StoreError>,
 );
 
+/// What a committed group wrote.
+struct Wrote {
+    /// Its index changes, shared with the writer's view until the syncer applies them.
+    staged: Arc<Staged>,
+    /// Its last position and hash.
+    last: u64,
+    hash: String,
+    /// Its records, for the tail.
+    committed: Vec<Committed>,
+    /// About what its rows added to the WAL (the writer's and the syncer's checkpoints).
+    bytes: u64,
+}
+
 /// A group's answers, handed to the syncer in commit order and sent once the WAL is synced.
 struct Answers {
-    /// The group's writes, if it wrote: its staged index changes, its last position and
-    /// hash, and its records for the tail.
-    wrote: Option<(Arc<Staged>, u64, String, Vec<Committed>)>,
+    wrote: Option<Wrote>,
     appends: Vec<Reply>,
     heads: Vec<oneshot::Sender<Result<Head, StoreError>>>,
 }
@@ -882,11 +893,11 @@ impl Writer {
                 }
             }
             let answers = self.commit_group(&mut conn, msgs, &mut head, &mut head_hash, &unsynced);
-            if let Some((staged, last, _, committed)) = &answers.wrote {
-                since_restart += committed.iter().map(row_bytes).sum::<u64>();
+            if let Some(w) = &answers.wrote {
+                since_restart += w.bytes;
                 unsynced.push_back(Unsynced {
-                    last: *last,
-                    staged: staged.clone(),
+                    last: w.last,
+                    staged: w.staged.clone(),
                 });
             }
             in_flight.start();
@@ -1056,7 +1067,13 @@ impl Writer {
             Ok(()) => {
                 let wrote = wrote.then(|| {
                     (*head, *head_hash) = (pos, hash_now.clone());
-                    (Arc::new(staged), pos, hash_now, committed)
+                    Wrote {
+                        staged: Arc::new(staged),
+                        last: pos,
+                        hash: hash_now,
+                        bytes: committed.iter().map(row_bytes).sum(),
+                        committed,
+                    }
                 });
                 Answers { wrote, appends, heads }
             }
@@ -1165,8 +1182,15 @@ impl Syncer {
 
     /// A synced group: into the index, the tail and the head, then its answers.
     fn apply(&mut self, g: Answers) {
-        if let Some((staged, last, hash, committed)) = g.wrote {
-            self.unchecked_bytes += committed.iter().map(row_bytes).sum::<u64>();
+        if let Some(Wrote {
+            staged,
+            last,
+            hash,
+            committed,
+            bytes,
+        }) = g.wrote
+        {
+            self.unchecked_bytes += bytes;
             let mut ids: Vec<(Uuid, u64)> = staged.ids.iter().map(|(id, p)| (*id, *p)).collect();
             ids.sort_unstable_by_key(|(_, p)| *p);
             let mut idx = self.index.write().expect("index lock");
