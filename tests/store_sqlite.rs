@@ -4,7 +4,7 @@ mod contract;
 
 use std::sync::Arc;
 use wattledger::store::sqlite::SqliteStore;
-use wattledger::store::{EventStore, ExpectedVersion};
+use wattledger::store::{EventStore, ExpectedVersion, Head};
 
 /// A fresh store in its own temporary directory (kept alive for the test's duration).
 async fn fresh() -> Option<Arc<dyn EventStore>> {
@@ -14,20 +14,23 @@ async fn fresh() -> Option<Arc<dyn EventStore>> {
 
 contract_suite!(fresh);
 
+/// The store at `path` with `events` events appended to the new stream "r", and its head.
+async fn with_events(path: &std::path::Path, events: usize) -> (Arc<SqliteStore>, Head) {
+    let s = SqliteStore::open(path).await.unwrap();
+    let events = (0..events).map(|_| contract::ev("{}")).collect();
+    s.append(contract::batch("r", ExpectedVersion::NoStream, events))
+        .wait()
+        .await
+        .unwrap();
+    let head = s.head().await.unwrap();
+    (s, head)
+}
+
 #[tokio::test]
 async fn a_reopened_store_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
-    let s = SqliteStore::open(&path).await.unwrap();
-    s.append(contract::batch(
-        "r",
-        ExpectedVersion::NoStream,
-        vec![contract::ev("{}"), contract::ev("{}")],
-    ))
-    .wait()
-    .await
-    .unwrap();
-    let head = s.head().await.unwrap();
+    let (s, head) = with_events(&path, 2).await;
     s.shutdown().await;
     drop(s);
     let s = SqliteStore::open(&path).await.unwrap();
@@ -90,16 +93,7 @@ async fn the_file_is_in_wal_mode_with_full_sync() {
 async fn a_failed_sync_refuses_its_group_and_everything_after() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
-    let s = SqliteStore::open(&path).await.unwrap();
-    s.append(contract::batch(
-        "r",
-        ExpectedVersion::NoStream,
-        vec![contract::ev("{}")],
-    ))
-    .wait()
-    .await
-    .unwrap();
-    let head = s.head().await.unwrap();
+    let (s, head) = with_events(&path, 1).await;
     s.fail_next_sync();
     let refused = contract::batch("r", ExpectedVersion::Exact(1), vec![contract::ev(r#"{"n":2}"#)]);
     let e = s.append(refused.clone()).wait().await.expect_err("its sync failed");
