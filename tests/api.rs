@@ -976,6 +976,36 @@ async fn a_campus_through_every_route() {
 // min_position
 // ---------------------------------------------------------------------------------------
 
+/// Every answer carries a request id: the caller's when it sent a fit one, otherwise a new
+/// version-4 UUID, different for each request.
+#[tokio::test]
+async fn request_ids_are_echoed_or_new_random_uuids() {
+    let app = spawn_app().await;
+    let op = app.operator();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let r = get(&app, "/v1/sites", "/v1/sites", &op).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        assert_eq!(parsed.get_version_num(), 4, "{id}");
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+        assert!(seen.insert(id.clone()), "request id {id} given twice");
+    }
+    let r = send(
+        &app,
+        Method::GET,
+        "/v1/sites",
+        "/v1/sites",
+        Some(&op),
+        None,
+        &[("x-request-id", "trace-42")],
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "trace-42");
+    stop(app).await;
+}
+
 #[tokio::test]
 async fn min_position_answers_at_once_when_applied_and_422_past_the_head() {
     let app = spawn_app().await;

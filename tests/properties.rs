@@ -312,6 +312,34 @@ proptest! {
         }
     }
 
+    /// The answer to a reading, written directly (`Accepted::reading_json`, plain and as a
+    /// bulk line), is the text of `to_json`'s `Value`, for every event it takes; it takes
+    /// every reading priced in one band without a job.
+    #[test]
+    fn the_direct_reading_answer_is_the_json_answer(ops in prop::collection::vec(op(), 1..120), duplicate in any::<bool>()) {
+        let r = run(&ops)?;
+        for (rec, ev) in &r.recorded {
+            let a = wattledger::ledger::Accepted {
+                event_id: rec.event_id,
+                stream: rec.stream.clone(),
+                version: rec.version,
+                position: rec.position,
+                duplicate,
+                event: std::sync::Arc::new(ev.clone()),
+                triggered: Vec::new(),
+            };
+            let simple = ev.as_reading().is_some_and(|x| x.job_id.is_none() && x.price.parts.is_empty());
+            prop_assert_eq!(a.reading_json(None).is_some(), simple, "{}", ev.event_type());
+            if let Some(text) = a.reading_json(None) {
+                prop_assert_eq!(&text, &a.to_json().to_string());
+                let mut line = a.to_json();
+                line["line"] = json!(7);
+                line["status"] = json!(if duplicate { 200 } else { 201 });
+                prop_assert_eq!(a.reading_json(Some(7)).unwrap(), line.to_string());
+            }
+        }
+    }
+
     /// The live projections fold the events as the ledger decided them (handed over by the
     /// writer, `store::Memo`); a restart folds them decoded from the log. Both give the same
     /// books to the last digit of every decimal's scale (compared as text: `Decimal`'s `==`

@@ -22,7 +22,15 @@ fn answer(out: Outcome) -> Result<Response, ApiError> {
     } else {
         StatusCode::CREATED
     };
-    Ok((status, axum::Json(a.to_json())).into_response())
+    Ok(match a.reading_json(None) {
+        Some(text) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            text,
+        )
+            .into_response(),
+        None => (status, axum::Json(a.to_json())).into_response(),
+    })
 }
 
 /// Puts a path parameter into the body; a body that names another value is refused.
@@ -374,7 +382,10 @@ async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> 
                 Err(e) => Err(e),
             };
             if open {
-                chunk.push_str(&line_answer(n, r).to_string());
+                match r.as_ref().ok().and_then(|a| a.reading_json(Some(n))) {
+                    Some(text) => chunk.push_str(&text),
+                    None => chunk.push_str(&line_answer(n, r).to_string()),
+                }
                 chunk.push('\n');
                 if chunk.len() >= ANSWER_CHUNK_BYTES {
                     open = send(std::mem::take(&mut chunk)).await;

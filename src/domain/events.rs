@@ -112,47 +112,10 @@ impl ReadingRecorded {
     /// with hold draws or a price in parts, which the generic writer takes. The property
     /// tests check that both give the same bytes.
     fn canonical_data(&self) -> Option<String> {
-        use super::quantity::write_decimal;
-        use super::time::write_time;
+        use super::jsontext::{decimal, key, period, string, time};
         if !self.hold_draws.is_empty() || !self.price.parts.is_empty() {
             return None;
         }
-        /// `"key":` after a comma unless it opens the object.
-        fn key(o: &mut String, k: &str) {
-            if !o.ends_with('{') {
-                o.push(',');
-            }
-            o.push('"');
-            o.push_str(k);
-            o.push_str("\":");
-        }
-        /// A JSON string: as it is when nothing in it needs escaping (serde_json escapes
-        /// only `"`, `\\` and control characters), else through serde_json's escaping.
-        fn string(o: &mut String, v: &str) {
-            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-                o.push('"');
-                o.push_str(v);
-                o.push('"');
-            } else {
-                o.push_str(&serde_json::to_string(v).expect("strings serialise"));
-            }
-        }
-        fn time(o: &mut String, t: &DateTime<Utc>) {
-            o.push('"');
-            write_time(o, t);
-            o.push('"');
-        }
-        fn decimal(o: &mut String, d: &Decimal) {
-            o.push('"');
-            write_decimal(o, d);
-            o.push('"');
-        }
-        fn period(o: &mut String, p: &Period) {
-            o.push('"');
-            p.write_to(o);
-            o.push('"');
-        }
-        let p = &self.price;
         let mut o = String::with_capacity(512);
         o.push('{');
         if let Some(a) = &self.asset_id {
@@ -176,22 +139,7 @@ impl ReadingRecorded {
         key(&mut o, "period");
         period(&mut o, &self.period);
         key(&mut o, "price");
-        o.push('{');
-        key(&mut o, "amount_eu");
-        decimal(&mut o, &p.amount_eu);
-        key(&mut o, "band");
-        string(&mut o, &p.band);
-        key(&mut o, "eu_per_wh");
-        decimal(&mut o, &p.eu_per_wh);
-        key(&mut o, "multiplier");
-        decimal(&mut o, &p.multiplier);
-        key(&mut o, "rate_eu_per_wh");
-        decimal(&mut o, &p.rate_eu_per_wh);
-        key(&mut o, "source_multiplier");
-        decimal(&mut o, &p.source_multiplier);
-        key(&mut o, "tariff_version");
-        o.push_str(itoa::Buffer::new().format(p.tariff_version));
-        o.push('}');
+        super::jsontext::price(&mut o, &self.price)?;
         key(&mut o, "quality");
         string(&mut o, self.quality.as_str());
         key(&mut o, "site_id");

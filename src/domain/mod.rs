@@ -4,6 +4,7 @@ pub mod commands;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod jsontext;
 pub mod postings;
 pub mod quantity;
 pub mod readings;

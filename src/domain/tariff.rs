@@ -427,16 +427,53 @@ fn band_boundaries(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<DateTime
     out
 }
 
+/// A run of one band within an interval: from, to, and the band (`None`: the default band).
+pub type Segment = (DateTime<Utc>, DateTime<Utc>, Option<usize>);
+
+/// The last interval split on this thread, with what its split depends on: the site's time
+/// zone and the tariff's bands (the split names bands by their place; the default band is
+/// `None`). Meters read on the same boundaries, so one reading's
+/// interval is most often the one before it (another meter's): the split, with its time-zone
+/// conversions, was a tenth of the deciding thread's time.
+struct LastSplit {
+    tz: Tz,
+    interval: Interval,
+    bands: Vec<Band>,
+    segments: Vec<Segment>,
+}
+
+thread_local! {
+    static LAST_SPLIT: RefCell<Option<LastSplit>> = const { RefCell::new(None) };
+}
+
 /// Splits an interval into runs of one band each, adjacent runs of the same band merged.
-pub fn band_segments(
-    terms: &Tariff,
-    tz: &Tz,
-    interval: &Interval,
-) -> Vec<(DateTime<Utc>, DateTime<Utc>, Option<usize>)> {
+pub fn band_segments(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<Segment> {
+    LAST_SPLIT.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(l) = last.as_ref()
+            && l.tz == *tz
+            && l.interval == *interval
+            && l.bands == terms.bands
+        {
+            return l.segments.clone();
+        }
+        let segments = split(terms, tz, interval);
+        *last = Some(LastSplit {
+            tz: *tz,
+            interval: *interval,
+            bands: terms.bands.clone(),
+            segments: segments.clone(),
+        });
+        segments
+    })
+}
+
+/// [`band_segments`] without the cache.
+fn split(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<Segment> {
     let mut cuts = vec![interval.start];
     cuts.extend(band_boundaries(terms, tz, interval));
     cuts.push(interval.end);
-    let mut segments: Vec<(DateTime<Utc>, DateTime<Utc>, Option<usize>)> = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
     for w in cuts.windows(2) {
         let local = w[0].with_timezone(tz);
         let minute = (local.hour() * 60 + local.minute()) as u16;
@@ -664,6 +701,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.amount_eu, d("0.000002"));
+    }
+
+    /// The last split is reused only for the same interval, zone and bands: alternating
+    /// tariffs, zones and intervals give what the uncached split gives, every time.
+    #[test]
+    fn the_last_split_is_reused_only_for_the_same_interval_zone_and_bands() {
+        let a = contract_terms();
+        let mut b = contract_terms();
+        b.bands[0].start = LocalMinute(15 * 60);
+        let mut c = contract_terms();
+        c.bands[1].days.retain(|d| *d != Weekday::Sun);
+        let berlin: Tz = chrono_tz::Europe::Berlin;
+        let intervals = [
+            iv("2026-11-02T19:45:00Z", "2026-11-02T21:00:00Z"),
+            iv("2026-11-08T05:30:00Z", "2026-11-08T06:30:00Z"),
+            iv("2026-03-08T06:00:00Z", "2026-03-08T12:00:00Z"),
+        ];
+        for round in 0..3 {
+            for interval in &intervals {
+                for terms in [&a, &b, &c] {
+                    for tz in [&CHICAGO, &berlin] {
+                        let want = split(terms, tz, interval);
+                        assert_eq!(band_segments(terms, tz, interval), want, "round {round}");
+                        assert_eq!(band_segments(terms, tz, interval), want, "round {round}, cached");
+                    }
+                }
+            }
+        }
+        // The bands' differences above do change the split, so a stale reuse would show.
+        let i = &intervals[0];
+        assert_ne!(split(&a, &CHICAGO, i), split(&b, &CHICAGO, i));
+        let sunday = &intervals[1];
+        assert_ne!(split(&a, &CHICAGO, sunday), split(&c, &CHICAGO, sunday));
+        assert_ne!(split(&a, &CHICAGO, i), split(&a, &berlin, i));
     }
 
     /// 8 March 2026, America/Chicago: clocks jump from 02:00 CST to 03:00 CDT; the local day

@@ -413,7 +413,10 @@ impl WriterQueue {
                 batch.events.len()
             )));
         }
-        let Some(tx) = self.sender() else {
+        // Sent under the lock, which `try_send` never waits in: cloning the sender for each
+        // append showed in the deciding thread's profile.
+        let queue = self.0.lock().expect("writer queue lock");
+        let Some(tx) = queue.as_ref() else {
             return AppendTicket::refused(StoreError::Unavailable("the store is shut down".into()));
         };
         let (reply, rx) = oneshot::channel();

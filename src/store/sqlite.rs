@@ -955,6 +955,8 @@ impl Writer {
         let mut wrote = false;
         let mut committed: Vec<Committed> = Vec::with_capacity(msgs.len());
         let (mut pos, mut hash_now) = (*head, head_hash.clone());
+        // Each record's time text, written into one buffer.
+        let mut recorded_at = String::with_capacity(32);
 
         let result = (|| -> Result<(), StoreError> {
             let tx = conn.transaction().map_err(unavailable)?;
@@ -996,7 +998,8 @@ impl Writer {
                                         version += 1;
                                         // The hash and the event id in stack buffers, the time
                                         // text once for the hash and the row.
-                                        let recorded_at = crate::domain::time::fmt_time(&e.recorded_at);
+                                        recorded_at.clear();
+                                        crate::domain::time::write_time(&mut recorded_at, &e.recorded_at);
                                         let mut hash_hex = [0u8; 64];
                                         let hash = chain::record_hash_hex(
                                             &hash_now,
@@ -1019,7 +1022,7 @@ impl Writer {
                                                 &*e.event_id.hyphenated().encode_lower(&mut id_text),
                                                 e.event_type,
                                                 e.schema_version as i64,
-                                                recorded_at,
+                                                &recorded_at,
                                                 e.data,
                                                 hash,
                                                 hash_now,
