@@ -62,8 +62,13 @@ pub struct Metrics {
     pub appends_total: AtomicU64,
     pub append_errors_total: AtomicU64,
     pub append_latency_s: Histogram,
-    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Method → route → status → count: looked up by `&str`, so that counting a request
+    /// allocates nothing once its route has been seen.
+    http: Mutex<BTreeMap<String, RouteCounts>>,
 }
+
+/// Route → status → count.
+type RouteCounts = BTreeMap<String, BTreeMap<u16, u64>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -79,7 +84,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn count_request(&self, method: &str, route: &str, status: u16) {
         let mut m = self.http.lock().expect("metrics lock");
-        *m.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
+        if !m.contains_key(method) {
+            m.insert(method.to_string(), BTreeMap::new());
+        }
+        let routes = m.get_mut(method).expect("inserted");
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), BTreeMap::new());
+        }
+        *routes.get_mut(route).expect("inserted").entry(status).or_default() += 1;
     }
 
     pub fn render_http(&self, out: &mut String) {
@@ -87,7 +99,13 @@ impl Metrics {
             out,
             "# HELP wattledger_http_requests_total HTTP requests by route and status\n# TYPE wattledger_http_requests_total counter"
         );
-        for ((method, route, status), n) in self.http.lock().expect("metrics lock").iter() {
+        let m = self.http.lock().expect("metrics lock");
+        let counts = m.iter().flat_map(|(method, routes)| {
+            routes
+                .iter()
+                .flat_map(move |(route, statuses)| statuses.iter().map(move |(status, n)| (method, route, status, n)))
+        });
+        for (method, route, status, n) in counts {
             let _ = writeln!(
                 out,
                 "wattledger_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
@@ -102,4 +120,36 @@ pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
 
 pub fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_method_route_and_status_in_order() {
+        let m = Metrics::default();
+        for (method, route, status) in [
+            ("POST", "/v1/readings", 201),
+            ("GET", "/v1/sites", 200),
+            ("POST", "/v1/readings", 201),
+            ("POST", "/v1/readings", 422),
+            ("GET", "unmatched", 404),
+            ("POST", "/v1/readings", 201),
+        ] {
+            m.count_request(method, route, status);
+        }
+        let mut out = String::new();
+        m.render_http(&mut out);
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"wattledger_http_requests_total{method="GET",route="/v1/sites",status="200"} 1"#,
+                r#"wattledger_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+                r#"wattledger_http_requests_total{method="POST",route="/v1/readings",status="201"} 3"#,
+                r#"wattledger_http_requests_total{method="POST",route="/v1/readings",status="422"} 1"#,
+            ]
+        );
+    }
 }

@@ -259,7 +259,11 @@ fn forbidden_meter(meter: &str) -> ApiError {
 /// on its own.
 async fn reading_command(s: &AppState, c: &super::auth::Claims, obj: &Map<String, Value>) -> Result<Command, ApiError> {
     check_command_field("post_reading", obj)?;
-    let cmd = Command::parse("post_reading", obj)?;
+    in_scope(s, c, Command::parse("post_reading", obj)?).await
+}
+
+/// The reading, if the token may post for its meter.
+async fn in_scope(s: &AppState, c: &super::auth::Claims, cmd: Command) -> Result<Command, ApiError> {
     if let Command::PostReading { meter_id, .. } = &cmd
         && !meter_allowed(s, c, meter_id.as_str()).await
     {
@@ -279,8 +283,16 @@ pub async fn post_readings(
     c.require(&[Role::Operator, Role::Meter])?;
     match body::kind(&headers, true)? {
         Kind::Json => {
-            let obj = body::parse_object(&body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?)?;
-            let cmd = reading_command(&s, &c, &obj).await?;
+            let bytes = body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?;
+            // A plain reading straight from its text; anything else (and every refusal's
+            // wording) through the object.
+            let cmd = match std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(Command::reading_body_from_text)
+            {
+                Some(cmd) => in_scope(&s, &c, cmd).await?,
+                None => reading_command(&s, &c, &body::parse_object(&bytes)?).await?,
+            };
             answer(s.ledger.submit(&cmd).await.wait().await)
         }
         Kind::Ndjson => bulk(s, c, headers, body).await,
@@ -326,13 +338,26 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
     }
     let items = lines
         .into_iter()
-        .map(|(n, line)| (n, body::parse_object(line)))
+        .map(|(n, line)| {
+            let read = match std::str::from_utf8(line).ok().and_then(Command::reading_body_from_text) {
+                Some(cmd) => Ok(Line::Command(cmd)),
+                None => body::parse_object(line).map(Line::Object),
+            };
+            (n, read)
+        })
         .collect();
     Ok(answer_lines(s, c, items).await)
 }
 
 /// A numbered reading (its line in the request or file), or why it could not be read.
-type Item = (usize, Result<Map<String, Value>, ApiError>);
+type Item = (usize, Result<Line, ApiError>);
+
+/// A reading read straight from its text into its command, or an object for
+/// [`Command::parse`].
+enum Line {
+    Command(Command),
+    Object(Map<String, Value>),
+}
 
 /// Answer lines are sent in chunks of about this many bytes, or sooner when the next answer is
 /// not durable yet.
@@ -349,7 +374,8 @@ async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> 
     for (n, item) in items {
         numbers.push(n);
         cmds.push(match item {
-            Ok(obj) => reading_command(&s, &c, &obj).await,
+            Ok(Line::Command(cmd)) => in_scope(&s, &c, cmd).await,
+            Ok(Line::Object(obj)) => reading_command(&s, &c, &obj).await,
             Err(e) => Err(e),
         });
     }
@@ -460,7 +486,7 @@ pub async fn import_readings(
                 Value::Object(m) => m,
                 _ => unreachable!("a command is an object"),
             };
-            (i + 1, Ok(obj))
+            (i + 1, Ok(Line::Object(obj)))
         })
         .collect();
     Ok(answer_lines(s, c, items).await)

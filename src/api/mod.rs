@@ -123,7 +123,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Where the inner layer leaves the matched route for the outer one.
 #[derive(Clone, Default)]
-struct RouteSlot(Arc<std::sync::Mutex<Option<String>>>);
+struct RouteSlot(Arc<std::sync::Mutex<Option<MatchedPath>>>);
 
 /// Longest request id echoed back; longer or odd ones are replaced.
 const REQUEST_ID_CHARS_MAX: usize = 128;
@@ -134,7 +134,7 @@ async fn note_route(req: Request, next: Next) -> Response {
         req.extensions().get::<RouteSlot>(),
         req.extensions().get::<MatchedPath>(),
     ) {
-        *slot.0.lock().expect("route slot") = Some(m.as_str().to_string());
+        *slot.0.lock().expect("route slot") = Some(m.clone());
     }
     next.run(req).await
 }
@@ -151,21 +151,17 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
         // A version-4 id from the thread's generator (seeded from the OS): `new_v4` asks the
         // OS for each id, a system call per request.
         .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string());
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %req.uri().path());
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    let route = slot
-        .0
-        .lock()
-        .expect("route slot")
-        .clone()
-        .unwrap_or_else(|| "unmatched".into());
+    let matched = slot.0.lock().expect("route slot").take();
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     span.in_scope(
         || tracing::info!(status, route = %route, latency_ms = started.elapsed().as_millis() as u64, "answered"),
     );
-    state.metrics.count_request(&method, &route, status);
+    state.metrics.count_request(method.as_str(), route, status);
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
