@@ -225,14 +225,20 @@ impl Projections {
     pub async fn follow(self: Arc<Self>) -> Result<(), StoreError> {
         let mut head = self.store.watch_head();
         let mut since_snapshot = 0u64;
+        // Whether to ask the store even though this process's head has not moved past us:
+        // at the start, and after each bounded wait, for appends made by other processes
+        // (which the watch does not see). Otherwise a follower that caught up with the tail
+        // waits for the head, instead of reading the store for nothing after every commit.
+        let mut look = true;
         loop {
             let after = self.position();
-            let read = self.fold_next(after).await?;
+            let moved = *head.borrow_and_update() > after;
+            let read = if look || moved { self.fold_next(after).await? } else { 0 };
+            look = false;
             if read == 0 {
-                // Wait for the head to move past what we have; a bounded wait also covers
-                // appends made by other processes that this one's watch does not see.
-                let _ =
+                let waited =
                     tokio::time::timeout(std::time::Duration::from_millis(500), head.wait_for(|h| *h > after)).await;
+                look = waited.is_err();
                 continue;
             }
             since_snapshot += read;
