@@ -223,17 +223,17 @@ pub type HoldsByExpiry = BTreeSet<(DateTime<Utc>, HoldId)>;
 /// (`ledger::snapshot`); the readings have a binary encoding of their own.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerState {
-    pub sites: HashMap<SiteId, SiteState>,
+    pub sites: foldhash::HashMap<SiteId, SiteState>,
     pub meters: foldhash::HashMap<MeterId, MeterState>,
     pub tenants: foldhash::HashMap<TenantId, TenantState>,
-    pub batteries: HashMap<AssetId, BatteryState>,
+    pub batteries: foldhash::HashMap<AssetId, BatteryState>,
     /// Which kind and site each asset was registered with.
-    pub assets: HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
+    pub assets: foldhash::HashMap<AssetId, (MeterKind, SiteId, MeterId)>,
     /// Every reading: by event id, and by meter, flow and interval.
     #[serde(skip)]
     pub readings: Readings,
     /// Events other than readings, by id: (stream, version).
-    pub events: HashMap<Uuid, (String, u64)>,
+    pub events: foldhash::HashMap<Uuid, (String, u64)>,
     /// (These three maps are looked up for every reading: hashed with foldhash, not SipHash.)
     pub stream_versions: foldhash::HashMap<String, u64>,
     pub closed: BTreeSet<Period>,
