@@ -1893,9 +1893,10 @@ struct ClientResult {
     first_failure: Option<String>,
 }
 
-/// How many times `needle` occurs in `hay`.
-fn count(hay: &[u8], needle: &[u8]) -> u64 {
-    hay.windows(needle.len()).filter(|w| *w == needle).count() as u64
+/// How many times `needle` occurs in `hay` (the answers are UTF-8 JSON; `str`'s search
+/// is much faster than comparing every window).
+fn count(hay: &[u8], needle: &str) -> u64 {
+    String::from_utf8_lossy(hay).matches(needle).count() as u64
 }
 
 /// `bench http`: the API in process on loopback over a temporary store, or over the store
@@ -1995,29 +1996,30 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
                 }
             };
             let (mut body, mut req, mut answer) = (String::new(), Vec::new(), Vec::new());
+            // Every request's head but its length, written once.
+            let head = |ctype: &str| {
+                format!("POST /v1/readings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {ctype}\r\nContent-Length: ")
+            };
+            let (head_single, head_bulk) = (head("application/json"), head("application/x-ndjson"));
             // Request k of this client is request c + k·clients; bounded by `requests`.
             let mut k = c;
             while k < requests {
                 body.clear();
-                let (lines, ctype) = if bulk {
+                let (lines, head) = if bulk {
                     let (lo, hi) = (k * batch, ((k + 1) * batch).min(n));
                     for i in lo..hi {
                         w.reading_line(i, &mut body);
                         body.push('\n');
                     }
-                    (hi - lo, "application/x-ndjson")
+                    (hi - lo, &head_bulk)
                 } else {
                     w.reading_line(k, &mut body);
-                    (1, "application/json")
+                    (1, &head_single)
                 };
                 req.clear();
-                req.extend_from_slice(
-                    format!(
-                        "POST /v1/readings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
+                req.extend_from_slice(head.as_bytes());
+                req.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+                req.extend_from_slice(b"\r\n\r\n");
                 req.extend_from_slice(body.as_bytes());
                 let started = Instant::now();
                 let out = tokio::time::timeout(
@@ -2028,7 +2030,7 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
                 res.latencies_ns.push(started.elapsed().as_nanos() as u64);
                 match out {
                     Ok(Ok(status)) if (200..300).contains(&status) => {
-                        res.duplicates += count(&answer, b"\"duplicate\":true");
+                        res.duplicates += count(&answer, "\"duplicate\":true");
                         if bulk {
                             let text = String::from_utf8_lossy(&answer);
                             let ok = text.lines().filter(|l| l.contains("\"ok\":true")).count() as u64;
