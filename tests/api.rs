@@ -1003,6 +1003,40 @@ async fn request_ids_are_echoed_or_new_random_uuids() {
     )
     .await;
     assert_eq!(r.headers["x-request-id"], "trace-42");
+    // Unmatched requests get an id and a count too; matched ones are counted by their route
+    // as the router names it.
+    for (method, path, status) in [
+        (Method::GET, "/v1/nowhere", 404),
+        (Method::DELETE, "/v1/sites", 405),
+        (Method::GET, "/v1/accounts/tenant:nobody", 404),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{method} {path}");
+        assert!(res.headers().contains_key("x-request-id"), "{method} {path}");
+    }
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        r#"{method="GET",route="/v1/sites",status="200"} 51"#,
+        r#"{method="GET",route="unmatched",status="404"} 1"#,
+        r#"{method="DELETE",route="/v1/sites",status="405"} 1"#,
+        r#"{method="GET",route="/v1/accounts/{account}",status="404"} 1"#,
+    ] {
+        assert!(m.lines().any(|l| l.ends_with(want)), "no line ending {want}:\n{m}");
+    }
     stop(app).await;
 }
 

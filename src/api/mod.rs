@@ -112,11 +112,11 @@ routes! {
 /// The router with its middleware: request ids, one span per request, metrics.
 pub fn router(state: AppState) -> Router {
     route_table()
-        .route_layer(axum::middleware::from_fn(note_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Outermost, so every request — unmatched ones (404, 405) too — gets a request id,
-        // a span and a count.
+        // `Router::layer` wraps every route and the fallbacks, after routing: every request
+        // — unmatched ones (404, 405) too — gets a request id, a span and a count, and a
+        // matched one finds its route in its extensions.
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -133,27 +133,11 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Where the inner layer leaves the matched route for the outer one.
-#[derive(Clone, Default)]
-struct RouteSlot(Arc<std::sync::Mutex<Option<MatchedPath>>>);
-
 /// Longest request id echoed back; longer or odd ones are replaced.
 const REQUEST_ID_CHARS_MAX: usize = 128;
 
-/// Tells the outer `track` which route matched (routing happens inside it).
-async fn note_route(req: Request, next: Next) -> Response {
-    if let (Some(slot), Some(m)) = (
-        req.extensions().get::<RouteSlot>(),
-        req.extensions().get::<MatchedPath>(),
-    ) {
-        *slot.0.lock().expect("route slot") = Some(m.clone());
-    }
-    next.run(req).await
-}
-
-async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let slot = RouteSlot::default();
-    req.extensions_mut().insert(slot.clone());
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let id = req
         .headers()
         .get("x-request-id")
@@ -168,7 +152,6 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    let matched = slot.0.lock().expect("route slot").take();
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     span.in_scope(
         || tracing::info!(status, route = %route, latency_ms = started.elapsed().as_millis() as u64, "answered"),

@@ -64,14 +64,15 @@ pub fn price(o: &mut String, p: &Price) -> Option<()> {
     decimal(o, &p.amount_eu);
     key(o, "band");
     string(o, &p.band);
-    key(o, "eu_per_wh");
-    decimal(o, &p.eu_per_wh);
-    key(o, "multiplier");
-    decimal(o, &p.multiplier);
-    key(o, "rate_eu_per_wh");
-    decimal(o, &p.rate_eu_per_wh);
-    key(o, "source_multiplier");
-    decimal(o, &p.source_multiplier);
+    for (k, d) in [
+        ("eu_per_wh", &p.eu_per_wh),
+        ("multiplier", &p.multiplier),
+        ("rate_eu_per_wh", &p.rate_eu_per_wh),
+        ("source_multiplier", &p.source_multiplier),
+    ] {
+        key(o, k);
+        decimal(o, d);
+    }
     key(o, "tariff_version");
     uint(o, p.tariff_version.into());
     o.push('}');

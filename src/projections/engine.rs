@@ -227,7 +227,7 @@ impl Projections {
         let mut since_snapshot = 0u64;
         // Whether to ask the store even though this process's head has not moved past us:
         // at the start, and after each bounded wait, for appends made by other processes
-        // (which the watch does not see). Otherwise a follower that caught up with the tail
+        // (which the watch may not see). Otherwise a follower that caught up with the tail
         // waits for the head, instead of reading the store for nothing after every commit.
         let mut look = true;
         loop {
