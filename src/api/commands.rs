@@ -277,10 +277,12 @@ async fn in_scope(s: &AppState, c: &super::auth::Claims, cmd: Command) -> Result
 pub async fn post_readings(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     c.require(&[Role::Operator, Role::Meter])?;
+    // The request's own headers (a `HeaderMap` extractor would copy them).
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     match body::kind(&headers, true)? {
         Kind::Json => {
             let bytes = body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?;
