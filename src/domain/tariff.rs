@@ -432,9 +432,9 @@ pub type Segment = (DateTime<Utc>, DateTime<Utc>, Option<usize>);
 
 /// The last interval split on this thread, with what its split depends on: the site's time
 /// zone and the tariff's bands (the split names bands by their place; the default band is
-/// `None`). Meters read on the same boundaries, so one reading's
-/// interval is most often the one before it (another meter's): the split, with its time-zone
-/// conversions, was a tenth of the deciding thread's time.
+/// `None`). Meters read on the same boundaries, so one reading's interval is most often the
+/// one before it (another meter's): the split, with its time-zone conversions, was a tenth
+/// of the deciding thread's time.
 struct LastSplit {
     tz: Tz,
     interval: Interval,
