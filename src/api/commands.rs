@@ -286,15 +286,7 @@ pub async fn post_readings(
     match body::kind(&headers, true)? {
         Kind::Json => {
             let bytes = body::read_limited(&headers, body, body::JSON_BODY_BYTES_MAX).await?;
-            // A plain reading straight from its text; anything else (and every refusal's
-            // wording) through the object.
-            let cmd = match std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(Command::reading_body_from_text)
-            {
-                Some(cmd) => in_scope(&s, &c, cmd).await?,
-                None => reading_command(&s, &c, &body::parse_object(&bytes)?).await?,
-            };
+            let cmd = line_command(&s, &c, Line::read(&bytes)?).await?;
             answer(s.ledger.submit(&cmd).await.wait().await)
         }
         Kind::Ndjson => bulk(s, c, headers, body).await,
@@ -338,16 +330,7 @@ async fn bulk(s: AppState, c: super::auth::Claims, headers: HeaderMap, body: Bod
             lines.len()
         )));
     }
-    let items = lines
-        .into_iter()
-        .map(|(n, line)| {
-            let read = match std::str::from_utf8(line).ok().and_then(Command::reading_body_from_text) {
-                Some(cmd) => Ok(Line::Command(cmd)),
-                None => body::parse_object(line).map(Line::Object),
-            };
-            (n, read)
-        })
-        .collect();
+    let items = lines.into_iter().map(|(n, line)| (n, Line::read(line))).collect();
     Ok(answer_lines(s, c, items).await)
 }
 
@@ -359,6 +342,28 @@ type Item = (usize, Result<Line, ApiError>);
 enum Line {
     Command(Command),
     Object(Map<String, Value>),
+}
+
+impl Line {
+    /// A plain reading straight from its text; anything else (and every refusal's wording)
+    /// through the object.
+    fn read(bytes: &[u8]) -> Result<Line, ApiError> {
+        match std::str::from_utf8(bytes)
+            .ok()
+            .and_then(Command::reading_body_from_text)
+        {
+            Some(cmd) => Ok(Line::Command(cmd)),
+            None => body::parse_object(bytes).map(Line::Object),
+        }
+    }
+}
+
+/// A line's command, within the token's scope.
+async fn line_command(s: &AppState, c: &super::auth::Claims, line: Line) -> Result<Command, ApiError> {
+    match line {
+        Line::Command(cmd) => in_scope(s, c, cmd).await,
+        Line::Object(obj) => reading_command(s, c, &obj).await,
+    }
 }
 
 /// Answer lines are sent in chunks of about this many bytes, or sooner when the next answer is
@@ -376,8 +381,7 @@ async fn answer_lines(s: AppState, c: super::auth::Claims, items: Vec<Item>) -> 
     for (n, item) in items {
         numbers.push(n);
         cmds.push(match item {
-            Ok(Line::Command(cmd)) => in_scope(&s, &c, cmd).await,
-            Ok(Line::Object(obj)) => reading_command(&s, &c, &obj).await,
+            Ok(line) => line_command(&s, &c, line).await,
             Err(e) => Err(e),
         });
     }
