@@ -303,7 +303,7 @@ impl Inner {
     async fn catch_up(&mut self, store: &dyn EventStore) -> Result<(), StoreError> {
         loop {
             if let Some(tail) = store.recent(self.applied, READ_PAGE_EVENTS_MAX) {
-                for c in &tail {
+                for c in tail.iter() {
                     self.fold_other(&c.record, c.memo::<Event>())?;
                 }
                 continue;

@@ -94,39 +94,112 @@ pub const RECENT_EVENTS_MAX: usize = 16_384;
 /// back. A reader that fell further behind, or a position another process wrote, is read
 /// from the store as before.
 #[derive(Default)]
-pub struct Recent(std::sync::Mutex<VecDeque<Arc<Committed>>>);
+pub struct Recent(std::sync::Mutex<Ring>);
+
+/// The tail's groups, each as its writer committed it (one allocation a group, not one a
+/// record: the records leave the tail on another thread than the one that made them); the
+/// front group's first `skip` records have left already.
+#[derive(Default)]
+struct Ring {
+    groups: VecDeque<Arc<Vec<Committed>>>,
+    skip: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn first(&self) -> Option<u64> {
+        Some(self.groups.front()?.get(self.skip)?.record.position)
+    }
+
+    fn last(&self) -> Option<u64> {
+        Some(self.groups.back()?.last()?.record.position)
+    }
+}
+
+/// Records taken from a [`Recent`] tail, in position order.
+pub struct Tail {
+    parts: Vec<(Arc<Vec<Committed>>, std::ops::Range<usize>)>,
+    len: usize,
+}
+
+impl Tail {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Committed> {
+        self.parts.iter().flat_map(|(g, r)| &g[r.clone()])
+    }
+}
 
 impl Recent {
     /// Adds records just committed, in position order. A record that does not follow the
     /// last one (another process wrote in between) starts the tail afresh.
-    pub fn push(&self, committed: Vec<Committed>) {
-        let mut gone = Vec::new();
+    pub fn push(&self, mut committed: Vec<Committed>) {
+        // Only the records after the group's last gap, if it has one.
+        let start = committed
+            .windows(2)
+            .rposition(|w| w[0].record.position + 1 != w[1].record.position)
+            .map_or(0, |i| i + 1);
+        let before = committed.drain(..start).collect::<Vec<_>>();
+        let Some(first) = committed.first().map(|c| c.record.position) else {
+            return;
+        };
+        let mut gone: Vec<Arc<Vec<Committed>>> = Vec::new();
         let mut ring = self.0.lock().expect("recent lock");
-        for c in committed {
-            if ring.back().is_some_and(|b| b.record.position + 1 != c.record.position) {
-                gone.extend(ring.drain(..));
+        if ring.last().is_some_and(|last| last + 1 != first) || start > 0 {
+            gone.extend(ring.groups.drain(..));
+            (ring.skip, ring.len) = (0, 0);
+        }
+        ring.len += committed.len();
+        ring.groups.push_back(Arc::new(committed));
+        while ring.len > RECENT_EVENTS_MAX {
+            let over = ring.len - RECENT_EVENTS_MAX;
+            let front = ring.groups.front().expect("a group").len() - ring.skip;
+            if front <= over {
+                gone.extend(ring.groups.pop_front());
+                ring.skip = 0;
+                ring.len -= front;
+            } else {
+                ring.skip += over;
+                ring.len -= over;
             }
-            if ring.len() == RECENT_EVENTS_MAX {
-                gone.extend(ring.pop_front());
-            }
-            ring.push_back(Arc::new(c));
         }
         drop(ring);
         // Freed outside the lock, which the readers take too.
-        drop(gone);
+        drop((gone, before));
     }
 
     /// Up to `limit` records after `after`, if the tail holds the very next one; `None` when
     /// it does not (the reader must ask the store).
-    pub fn after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
+    pub fn after(&self, after: u64, limit: usize) -> Option<Tail> {
         let ring = self.0.lock().expect("recent lock");
-        let first = ring.front()?.record.position;
-        let last = ring.back()?.record.position;
+        let (first, last) = (ring.first()?, ring.last()?);
         if after + 1 < first || after >= last {
             return None;
         }
-        let start = (after + 1 - first) as usize;
-        Some(ring.range(start..).take(limit).cloned().collect())
+        // The group holding `after + 1`, then on from there.
+        let at = ring
+            .groups
+            .partition_point(|g| g.last().is_some_and(|c| c.record.position <= after));
+        let mut tail = Tail {
+            parts: Vec::new(),
+            len: 0,
+        };
+        for g in ring.groups.range(at..) {
+            if tail.len == limit {
+                break;
+            }
+            let from = (after + 1).saturating_sub(g[0].record.position) as usize;
+            let to = g.len().min(from + limit - tail.len);
+            tail.len += to - from;
+            tail.parts.push((Arc::clone(g), from..to));
+        }
+        Some(tail)
     }
 }
 
@@ -344,7 +417,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// Records after `after_position` that this process's writer committed lately, with their
     /// memos (see [`Recent`]); `None` when they are not at hand, and the caller reads the
     /// store. Never a reason to skip reading the store when it returns `None`.
-    fn recent(&self, _after_position: u64, _limit: usize) -> Option<Vec<Arc<Committed>>> {
+    fn recent(&self, _after_position: u64, _limit: usize) -> Option<Tail> {
         None
     }
 
@@ -622,8 +695,11 @@ mod tests {
         }
     }
 
-    fn positions(tail: Option<Vec<Arc<Committed>>>) -> Option<Vec<u64>> {
-        tail.map(|t| t.iter().map(|c| c.record.position).collect())
+    fn positions(tail: Option<Tail>) -> Option<Vec<u64>> {
+        tail.map(|t| {
+            assert_eq!(t.len(), t.iter().count(), "the tail counts what it holds");
+            t.iter().map(|c| c.record.position).collect()
+        })
     }
 
     /// The tail answers only from the very next position, holds no gap (a position written
@@ -645,5 +721,16 @@ mod tests {
         // 5..=n+10 is n+6 records: 5..=10 went.
         assert_eq!(positions(recent.after(9, 1)), None, "evicted");
         assert_eq!(positions(recent.after(10, 2)), Some(vec![11, 12]));
+        // Across groups, from inside one, up to the limit; the oldest records leave first.
+        recent.push((n + 11..=n + 13).map(committed).collect());
+        recent.push((n + 14..=n + 20).map(committed).collect());
+        assert_eq!(positions(recent.after(n + 8, 7)), Some((n + 9..=n + 15).collect()));
+        assert_eq!(positions(recent.after(n + 19, 10)), Some(vec![n + 20]));
+        assert_eq!(positions(recent.after(19, 1)), None, "10 more records, 10 more gone");
+        assert_eq!(positions(recent.after(20, 1)), Some(vec![21]));
+        // A gap inside a group: only what follows it stays.
+        recent.push([n + 21, n + 23, n + 24].into_iter().map(committed).collect());
+        assert_eq!(positions(recent.after(n + 20, 10)), None, "n+22 is not ours");
+        assert_eq!(positions(recent.after(n + 22, 10)), Some(vec![n + 23, n + 24]));
     }
 }

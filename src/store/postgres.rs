@@ -771,7 +771,7 @@ impl EventStore for PgStore {
         self.queue.head().await
     }
 
-    fn recent(&self, after_position: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
+    fn recent(&self, after_position: u64, limit: usize) -> Option<Tail> {
         self.recent.after(after_position, limit)
     }
 

@@ -601,7 +601,7 @@ impl EventStore for SqliteStore {
         self.head_rx.clone()
     }
 
-    fn recent(&self, after_position: u64, limit: usize) -> Option<Vec<Arc<Committed>>> {
+    fn recent(&self, after_position: u64, limit: usize) -> Option<Tail> {
         self.recent.after(after_position, limit)
     }
 
@@ -644,8 +644,31 @@ impl EventStore for SqliteStore {
 /// What one transaction changes in the index, applied only once it is durable.
 #[derive(Default)]
 struct Staged {
-    streams: foldhash::HashMap<String, Vec<u64>>,
+    streams: foldhash::HashMap<String, Positions>,
     ids: foldhash::HashMap<Uuid, u64>,
+}
+
+/// The positions one group gave one stream, in order: mostly one (a reading is one event
+/// on its meter's stream), kept without a heap allocation of its own.
+enum Positions {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Positions {
+    fn push(&mut self, p: u64) {
+        match self {
+            Positions::One(first) => *self = Positions::Many(vec![*first, p]),
+            Positions::Many(v) => v.push(p),
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Positions::One(p) => std::slice::from_ref(p),
+            Positions::Many(v) => v,
+        }
+    }
 }
 
 /// A group committed to the WAL whose sync has not yet been done: the writer looks in it as
@@ -671,7 +694,7 @@ impl View<'_> {
     }
 
     fn version(&self, stream: &str) -> u64 {
-        let len = |s: &Staged| s.streams.get(stream).map_or(0, Vec::len);
+        let len = |s: &Staged| s.streams.get(stream).map_or(0, |p| p.as_slice().len());
         let n =
             self.idx.streams.get(stream).map_or(0, Vec::len) + len(self.staged) + self.ahead().map(len).sum::<usize>();
         n as u64
@@ -986,14 +1009,20 @@ impl Writer {
                                     unsynced,
                                     staged: &staged,
                                 };
-                                check_batch(&tx, &view, &batch).map(|dup| (dup, view.version(&batch.stream)))
+                                check_batch(&tx, &view, &batch)
                             };
                             let outcome = match checked {
-                                Ok((Some(dup), _)) => Ok(dup),
+                                Ok(Check::Recorded(dup)) => Ok(dup),
                                 Err(e) => Err(e),
-                                Ok((None, mut version)) => {
+                                Ok(Check::Next(mut version)) => {
                                     let mut recorded = Vec::with_capacity(batch.events.len());
-                                    for e in batch.events {
+                                    let AppendBatch { stream, events, .. } = batch;
+                                    // The stream's name is moved into the last record and
+                                    // cloned for the others and for a stream new to the group.
+                                    let (mut stream, mut left) = (Some(stream), events.len());
+                                    for e in events {
+                                        left -= 1;
+                                        let name = stream.as_deref().expect("the batch's stream");
                                         pos += 1;
                                         version += 1;
                                         // The hash and the event id in stack buffers, the time
@@ -1004,7 +1033,7 @@ impl Writer {
                                         let hash = chain::record_hash_hex(
                                             &hash_now,
                                             pos,
-                                            &batch.stream,
+                                            name,
                                             version,
                                             &e.event_id,
                                             &e.event_type,
@@ -1017,7 +1046,7 @@ impl Writer {
                                         insert
                                             .execute(params![
                                                 pos as i64,
-                                                batch.stream,
+                                                name,
                                                 version as i64,
                                                 &*e.event_id.hyphenated().encode_lower(&mut id_text),
                                                 e.event_type,
@@ -1028,10 +1057,21 @@ impl Writer {
                                                 hash_now,
                                             ])
                                             .map_err(unavailable)?;
+                                        match staged.streams.get_mut(name) {
+                                            Some(positions) => positions.push(pos),
+                                            None => {
+                                                staged.streams.insert(name.to_string(), Positions::One(pos));
+                                            }
+                                        }
+                                        let stream = if left == 0 {
+                                            stream.take().expect("the batch's stream")
+                                        } else {
+                                            name.to_string()
+                                        };
                                         committed.push(Committed {
                                             record: RecordedEvent {
                                                 position: pos,
-                                                stream: batch.stream.clone(),
+                                                stream,
                                                 version,
                                                 event_id: e.event_id,
                                                 event_type: e.event_type,
@@ -1044,7 +1084,6 @@ impl Writer {
                                             memo: e.memo,
                                         });
                                         hash_now.push_str(hash);
-                                        staged.streams.entry(batch.stream.clone()).or_default().push(pos);
                                         staged.ids.insert(e.event_id, pos);
                                         recorded.push((pos, version));
                                         wrote = true;
@@ -1194,22 +1233,22 @@ impl Syncer {
         }) = g.wrote
         {
             self.unchecked_bytes += bytes;
-            let mut ids: Vec<(Uuid, u64)> = staged.ids.iter().map(|(id, p)| (*id, *p)).collect();
-            ids.sort_unstable_by_key(|(_, p)| *p);
             let mut idx = self.index.write().expect("index lock");
             for (s, ps) in &staged.streams {
+                let ps = ps.as_slice();
                 match idx.streams.get_mut(s.as_str()) {
                     Some(positions) => {
                         crate::vecs::reserve_lean(positions, ps.len());
                         positions.extend_from_slice(ps);
                     }
                     None => {
-                        idx.streams.insert(s.clone(), ps.clone());
+                        idx.streams.insert(s.clone(), ps.to_vec());
                     }
                 }
             }
-            for (id, p) in &ids {
-                idx.index_id(id, *p);
+            // The group's ids in position order, as the id map takes them.
+            for c in &committed {
+                idx.index_id(&c.record.event_id, c.record.position);
             }
             idx.head = last;
             idx.head_hash = hash;
@@ -1252,18 +1291,29 @@ fn refuse(g: Answers, e: &StoreError) {
     }
 }
 
-/// `Ok(Some(_))`: the whole batch is already recorded (a retry). `Ok(None)`: append it.
-fn check_batch(
-    tx: &rusqlite::Transaction<'_>,
-    view: &View<'_>,
-    batch: &AppendBatch,
-) -> Result<Option<Appended>, StoreError> {
-    let known: Vec<Option<u64>> = batch
-        .events
-        .iter()
-        .map(|e| view.position_of(&e.event_id))
-        .collect::<Result<_, _>>()?;
-    if known.iter().any(Option::is_some) {
+/// What [`check_batch`] decided about a batch.
+enum Check {
+    /// The whole batch is already recorded (a retry).
+    Recorded(Appended),
+    /// Append it: the stream's version now.
+    Next(u64),
+}
+
+fn check_batch(tx: &rusqlite::Transaction<'_>, view: &View<'_>, batch: &AppendBatch) -> Result<Check, StoreError> {
+    // Without allocating while no id is known (the common case, checked for every request).
+    let mut any_known = false;
+    for e in &batch.events {
+        if view.position_of(&e.event_id)?.is_some() {
+            any_known = true;
+            break;
+        }
+    }
+    if any_known {
+        let known: Vec<Option<u64>> = batch
+            .events
+            .iter()
+            .map(|e| view.position_of(&e.event_id))
+            .collect::<Result<_, _>>()?;
         let mut recorded = Vec::with_capacity(known.len());
         for (e, pos) in batch.events.iter().zip(&known) {
             let Some(pos) = pos else {
@@ -1288,15 +1338,17 @@ fn check_batch(
             }
             recorded.push((*pos, found.1));
         }
-        return Ok(Some(Appended {
+        return Ok(Check::Recorded(Appended {
             recorded,
             duplicate: true,
         }));
     }
-    let mut seen = std::collections::HashSet::new();
-    for e in &batch.events {
-        if !seen.insert(e.event_id) {
-            return Err(StoreError::DuplicateEventId(e.event_id));
+    if batch.events.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(batch.events.len());
+        for e in &batch.events {
+            if !seen.insert(e.event_id) {
+                return Err(StoreError::DuplicateEventId(e.event_id));
+            }
         }
     }
     let actual = view.version(&batch.stream);
@@ -1307,5 +1359,5 @@ fn check_batch(
             actual,
         });
     }
-    Ok(None)
+    Ok(Check::Next(actual))
 }
