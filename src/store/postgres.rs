@@ -155,9 +155,11 @@ impl PgStore {
         let failures = Arc::new(AtomicU64::new(0));
         let group_sizes = Arc::new(crate::metrics::Histogram::new(crate::metrics::GROUP_SIZE_BOUNDS));
         let recent = Arc::new(Recent::default());
+        let own = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             pool: pool.clone(),
             head_tx: head_tx.clone(),
+            own: own.clone(),
             failures: failures.clone(),
             group_sizes: group_sizes.clone(),
             channel: channel.clone(),
@@ -167,7 +169,7 @@ impl PgStore {
             keep_conn: pool_size >= WRITER_KEEPS_CONNECTION_POOL_MIN,
         };
         let writer = tokio::spawn(writer.run(rx));
-        let listener = tokio::spawn(listen(pool.clone(), channel, head_tx));
+        let listener = tokio::spawn(listen(pool.clone(), channel, head_tx, own));
         Ok(Arc::new(Self {
             pool,
             queue,
@@ -186,8 +188,12 @@ impl PgStore {
     }
 }
 
-/// Follows other processes' commits: every notification carries the new head.
-async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<u64>>) {
+/// Follows other processes' commits: every notification carries the new head. The
+/// notification of this process's own commit is left to its writer (`own`: the head its
+/// commit in flight ends at), which moves the head once the records are in its tail: moved
+/// by the notification, which often arrives first, the head sent this process's followers to
+/// read back from the database what their tail was about to hold.
+async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<u64>>, own: Arc<AtomicU64>) {
     let mut backoff_ms = 100;
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -210,13 +216,16 @@ async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<u64>>)
         if let Ok(h) = sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&pool)
             .await
+            && h as u64 != own.load(Ordering::SeqCst)
         {
             head_tx.send_if_modified(|cur| bump(cur, h as u64));
         }
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
-                    if let Ok(p) = n.payload().parse::<u64>() {
+                    if let Ok(p) = n.payload().parse::<u64>()
+                        && p != own.load(Ordering::SeqCst)
+                    {
                         head_tx.send_if_modified(|cur| bump(cur, p));
                     }
                 }
@@ -243,6 +252,12 @@ fn bump(cur: &mut u64, p: u64) -> bool {
 struct Writer {
     pool: PgPool,
     head_tx: Arc<watch::Sender<u64>>,
+    /// The head the commit in flight ends at, whose notification the listener skips: this
+    /// writer moves the head itself. Positions are serialised by the lock, so no other
+    /// process's commit ends at the same head. Should the commit's answer be lost after the
+    /// server committed it, the head moves with the next commit, or when a reader next asks
+    /// the database (the projections do at least every 500 ms).
+    own: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
     channel: String,
@@ -585,6 +600,9 @@ impl Writer {
         } else {
             "COMMIT".to_string()
         };
+        if wrote {
+            self.own.store(head, Ordering::SeqCst);
+        }
         conn.execute(commit.as_str())
             .await
             .map_err(|e| locked(unavailable(e)))?;

@@ -387,6 +387,54 @@ pub async fn the_recent_tail_is_what_was_recorded(store: Arc<dyn EventStore>) {
     assert_eq!(again.iter().next().map(|c| &c.record), Some(&all[0]));
 }
 
+/// A store with a tail moves its head for its own appends only once its tail holds them: a
+/// follower woken by the head finds the records there and does not read them back (on
+/// PostgreSQL, the notification of the commit had often moved the head first).
+pub async fn the_head_moves_once_the_tail_holds_the_records(store: Arc<dyn EventStore>) {
+    store
+        .append(batch("h", ExpectedVersion::Any, vec![ev("{}")]))
+        .wait()
+        .await
+        .unwrap();
+    if store.recent(0, 1).is_none() {
+        println!("skipped: this store keeps no recent tail");
+        return;
+    }
+    const APPENDS: u64 = 200;
+    let mut head = store.watch_head();
+    let start = *head.borrow_and_update();
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut early = Vec::new();
+            // Bounded: it stops at the last append's head, or after a wait with no change.
+            loop {
+                let changed = tokio::time::timeout(std::time::Duration::from_secs(20), head.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) {
+                    break;
+                }
+                let h = *head.borrow_and_update();
+                if store.recent(h - 1, 1).is_none() {
+                    early.push(h);
+                }
+                if h >= start + APPENDS {
+                    break;
+                }
+            }
+            early
+        })
+    };
+    for i in 0..APPENDS {
+        store
+            .append(batch("h", ExpectedVersion::Any, vec![ev(&format!(r#"{{"i":{i}}}"#))]))
+            .wait()
+            .await
+            .unwrap();
+    }
+    let early = watcher.await.unwrap();
+    assert!(early.is_empty(), "the head reached {early:?} before the tail held them");
+}
+
 #[macro_export]
 macro_rules! contract_suite {
     ($fresh:expr) => {
@@ -433,6 +481,12 @@ macro_rules! contract_suite {
             async fn the_recent_tail_is_what_was_recorded() {
                 if let Some(s) = $fresh().await {
                     contract::the_recent_tail_is_what_was_recorded(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_head_moves_once_the_tail_holds_the_records() {
+                if let Some(s) = $fresh().await {
+                    contract::the_head_moves_once_the_tail_holds_the_records(s).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
