@@ -17,6 +17,10 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
+/// The group's rows go to the server in COPY chunks of about this many bytes.
+const COPY_CHUNK_BYTES: usize = 128 << 10;
+const COPY_EVENTS: &str = "COPY events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) FROM STDIN (FORMAT binary)";
+
 /// Connections in the pool unless the URL says `pool_max_connections=N`.
 pub const POOL_CONNECTIONS_DEFAULT: u32 = 8;
 /// How long a request waits for a pooled connection before the store counts as unavailable.
@@ -523,11 +527,27 @@ impl Writer {
             }
         }
 
-        // The group's rows, as they will be recorded (and then handed to [`Recent`]).
+        // The group's rows, as they will be recorded (and then handed to [`Recent`]), sent
+        // in PostgreSQL's binary COPY format as the raw limit of `bench ingest` sends them (no
+        // parameter arrays to encode, nothing for the server to unpack). They go out in
+        // chunks as they are staged, so that the server inserts one chunk while this task
+        // hashes and encodes the next: staged first and sent after, the two took turns.
         let mut rows: Vec<Committed> = Vec::new();
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut head_points = Vec::new();
         let mut batches = appends.iter();
+        let copy_failed = |e: sqlx::Error| {
+            let unique = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
+            Failed {
+                unchecked: unchecked && unique,
+                ..locked(unavailable(e))
+            }
+        };
+        // The connection, reborrowed once for the copy, which starts with the first chunk.
+        let mut for_copy = Some(&mut *conn);
+        let mut copy = None;
+        let mut body = copy_binary::header();
+        let mut encoded = 0;
         for is_append in order {
             if !is_append {
                 head_points.push(Head {
@@ -551,6 +571,17 @@ impl Writer {
                 &mut head,
                 &mut head_hash,
             ));
+            for c in &rows[encoded..] {
+                copy_binary::row(&mut body, &c.record);
+            }
+            encoded = rows.len();
+            if body.len() >= COPY_CHUNK_BYTES {
+                if let Some(c) = for_copy.take() {
+                    copy = Some(c.copy_in_raw(COPY_EVENTS).await.map_err(copy_failed)?);
+                }
+                let c = copy.as_mut().expect("the copy has started");
+                c.send(std::mem::take(&mut body)).await.map_err(copy_failed)?;
+            }
         }
 
         if unchecked
@@ -558,6 +589,10 @@ impl Writer {
                 .iter()
                 .any(|o| matches!(o, Err(StoreError::VersionConflict { .. })))
         {
+            if let Some(c) = copy {
+                // The transaction is dropped with its connection; stop the copy first.
+                let _ = c.abort("a version conflict to look into").await;
+            }
             // A retry of a recorded batch looks like a conflict until its ids are looked up.
             return Err(Failed {
                 error: unavailable("a version conflict seen without the ids looked up"),
@@ -567,30 +602,16 @@ impl Writer {
         }
         let wrote = !rows.is_empty();
         if wrote {
-            // The rows in PostgreSQL's binary COPY format, as the raw limit of `bench ingest`
-            // sends them: no parameter arrays to encode, and nothing for the server to unpack.
-            let mut body = copy_binary::header();
-            for c in &rows {
-                copy_binary::row(&mut body, &c.record);
-            }
             copy_binary::trailer(&mut body);
-            let copied = async {
-                let mut copy = conn
-                    .copy_in_raw(
-                        "COPY events (position, stream, version, event_id, event_type, schema_version, recorded_at, data, hash, prev_hash) FROM STDIN (FORMAT binary)",
-                    )
-                    .await?;
-                copy.send(body).await?;
-                copy.finish().await
-            };
-            copied.await.map_err(|e| {
-                let unique = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
-                Failed {
-                    unchecked: unchecked && unique,
-                    ..locked(unavailable(e))
-                }
-            })?;
+            if let Some(c) = for_copy.take() {
+                copy = Some(c.copy_in_raw(COPY_EVENTS).await.map_err(copy_failed)?);
+            }
+            let mut c = copy.take().expect("the copy has started");
+            c.send(body).await.map_err(copy_failed)?;
+            c.finish().await.map_err(copy_failed)?;
         }
+        // A copy starts only with rows to send, so none is left here to finish.
+        drop(copy);
         // The notification is sent at the commit, in the same message.
         let commit = if wrote {
             format!(

@@ -387,6 +387,35 @@ pub async fn the_recent_tail_is_what_was_recorded(store: Arc<dyn EventStore>) {
     assert_eq!(again.iter().next().map(|c| &c.record), Some(&all[0]));
 }
 
+/// Batches larger than one write to the database (PostgreSQL sends a group's rows in
+/// chunks of 128 KiB while it stages the next) are recorded whole, and a version conflict
+/// queued right behind one is refused alone.
+pub async fn large_batches_are_recorded_whole(store: Arc<dyn EventStore>) {
+    let big = |n: u32| -> Vec<EventToAppend> {
+        (0..n)
+            .map(|i| ev(&format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(300))))
+            .collect()
+    };
+    store
+        .append(batch("a", ExpectedVersion::Exact(0), big(1000)))
+        .wait()
+        .await
+        .unwrap();
+    // Queued together, so that one group may hold both: the conflict must not cost the
+    // large batch beside it.
+    let b = store.append(batch("b", ExpectedVersion::Exact(0), big(1000)));
+    let c = store.append(batch("a", ExpectedVersion::Exact(0), vec![ev("{}")]));
+    let b = b.wait().await.unwrap();
+    assert_eq!(b.recorded.len(), 1000);
+    assert!(!b.duplicate);
+    let e = c.wait().await.unwrap_err();
+    assert!(matches!(e, StoreError::VersionConflict { actual: 1000, .. }), "{e}");
+    let all = read_everything(store.as_ref()).await;
+    assert_eq!(all.len(), 2000);
+    assert_sound_chain(&all);
+    assert_eq!(store.read_stream("b", 0, 2000).await.unwrap().len(), 1000);
+}
+
 /// A store with a tail moves its head for its own appends only once its tail holds them: a
 /// follower woken by the head finds the records there and does not read them back (on
 /// PostgreSQL, the notification of the commit had often moved the head first).
@@ -487,6 +516,12 @@ macro_rules! contract_suite {
             async fn the_head_moves_once_the_tail_holds_the_records() {
                 if let Some(s) = $fresh().await {
                     contract::the_head_moves_once_the_tail_holds_the_records(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn large_batches_are_recorded_whole() {
+                if let Some(s) = $fresh().await {
+                    contract::large_batches_are_recorded_whole(s).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
