@@ -98,7 +98,9 @@ pub struct Recent(std::sync::Mutex<Ring>);
 
 /// The tail's groups, each as its writer committed it (one allocation a group, not one a
 /// record: the records leave the tail on another thread than the one that made them); the
-/// front group's first `skip` records have left already.
+/// front group's first `skip` records have left already, and are freed with the group (a
+/// group holds at most [`RECENT_EVENTS_MAX`] records, so the tail holds fewer than twice
+/// that).
 #[derive(Default)]
 struct Ring {
     groups: VecDeque<Arc<Vec<Committed>>>,
@@ -140,18 +142,24 @@ impl Recent {
     /// Adds records just committed, in position order. A record that does not follow the
     /// last one (another process wrote in between) starts the tail afresh.
     pub fn push(&self, mut committed: Vec<Committed>) {
-        // Only the records after the group's last gap, if it has one.
-        let start = committed
+        // Only the records after the group's last gap, if it has one, and at most as many as
+        // the tail keeps (a group of many large batches is not kept whole).
+        let gap = committed
             .windows(2)
             .rposition(|w| w[0].record.position + 1 != w[1].record.position)
             .map_or(0, |i| i + 1);
+        let start = gap.max(committed.len().saturating_sub(RECENT_EVENTS_MAX));
         let before = committed.drain(..start).collect::<Vec<_>>();
+        if start > 0 {
+            committed.shrink_to_fit();
+        }
         let Some(first) = committed.first().map(|c| c.record.position) else {
             return;
         };
         let mut gone: Vec<Arc<Vec<Committed>>> = Vec::new();
         let mut ring = self.0.lock().expect("recent lock");
         if ring.last().is_some_and(|last| last + 1 != first) || start > 0 {
+            // A gap, or a group that fills the tail alone: nothing before it stays.
             gone.extend(ring.groups.drain(..));
             (ring.skip, ring.len) = (0, 0);
         }
@@ -728,6 +736,16 @@ mod tests {
         assert_eq!(positions(recent.after(n + 19, 10)), Some(vec![n + 20]));
         assert_eq!(positions(recent.after(19, 1)), None, "10 more records, 10 more gone");
         assert_eq!(positions(recent.after(20, 1)), Some(vec![21]));
+        // A group larger than the tail: only its last records stay.
+        recent.push((n + 100..n + 100 + n + 5).map(committed).collect());
+        assert_eq!(positions(recent.after(n + 103, 1)), None, "its first 5 went");
+        assert_eq!(positions(recent.after(n + 104, 2)), Some(vec![n + 105, n + 106]));
+        recent.push(vec![committed(2 * n + 105)]);
+        assert_eq!(positions(recent.after(n + 104, 1)), None, "evicted");
+        assert_eq!(
+            positions(recent.after(2 * n + 103, 9)),
+            Some(vec![2 * n + 104, 2 * n + 105])
+        );
         // A gap inside a group: only what follows it stays.
         recent.push([n + 21, n + 23, n + 24].into_iter().map(committed).collect());
         assert_eq!(positions(recent.after(n + 20, 10)), None, "n+22 is not ours");
