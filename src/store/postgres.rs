@@ -258,9 +258,11 @@ struct Writer {
     head_tx: Arc<watch::Sender<u64>>,
     /// The head the commit in flight ends at, whose notification the listener skips: this
     /// writer moves the head itself. Positions are serialised by the lock, so no other
-    /// process's commit ends at the same head. Should the commit's answer be lost after the
-    /// server committed it, the head moves with the next commit, or when a reader next asks
-    /// the database (the projections do at least every 500 ms).
+    /// process's commit ends at the same head while this one stands; a commit that fails
+    /// clears it (0), as another process may then take that head. Should the commit's
+    /// answer be lost after the server committed it, the head moves with the notification if
+    /// it comes after, with the next commit, or when a reader next asks the database (the
+    /// projections do at least every 500 ms).
     own: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     group_sizes: Arc<crate::metrics::Histogram>,
@@ -624,9 +626,11 @@ impl Writer {
         if wrote {
             self.own.store(head, Ordering::SeqCst);
         }
-        conn.execute(commit.as_str())
-            .await
-            .map_err(|e| locked(unavailable(e)))?;
+        if let Err(e) = conn.execute(commit.as_str()).await {
+            // Not known to be ours now: another process's commit may end at this head.
+            self.own.store(0, Ordering::SeqCst);
+            return Err(locked(unavailable(e)));
+        }
         // What this group looked up or wrote; it adds to what the writer knew when nobody
         // else wrote in between, and replaces it otherwise.
         let learned = Known {
