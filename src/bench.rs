@@ -1893,12 +1893,6 @@ struct ClientResult {
     first_failure: Option<String>,
 }
 
-/// How many times `needle` occurs in `hay` (the answers are UTF-8 JSON; `str`'s search
-/// is much faster than comparing every window).
-fn count(hay: &[u8], needle: &str) -> u64 {
-    String::from_utf8_lossy(hay).matches(needle).count() as u64
-}
-
 /// `bench http`: the API in process on loopback over a temporary store, or over the store
 /// given with `--store` (which must be empty, and is kept); see the module docs.
 pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppError> {
@@ -2030,9 +2024,11 @@ pub async fn http(store_url: Option<&str>, a: &HttpArgs) -> Result<Report, AppEr
                 res.latencies_ns.push(started.elapsed().as_nanos() as u64);
                 match out {
                     Ok(Ok(status)) if (200..300).contains(&status) => {
-                        res.duplicates += count(&answer, "\"duplicate\":true");
+                        // The answers are UTF-8 JSON, searched as text (`str`'s search is
+                        // much faster than comparing every window of the bytes).
+                        let text = String::from_utf8_lossy(&answer);
+                        res.duplicates += text.matches("\"duplicate\":true").count() as u64;
                         if bulk {
-                            let text = String::from_utf8_lossy(&answer);
                             let ok = text.lines().filter(|l| l.contains("\"ok\":true")).count() as u64;
                             res.ok += ok;
                             if ok < lines {

@@ -244,6 +244,17 @@ async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<u64>>,
     }
 }
 
+/// The group's `COPY`: started on the connection the first time a chunk is ready.
+async fn copy_in<'a, 'c>(
+    conn: &mut Option<&'c mut sqlx::PgConnection>,
+    copy: &'a mut Option<sqlx::postgres::PgCopyIn<&'c mut sqlx::PgConnection>>,
+) -> Result<&'a mut sqlx::postgres::PgCopyIn<&'c mut sqlx::PgConnection>, sqlx::Error> {
+    if let Some(c) = conn.take() {
+        *copy = Some(c.copy_in_raw(COPY_EVENTS).await?);
+    }
+    Ok(copy.as_mut().expect("the copy has started"))
+}
+
 fn bump(cur: &mut u64, p: u64) -> bool {
     if p > *cur {
         *cur = p;
@@ -578,11 +589,12 @@ impl Writer {
             }
             encoded = rows.len();
             if body.len() >= COPY_CHUNK_BYTES {
-                if let Some(c) = for_copy.take() {
-                    copy = Some(c.copy_in_raw(COPY_EVENTS).await.map_err(copy_failed)?);
-                }
-                let c = copy.as_mut().expect("the copy has started");
-                c.send(std::mem::take(&mut body)).await.map_err(copy_failed)?;
+                copy_in(&mut for_copy, &mut copy)
+                    .await
+                    .map_err(copy_failed)?
+                    .send(std::mem::take(&mut body))
+                    .await
+                    .map_err(copy_failed)?;
             }
         }
 
@@ -605,11 +617,13 @@ impl Writer {
         let wrote = !rows.is_empty();
         if wrote {
             copy_binary::trailer(&mut body);
-            if let Some(c) = for_copy.take() {
-                copy = Some(c.copy_in_raw(COPY_EVENTS).await.map_err(copy_failed)?);
-            }
-            let mut c = copy.take().expect("the copy has started");
-            c.send(body).await.map_err(copy_failed)?;
+            copy_in(&mut for_copy, &mut copy)
+                .await
+                .map_err(copy_failed)?
+                .send(body)
+                .await
+                .map_err(copy_failed)?;
+            let c = copy.take().expect("the copy has started");
             c.finish().await.map_err(copy_failed)?;
         }
         // A copy starts only with rows to send, so none is left here to finish.
