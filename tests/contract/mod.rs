@@ -467,69 +467,34 @@ pub async fn the_head_moves_once_the_tail_holds_the_records(store: Arc<dyn Event
 #[macro_export]
 macro_rules! contract_suite {
     ($fresh:expr) => {
+        $crate::contract_suite!(
+            $fresh;
+            append_and_read_back,
+            expected_version_is_enforced,
+            duplicates_are_detected,
+            empty_and_oversized_batches_are_refused,
+            concurrent_appenders,
+            subscribe_catches_up_then_follows,
+            the_recent_tail_is_what_was_recorded,
+            the_head_moves_once_the_tail_holds_the_records,
+            large_batches_are_recorded_whole,
+            reads_are_paged,
+        );
+    };
+    // One test per name: the contract's function of that name on a fresh store (skipped,
+    // with the reason printed, when `$fresh` has none).
+    ($fresh:expr; $($name:ident),* $(,)?) => {
         mod contract_suite {
             use super::*;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn append_and_read_back() {
-                if let Some(s) = $fresh().await {
-                    contract::append_and_read_back(s).await;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(s) = $fresh().await {
+                        contract::$name(s).await;
+                    }
                 }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn expected_version_is_enforced() {
-                if let Some(s) = $fresh().await {
-                    contract::expected_version_is_enforced(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn duplicates_are_detected() {
-                if let Some(s) = $fresh().await {
-                    contract::duplicates_are_detected(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn empty_and_oversized_batches_are_refused() {
-                if let Some(s) = $fresh().await {
-                    contract::empty_and_oversized_batches_are_refused(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_appenders() {
-                if let Some(s) = $fresh().await {
-                    contract::concurrent_appenders(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn subscribe_catches_up_then_follows() {
-                if let Some(s) = $fresh().await {
-                    contract::subscribe_catches_up_then_follows(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn the_recent_tail_is_what_was_recorded() {
-                if let Some(s) = $fresh().await {
-                    contract::the_recent_tail_is_what_was_recorded(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn the_head_moves_once_the_tail_holds_the_records() {
-                if let Some(s) = $fresh().await {
-                    contract::the_head_moves_once_the_tail_holds_the_records(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn large_batches_are_recorded_whole() {
-                if let Some(s) = $fresh().await {
-                    contract::large_batches_are_recorded_whole(s).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reads_are_paged() {
-                if let Some(s) = $fresh().await {
-                    contract::reads_are_paged(s).await;
-                }
-            }
+            )*
         }
     };
 }
