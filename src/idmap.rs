@@ -74,7 +74,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 
-use sha2::{Digest, Sha256};
+use crate::digest::Sha256;
 
 /// The default memtable size, in entries.
 pub const DEFAULT_MEM_MAX: usize = 7 << 16;

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod bench;
+pub mod digest;
 pub mod domain;
 pub mod export;
 pub mod idmap;

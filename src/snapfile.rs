@@ -9,7 +9,7 @@
 //! end, and whoever reads it checks `position` and `chain hash` against the log before
 //! trusting it: a snapshot is a cache of the log, never a source of truth.
 
-use sha2::{Digest, Sha256};
+use crate::digest::Sha256;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 

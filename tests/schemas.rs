@@ -9,10 +9,10 @@
 use chrono::{DateTime, Utc};
 use jsonschema::Validator;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use uuid::Uuid;
+use wattledger::digest::Sha256;
 use wattledger::domain::events::{EVENT_TYPES, SCHEMA_VERSION};
 use wattledger::domain::time::{fmt_time, parse_time};
 use wattledger::domain::{Command, DecideContext, Decision, Event, LedgerState};

@@ -3,10 +3,10 @@
 
 use super::Books;
 use super::attribution::{SiteAttribution, all_sites};
+use crate::digest::Sha256;
 use crate::domain::Event;
 use crate::store::{EventStore, READ_PAGE_EVENTS_MAX, RecordedEvent, StoreError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;

@@ -1,8 +1,8 @@
 //! The tamper-evident hash chain and the canonical JSON it hashes.
 
+use crate::digest::Sha256;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// The `prev_hash` of the first event.
