@@ -945,13 +945,13 @@ where
         block.update(bytes);
         out.write_all(&bytes)?;
         if in_block == BLOCK_RECORDS - 1 {
-            block_sums.push(truncated_sum(block.finalize_reset().into()));
+            block_sums.push(truncated_sum(block.finalize_reset()));
         }
         bloom.insert(KeyHash::new(key));
         (count, min_value, max_value) = (count + 1, min_value.min(value), max_value.max(value));
     }
     if !(count as usize).is_multiple_of(BLOCK_RECORDS) {
-        block_sums.push(truncated_sum(block.finalize().into()));
+        block_sums.push(truncated_sum(block.finalize()));
     }
     let max_key = last_key.unwrap_or(0);
     let min_value = if count == 0 { 0 } else { min_value };
@@ -981,7 +981,7 @@ where
     trailer.extend_from_slice(&(bloom.words.len() as u64).to_le_bytes());
     trailer.extend_from_slice(&(block_sums.len() as u64).to_le_bytes());
     footer.update(&trailer);
-    let footer_sum: [u8; 32] = footer.finalize().into();
+    let footer_sum = footer.finalize();
     trailer.extend_from_slice(&footer_sum);
     trailer.extend_from_slice(RUN_END);
     out.write_all(&trailer)?;
@@ -1022,7 +1022,7 @@ fn decode_record(bytes: &[u8]) -> (u128, u64) {
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     parts.iter().for_each(|part| hasher.update(part));
-    hasher.finalize().into()
+    hasher.finalize()
 }
 
 fn truncated_sum(sum: [u8; 32]) -> [u8; BLOCK_SUM_LEN] {
