@@ -186,20 +186,22 @@ impl Period {
 
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}", self.year, self.month)
+        match self.digits() {
+            Some(b) => f.pad(std::str::from_utf8(&b).expect("ASCII digits")),
+            None => f.pad(&format!("{:04}-{:02}", self.year, self.month)),
+        }
     }
 }
 
 impl Period {
-    /// Appends what `Display` writes (`2026-03`), digit by digit for the years 0–9999.
-    pub fn write_to(&self, out: &mut String) {
+    /// `2026-03` digit by digit, for the years 0–9999 and months 1–12 (the books make a
+    /// period's key for every reading; integer formatting was most of that).
+    fn digits(&self) -> Option<[u8; 7]> {
         if !(0..=9999).contains(&self.year) || !(1..=12).contains(&self.month) {
-            use fmt::Write;
-            write!(out, "{self}").expect("writes to a String");
-            return;
+            return None;
         }
         let (y, m) = (self.year as u32, self.month);
-        let b = [
+        Some([
             b'0' + (y / 1000) as u8,
             b'0' + (y / 100 % 10) as u8,
             b'0' + (y / 10 % 10) as u8,
@@ -207,8 +209,18 @@ impl Period {
             b'-',
             b'0' + (m / 10) as u8,
             b'0' + (m % 10) as u8,
-        ];
-        out.push_str(std::str::from_utf8(&b).expect("ASCII digits"));
+        ])
+    }
+
+    /// Appends what `Display` writes (`2026-03`).
+    pub fn write_to(&self, out: &mut String) {
+        match self.digits() {
+            Some(b) => out.push_str(std::str::from_utf8(&b).expect("ASCII digits")),
+            None => {
+                use fmt::Write;
+                write!(out, "{self}").expect("writes to a String");
+            }
+        }
     }
 }
 
@@ -229,14 +241,29 @@ impl<'de> Deserialize<'de> for Period {
 mod tests {
     use super::*;
 
-    /// `Period::write_to` writes what `Display` does.
+    /// `Display` and `Period::write_to` write what `{:04}-{:02}` writes, and `Display`
+    /// keeps a width.
     #[test]
-    fn periods_are_written_as_display_writes_them() {
-        for (y, m) in [(2026, 3), (0, 1), (9999, 12), (10000, 1), (-1, 7), (1970, 10), (5, 5)] {
+    fn periods_are_written_as_the_format_writes_them() {
+        let cases = [
+            (2026, 3),
+            (0, 1),
+            (9999, 12),
+            (10000, 1),
+            (-1, 7),
+            (1970, 10),
+            (5, 5),
+            (2026, 0),
+            (2026, 13),
+        ];
+        for (y, m) in cases {
             let p = Period { year: y, month: m };
+            let expected = format!("{y:04}-{m:02}");
             let mut out = String::from("x");
             p.write_to(&mut out);
-            assert_eq!(out, format!("x{p}"));
+            assert_eq!(out, format!("x{expected}"));
+            assert_eq!(p.to_string(), expected);
+            assert_eq!(format!("{p:>10}|{p:<9}|"), format!("{expected:>10}|{expected:<9}|"));
         }
     }
 

@@ -501,9 +501,39 @@ mod canonical {
     }
 }
 
-fn field(h: &mut Sha256, bytes: &[u8]) {
-    h.update((bytes.len() as u64).to_be_bytes());
-    h.update(bytes);
+/// The record's fields as SHA-256 takes them, gathered on the stack and fed in a few
+/// pieces: fed field by field (fourteen calls, most of them eight bytes), the calls cost
+/// more than the hashing of those bytes.
+struct Fields {
+    h: Sha256,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Fields {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.h.update(&self.buf[..self.len]);
+            self.len = 0;
+            if bytes.len() > self.buf.len() {
+                self.h.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// A length-prefixed field.
+    fn field(&mut self, bytes: &[u8]) {
+        self.put(&(bytes.len() as u64).to_be_bytes());
+        self.put(bytes);
+    }
+
+    fn finalize(mut self) -> [u8; 32] {
+        self.h.update(&self.buf[..self.len]);
+        self.h.finalize()
+    }
 }
 
 /// `SHA-256(prev_hash ‖ canonical record)`, hex. Every field is length-prefixed, so no two
@@ -551,16 +581,20 @@ pub fn record_hash_hex<'a>(
     data: &str,
     out: &'a mut [u8; 64],
 ) -> &'a str {
-    let mut h = Sha256::new();
-    field(&mut h, prev_hash.as_bytes());
-    h.update(position.to_be_bytes());
-    field(&mut h, stream.as_bytes());
-    h.update(version.to_be_bytes());
-    h.update(event_id.as_bytes());
-    field(&mut h, event_type.as_bytes());
-    h.update(schema_version.to_be_bytes());
-    field(&mut h, recorded_at.as_bytes());
-    field(&mut h, data.as_bytes());
+    let mut h = Fields {
+        h: Sha256::new(),
+        buf: [0; 256],
+        len: 0,
+    };
+    h.field(prev_hash.as_bytes());
+    h.put(&position.to_be_bytes());
+    h.field(stream.as_bytes());
+    h.put(&version.to_be_bytes());
+    h.put(event_id.as_bytes());
+    h.field(event_type.as_bytes());
+    h.put(&schema_version.to_be_bytes());
+    h.field(recorded_at.as_bytes());
+    h.field(data.as_bytes());
     hex::encode_to_slice(h.finalize(), out).expect("64 hex digits");
     std::str::from_utf8(out).expect("hex is ASCII")
 }
