@@ -735,4 +735,50 @@ mod tests {
         );
         assert_eq!(hex, KNOWN_HASH);
     }
+
+    /// Records whose fields do not fit the hasher's buffer, or cross its end: a stream
+    /// longer than the buffer, data of 200 bytes after the short fields, a long stream and
+    /// long data (computed independently with the Python `record_hash` of ARCHITECTURE §4).
+    #[test]
+    fn the_record_hash_of_long_fields_is_the_documented_one() {
+        let id = Uuid::parse_str("6f1c3e7a-52b4-5d0e-9a61-0c7d2b1f4e88").unwrap();
+        let prev = "ab".repeat(32);
+        let t = |s| crate::domain::time::parse_time(s).unwrap();
+        let cases = [
+            (
+                123_456_789,
+                format!("meter-{}", "x".repeat(180)),
+                42,
+                "EnergyConsumed",
+                1,
+                t("2026-11-02T20:00:00.123Z"),
+                format!(r#"{{"a":"{}"}}"#, "y".repeat(500)),
+                "40d4f9529e814e908f47e7cebed2c2e5417f6482ed002fb5faf2b85d6fea7ce0",
+            ),
+            (
+                8,
+                "meter-m-1".to_string(),
+                3,
+                "EnergyConsumed",
+                1,
+                t("2026-11-02T20:00:00Z"),
+                format!(r#"{{"b":"{}"}}"#, "z".repeat(192)),
+                "e6780aad90ad7c044ea09a2fb4c05ee927cebe39f5b8d1d2411a3845ea8cc65d",
+            ),
+            (
+                1,
+                "s".repeat(300),
+                1,
+                "T",
+                2,
+                t("2026-11-02T20:00:00Z"),
+                "{}".to_string(),
+                "d23499d3464e3af87d82e18411b68091bee2109d975643655c5f7df1b8858329",
+            ),
+        ];
+        for (position, stream, version, ty, schema, at, data, expected) in cases {
+            let h = record_hash(&prev, position, &stream, version, &id, ty, schema, &at, &data);
+            assert_eq!(h, expected, "stream of {} bytes, data of {}", stream.len(), data.len());
+        }
+    }
 }
