@@ -1759,7 +1759,9 @@ mod tests {
         let sum = sha256(&[&bytes[..body_len]]);
         bytes[body_len..].copy_from_slice(&sum);
         fs::write(&manifest, &bytes)?;
-        let err = IdMap::open(dir.path(), 4).err().expect("a format 1 map is refused");
+        let Err(err) = IdMap::open(dir.path(), 4) else {
+            panic!("a format 1 map is refused")
+        };
         assert_eq!(err.kind(), ErrorKind::InvalidData);
         assert!(err.to_string().contains("unsupported manifest format 1"), "{err}");
         let map = IdMap::create(dir.path(), 4)?;
