@@ -6,9 +6,10 @@
 //! insert of a new key first *spills* it: the entries are sorted by key and written as an immutable *run* file, and
 //! the *manifest* is replaced by one that also names the new run. A lookup probes the memtable, then the runs from
 //! newest to oldest, and the first hit wins. For each run, memory holds only a blocked bloom filter (14 bits per
-//! key; a key's 8 bits in one 64-byte block; about 0.2 % false positives), a sparse index (the first key and a checksum of each block of 170
-//! records, about 4 KiB) and an open file. An absent key, the common case, usually costs one hash probe plus one
-//! cache line of bloom filter per run; a present key in a run costs one `pread` of a single block and a binary search in it.
+//! key, a key's 8 bits in one 64-byte block: about 0.2 % false positives), a sparse index (the first key and a
+//! checksum of each block of 170 records, about 4 KiB) and an open file. An absent key, the common case, usually
+//! costs one hash probe plus one 64-byte block of bloom filter per run; a present key in a run costs one `pread` of
+//! a single block and a binary search in it.
 //!
 //! Runs are grouped in size tiers: tier 0 holds up to `mem_max` records and each next tier four times as many. When
 //! four or more adjacent runs share a tier, a background thread merges them into one run (a streaming k-way merge
@@ -28,8 +29,8 @@
 //!   all the bytes before it.
 //! - `run-<seq>.ids`: a 64-byte header (`"IDMAPRUN"`, format `u32` = 2, records per block `u32` = 170, count `u64`,
 //!   min value `u64`, max value `u64`, max key `u128`, bloom probes `u32` = 8, zero `u32`); the records sorted by
-//!   key, 24 bytes each (key `u128`, value `u64`); the footer: the bloom filter (`u64` words, a multiple of 8), the first key of
-//!   each block (`u128`), the first 8 bytes of each block's SHA-256; and a 56-byte trailer: bloom words `u64`,
+//!   key, 24 bytes each (key `u128`, value `u64`); the footer: the bloom filter (`u64` words, a multiple of 8),
+//!   the first key of each block (`u128`), the first 8 bytes of each block's SHA-256; and a 56-byte trailer: bloom words `u64`,
 //!   block count `u64`, the footer SHA-256 (over the header, the footer and those two numbers) and `"IDMAPEND"`.
 //! - `LOCK`: locked (`flock`) while a map is open, so two maps never share a directory.
 //! - `run-<seq>.ids.tmp`, `MANIFEST.tmp`: files being written; they are never read.
@@ -101,7 +102,7 @@ const MANIFEST_RUN_LEN: usize = 48;
 const BLOOM_BITS_PER_KEY: u64 = 14;
 /// One bit in each word of the key's block.
 const BLOOM_PROBES: u32 = 8;
-/// A block: 8 words of 64 bits, one cache line.
+/// A block: 8 words of 64 bits, 64 bytes.
 const BLOOM_BLOCK_WORDS: usize = BLOOM_PROBES as usize;
 /// The bit a key sets in each word of its block comes from its second hash times one of these (odd) salts.
 const BLOOM_SALTS: [u64; BLOOM_BLOCK_WORDS] = [
@@ -1089,8 +1090,8 @@ impl<'a> Decoder<'a> {
 
 /// Two 64-bit hashes of a key, computed once per lookup: `h1` picks the key's block of the filter by multiply-shift,
 /// and the top six bits of `h2 * salt[i]` the bit it sets in the block's word `i`. A key's probes thus touch one
-/// cache line, not eight (format 1 spread them over the whole filter, and a merge of large runs, which inserts every
-/// key again, spent most of its time waiting for memory). The mixing is defined here, not by a library, as it is on
+/// 64-byte block (one or two cache lines, as the words are aligned to 8 bytes), not eight words across the filter
+/// (format 1; a merge of large runs, which inserts every key again, spent most of its time waiting for memory). The mixing is defined here, not by a library, as it is on
 /// disk.
 #[derive(Clone, Copy)]
 struct KeyHash(u64, u64);
