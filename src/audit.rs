@@ -20,7 +20,7 @@ use crate::store::{EventStore, GENESIS_HASH, READ_PAGE_EVENTS_MAX, RecordedEvent
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Most findings one report lists; the count of the rest is still reported.
@@ -173,7 +173,7 @@ struct Sequence {
     records: u64,
     expected_position: u64,
     running_hash: String,
-    versions: HashMap<String, u64>,
+    versions: foldhash::HashMap<String, u64>,
     /// Every event id seen (→ its record number), mostly on disk in the audit's scratch
     /// directory.
     ids: crate::idmap::IdMap,
@@ -721,7 +721,7 @@ pub async fn audit(
         records: 0,
         expected_position: 1,
         running_hash: GENESIS_HASH.to_string(),
-        versions: HashMap::new(),
+        versions: foldhash::HashMap::default(),
         ids: crate::idmap::IdMap::open(&ids_dir, crate::idmap::DEFAULT_MEM_MAX)
             .map_err(|e| StoreError::Unavailable(format!("audit: {}: {e}", ids_dir.display())))?,
         repeated: HashSet::new(),
@@ -1065,7 +1065,7 @@ mod tests {
         let mut report = AuditReport::default();
         let mut expected = 1;
         let mut running = GENESIS_HASH.to_string();
-        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut versions: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         let mut ids = HashSet::new();
         for r in records {
             let p = Some(r.position);

@@ -78,3 +78,91 @@ pub fn price(o: &mut String, p: &Price) -> Option<()> {
     o.push('}');
     Some(())
 }
+
+/// A reader of the text the writers above give, for the hottest objects read back (a
+/// reading's stored data, in the audit and in every replay). It takes only that exact
+/// shape: members in the writer's order, no spaces, strings without escapes. On anything
+/// else it gives up (`None`) and the caller reads the text with serde, which takes every
+/// JSON the ledger accepts and words its refusals. Each caller's tests check that whatever
+/// this reader takes, serde reads to the same value.
+pub struct Text<'a> {
+    s: &'a str,
+    at: usize,
+}
+
+impl<'a> Text<'a> {
+    /// Opens an object: the text must start with `{`.
+    pub fn object(s: &'a str) -> Option<Self> {
+        s.starts_with('{').then_some(Text { s, at: 1 })
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        &self.s.as_bytes()[self.at..]
+    }
+
+    /// The member named `k` if it comes next: consumes `,"k":` (no comma after the `{`).
+    pub fn has(&mut self, k: &str) -> bool {
+        let comma = usize::from(self.s.as_bytes()[self.at - 1] != b'{');
+        let r = self.rest();
+        let n = comma + k.len() + 3;
+        let found = r.len() >= n
+            && (comma == 0 || r[0] == b',')
+            && r[comma] == b'"'
+            && &r[comma + 1..comma + 1 + k.len()] == k.as_bytes()
+            && r[n - 2] == b'"'
+            && r[n - 1] == b':';
+        if found {
+            self.at += n;
+        }
+        found
+    }
+
+    /// The member named `k`, which must come next.
+    pub fn key(&mut self, k: &str) -> Option<()> {
+        self.has(k).then_some(())
+    }
+
+    /// A string without escapes or control characters (serde_json's writer escapes only
+    /// those), as it stands in the text.
+    pub fn str(&mut self) -> Option<&'a str> {
+        let r = self.rest();
+        if r.first() != Some(&b'"') {
+            return None;
+        }
+        let len = r[1..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if r[1 + len] != b'"' {
+            return None;
+        }
+        let v = &self.s[self.at + 1..self.at + 1 + len];
+        self.at += len + 2;
+        Some(v)
+    }
+
+    /// An unsigned integer as serde_json writes it: digits, no leading zero but for `0`.
+    pub fn uint(&mut self) -> Option<u64> {
+        let r = self.rest();
+        let len = r.iter().position(|b| !b.is_ascii_digit()).unwrap_or(r.len());
+        if len == 0 || len > 19 || (len > 1 && r[0] == b'0') {
+            return None;
+        }
+        let n = self.s[self.at..self.at + len].parse().ok()?;
+        self.at += len;
+        Some(n)
+    }
+
+    /// Closes an object that was opened inside this one (`}`), and reads on after it.
+    pub fn close(&mut self) -> Option<()> {
+        (self.rest().first() == Some(&b'}')).then(|| self.at += 1)
+    }
+
+    /// Opens an object as a member's value (`{`).
+    pub fn open(&mut self) -> Option<()> {
+        (self.rest().first() == Some(&b'{')).then(|| self.at += 1)
+    }
+
+    /// The end of the outermost object: `}` and nothing after it.
+    pub fn end(mut self) -> Option<()> {
+        self.close()?;
+        (self.at == self.s.len()).then_some(())
+    }
+}

@@ -10,6 +10,14 @@ pub const INTERVAL_S_MAX: i64 = 24 * 3600;
 /// Parses an RFC 3339 timestamp and returns it in UTC.
 /// Times between the years 1970 and 9999 only: every period must be writable as `YYYY-MM`.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    match utc_time_digits(s) {
+        Some(t) => Ok(t),
+        None => parse_rfc3339(s),
+    }
+}
+
+/// [`parse_time`] through chrono's RFC 3339 parser: every shape, and the refusals' wording.
+fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
     let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| format!("must be an RFC 3339 time such as \"2026-11-02T20:00:00Z\", got {s:?}"))?;
@@ -17,6 +25,46 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         return Err(format!("must be between the years 1970 and 9999, got {s:?}"));
     }
     Ok(t)
+}
+
+/// The shape the ledger writes, `YYYY-MM-DDTHH:MM:SS[.f]Z` with 1–9 fraction digits and
+/// a year from 1970, read digit by digit (chrono's RFC 3339 parser showed in the replay's
+/// profile: every stored reading holds three times). `None` for any other text, which
+/// [`parse_time`] hands to chrono; a test checks that both agree on what this takes.
+fn utc_time_digits(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if !(20..=30).contains(&b.len()) || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let digit = |i: usize| {
+        let d = b[i].wrapping_sub(b'0');
+        (d < 10).then_some(u32::from(d))
+    };
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let year = two(0)? * 100 + two(2)?;
+    let (month, day, hour, minute, second) = (two(5)?, two(8)?, two(11)?, two(14)?, two(17)?);
+    let nanos = match b.len() {
+        20 => 0,
+        21 => return None,
+        n => {
+            if b[19] != b'.' {
+                return None;
+            }
+            let mut f = 0;
+            for i in 20..n - 1 {
+                f = f * 10 + digit(i)?;
+            }
+            f * 10u32.pow(30 - n as u32)
+        }
+    };
+    if year < 1970 || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    Some(date.and_hms_nano_opt(hour, minute, second, nanos)?.and_utc())
 }
 
 /// Renders a time as RFC 3339 in UTC with a `Z`.
@@ -240,6 +288,57 @@ impl<'de> Deserialize<'de> for Period {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digit reader takes only times chrono reads to the same instant (in the years
+    /// [`parse_time`] allows), and takes the
+    /// ledger's own shapes: texts built from the shape with digits, separators and lengths
+    /// varied (invalid dates and hours, leap seconds, fractions of 0–12 digits, offsets).
+    #[test]
+    fn utc_times_read_digit_by_digit_are_the_ones_chrono_reads() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3339);
+        let chrono = |s: &str| parse_rfc3339(s).ok();
+        let (mut taken, mut refused) = (0, 0);
+        for _ in 0..200_000 {
+            let mut s = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                rng.gen_range(1960..2110),
+                rng.gen_range(0..14),
+                rng.gen_range(0..33),
+                rng.gen_range(0..25),
+                rng.gen_range(0..61),
+                rng.gen_range(0..62)
+            );
+            let digits = rng.gen_range(0..13);
+            if digits > 0 || rng.gen_bool(0.05) {
+                s.push('.');
+            }
+            for _ in 0..digits {
+                s.push(char::from(b'0' + rng.gen_range(0..10)));
+            }
+            s.push_str(["Z", "Z", "Z", "z", "+00:00", "+01:30", ""][rng.gen_range(0..7)]);
+            if rng.gen_bool(0.05) {
+                let at = rng.gen_range(0..s.len());
+                s.replace_range(at..at + 1, [" ", "t", "/", "x", "9"][rng.gen_range(0..5)]);
+            }
+            match utc_time_digits(&s) {
+                Some(t) => {
+                    taken += 1;
+                    assert_eq!(chrono(&s), Some(t), "{s}");
+                }
+                None => refused += 1,
+            }
+        }
+        assert!(taken > 10_000 && refused > 10_000, "taken {taken}, refused {refused}");
+        for s in [
+            "2026-03-01T00:15:00Z",
+            "2026-11-30T02:02:39.455Z",
+            "1970-01-01T00:00:00.000000001Z",
+        ] {
+            assert_eq!(utc_time_digits(s), chrono(s), "{s}");
+            assert!(utc_time_digits(s).is_some(), "{s}");
+        }
+    }
 
     /// `Display` and `Period::write_to` write what `{:04}-{:02}` writes, and `Display`
     /// keeps a width.

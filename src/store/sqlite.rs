@@ -308,8 +308,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
-    let id: String = r.get(3)?;
-    let at: String = r.get(6)?;
+    let id = r.get_ref(3)?.as_str()?;
+    let at = r.get_ref(6)?.as_str()?;
     let bad = |what: &str, v: &str| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?}").into())
     };
@@ -317,10 +317,10 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
         position: r.get::<_, i64>(0)? as u64,
         stream: r.get(1)?,
         version: r.get::<_, i64>(2)? as u64,
-        event_id: Uuid::parse_str(&id).map_err(|_| bad("event id", &id))?,
+        event_id: Uuid::parse_str(id).map_err(|_| bad("event id", id))?,
         event_type: r.get(4)?,
         schema_version: r.get::<_, i64>(5)? as u32,
-        recorded_at: crate::domain::time::parse_time(&at).map_err(|_| bad("time", &at))?,
+        recorded_at: crate::domain::time::parse_time(at).map_err(|_| bad("time", at))?,
         data: r.get(7)?,
         hash: r.get(8)?,
         prev_hash: r.get(9)?,
