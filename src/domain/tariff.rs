@@ -448,23 +448,26 @@ thread_local! {
 
 /// Splits an interval into runs of one band each, adjacent runs of the same band merged.
 pub fn band_segments(terms: &Tariff, tz: &Tz, interval: &Interval) -> Vec<Segment> {
+    with_band_segments(terms, tz, interval, <[Segment]>::to_vec)
+}
+
+/// [`band_segments`] handed to `f` from the last split's cache, without a copy (a copy was
+/// an allocation per priced reading).
+fn with_band_segments<R>(terms: &Tariff, tz: &Tz, interval: &Interval, f: impl FnOnce(&[Segment]) -> R) -> R {
     LAST_SPLIT.with(|last| {
         let mut last = last.borrow_mut();
-        if let Some(l) = last.as_ref()
-            && l.tz == *tz
-            && l.interval == *interval
-            && l.bands == terms.bands
-        {
-            return l.segments.clone();
+        match last.as_ref() {
+            Some(l) if l.tz == *tz && l.interval == *interval && l.bands == terms.bands => {}
+            _ => {
+                *last = Some(LastSplit {
+                    tz: *tz,
+                    interval: *interval,
+                    bands: terms.bands.clone(),
+                    segments: split(terms, tz, interval),
+                })
+            }
         }
-        let segments = split(terms, tz, interval);
-        *last = Some(LastSplit {
-            tz: *tz,
-            interval: *interval,
-            bands: terms.bands.clone(),
-            segments: segments.clone(),
-        });
-        segments
+        f(&last.as_ref().expect("the split was just cached").segments)
     })
 }
 
@@ -496,20 +499,33 @@ pub fn price(
     interval: &Interval,
     energy_wh: Decimal,
 ) -> Result<Price, String> {
-    let too_large = || "the reading is too large to price".to_string();
     let rate = terms.rates_eu_per_wh.of(flow);
     let source_multiplier = match (flow, source) {
         (Flow::Generated, Some(s)) => terms.source_multiplier(s),
         _ => Decimal::ONE,
     };
-    let segments = band_segments(terms, tz, interval);
+    with_band_segments(terms, tz, interval, |segments| {
+        priced(terms, rate, source_multiplier, interval, energy_wh, segments)
+    })
+}
+
+/// [`price`] over the interval's band segments.
+fn priced(
+    terms: &Tariff,
+    rate: Decimal,
+    source_multiplier: Decimal,
+    interval: &Interval,
+    energy_wh: Decimal,
+    segments: &[Segment],
+) -> Result<Price, String> {
+    let too_large = || "the reading is too large to price".to_string();
     let total_ms = Decimal::from(interval.duration_ms());
     let base = energy_wh
         .checked_mul(rate)
         .and_then(|x| x.checked_mul(source_multiplier))
         .ok_or_else(too_large)?;
 
-    if let [(_, _, band)] = segments.as_slice() {
+    if let [(_, _, band)] = segments {
         let multiplier = terms.band_multiplier(*band);
         let eu_per_wh = rate * source_multiplier * multiplier;
         let amount_eu = round_eu(base.checked_mul(multiplier).ok_or_else(too_large)?);
