@@ -260,6 +260,15 @@ impl Period {
         ])
     }
 
+    /// What `Display` writes, without an allocation for the years 0–9999 (the books look
+    /// up a period's entries for every reading).
+    pub fn text(&self) -> PeriodText {
+        match self.digits() {
+            Some(b) => PeriodText::Digits(b),
+            None => PeriodText::Other(self.to_string()),
+        }
+    }
+
     /// Appends what `Display` writes (`2026-03`).
     pub fn write_to(&self, out: &mut String) {
         match self.digits() {
@@ -268,6 +277,21 @@ impl Period {
                 use fmt::Write;
                 write!(out, "{self}").expect("writes to a String");
             }
+        }
+    }
+}
+
+/// [`Period::text`]: a period's text, on the stack for the usual years.
+pub enum PeriodText {
+    Digits([u8; 7]),
+    Other(String),
+}
+
+impl PeriodText {
+    pub fn as_str(&self) -> &str {
+        match self {
+            PeriodText::Digits(b) => std::str::from_utf8(b).expect("ASCII digits"),
+            PeriodText::Other(s) => s,
         }
     }
 }
@@ -340,7 +364,7 @@ mod tests {
         }
     }
 
-    /// `Display` and `Period::write_to` write what `{:04}-{:02}` writes, and `Display`
+    /// `Display`, `Period::write_to` and `Period::text` write what `{:04}-{:02}` writes, and `Display`
     /// keeps a width.
     #[test]
     fn periods_are_written_as_the_format_writes_them() {
@@ -362,6 +386,7 @@ mod tests {
             p.write_to(&mut out);
             assert_eq!(out, format!("x{expected}"));
             assert_eq!(p.to_string(), expected);
+            assert_eq!(p.text().as_str(), expected);
             assert_eq!(format!("{p:>10}|{p:<9}|"), format!("{expected:>10}|{expected:<9}|"));
         }
     }

@@ -312,15 +312,31 @@ pub struct Books {
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
-    use chrono::Datelike;
-    if (0..=9999).contains(&t.year()) {
-        // The date of `fmt_time`'s text, which writes these years digit by digit.
-        let mut day = crate::domain::time::fmt_time(&t);
-        day.truncate(10);
-        day
-    } else {
-        t.format("%Y-%m-%d").to_string()
+    match day_digits(t) {
+        Some(d) => std::str::from_utf8(&d).expect("ASCII digits").to_string(),
+        None => t.format("%Y-%m-%d").to_string(),
     }
+}
+
+/// `YYYY-MM-DD` digit by digit for the years 0–9999 (a consumption line's key holds it, for
+/// every reading); `None` for other years, which chrono's formatter writes.
+fn day_digits(t: DateTime<Utc>) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    let y = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let (m, d) = (t.month(), t.day());
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    Some([
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(d / 10),
+        digit(d),
+    ])
 }
 
 /// Spreads `wh` over the grid intervals `[start, end)` touches, pro rata by time.
@@ -366,7 +382,7 @@ impl Books {
     pub fn apply(&mut self, rec: &RecordedEvent, ev: &Event) {
         self.position = rec.position;
         self.chain_hash.clone_from(&rec.hash);
-        let booked = booked_period(ev).map(|p| p.to_string());
+        let booked = booked_period(ev).map(|p| p.text());
         for p in postings(ev) {
             // Looked up before a key is made: an account is new only once.
             let a = match self.accounts.get_mut(&p.account) {
@@ -386,10 +402,7 @@ impl Books {
                 }
             };
             if let Some(period) = &booked {
-                let nets = match self.settlement.get_mut(period) {
-                    Some(nets) => nets,
-                    None => self.settlement.entry(period.clone()).or_default(),
-                };
+                let nets = entry_or_default(&mut self.settlement, period.as_str());
                 let net = match nets.get_mut(&p.account) {
                     Some(net) => net,
                     None => nets.entry(p.account).or_default(),
@@ -702,11 +715,7 @@ impl Books {
     }
 
     fn statement_mut(&mut self, tenant: &str, period: Period) -> &mut StatementAcc {
-        self.statements
-            .entry(tenant.to_string())
-            .or_default()
-            .entry(period.to_string())
-            .or_default()
+        entry_or_default(entry_or_default(&mut self.statements, tenant), period.text().as_str())
     }
 
     fn apply_flow(
@@ -718,7 +727,7 @@ impl Books {
         end: DateTime<Utc>,
         wh: Decimal,
     ) {
-        let site = self.sites.entry(site.to_string()).or_default();
+        let site = entry_or_default(&mut self.sites, site);
         spread(&mut site.intervals, flow, start, end, wh);
         if let Some(b) = asset.and_then(|a| self.batteries.get_mut(a)) {
             match flow {
@@ -742,14 +751,14 @@ impl Books {
         let Some((flow, key)) = series else {
             return;
         };
-        let grid = self.flows.entry(site.to_string()).or_default();
+        let grid = entry_or_default(&mut self.flows, site);
         grid_shares(start, end, wh, |at, share| {
             let split = grid.entry(at).or_default();
             let by = match flow {
                 Flow::Generated => &mut split.generated_by_source,
                 _ => &mut split.consumed_by_tenant,
             };
-            *by.entry(key.to_string()).or_default() += share;
+            *entry_or_default(by, key) += share;
         });
     }
 
@@ -765,10 +774,7 @@ impl Books {
         wh: Decimal,
         position: u64,
     ) {
-        if !self.hours.contains_key(site) {
-            self.hours.insert(site.to_string(), BTreeMap::new());
-        }
-        let hours = self.hours.get_mut(site).expect("inserted above");
+        let hours = entry_or_default(&mut self.hours, site);
         step_shares(attribution::HOUR_S, start, end, wh, |at, share| {
             hours.entry(at).or_default().add(flow, key, share, position);
         });
@@ -1107,6 +1113,16 @@ fn grid_time(key: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(key, 0).single().unwrap_or_default()
 }
 
+/// The value under `key`, a default one inserted if there is none; the key is copied only
+/// then (the books look up several such maps for every reading, and copying the key each
+/// time was an allocation and a free).
+fn entry_or_default<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 fn booked_period(ev: &Event) -> Option<Period> {
     match ev {
         Event::HoldCaptured(c) => Some(c.booked_period),
@@ -1118,26 +1134,42 @@ fn booked_period(ev: &Event) -> Option<Period> {
 }
 
 fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>, wh: Decimal, price: &Price) {
-    let mut add = |date: String, band: &str, wh: Decimal, eu: Decimal| {
-        // Joined without `format!` (with the accounts' names, a fifth of the projections'
-        // time went to `fmt`).
-        let key = [date.as_str(), "|", site, "|", band].concat();
-        let line = st.consumption.entry(key).or_insert_with(|| Line {
-            kind: "consumption".into(),
-            date: Some(date),
-            site_id: Some(site.to_string()),
-            band: Some(band.to_string()),
-            energy_wh: Some(Decimal::ZERO),
-            ..Line::default()
-        });
+    // One key buffer for the call; a line's own strings are made only when it is new (the
+    // usual reading adds to a line that exists).
+    let mut key = String::with_capacity(64);
+    let mut add = |at: DateTime<Utc>, band: &str, wh: Decimal, eu: Decimal| {
+        let digits = day_digits(at);
+        let other;
+        let date = match &digits {
+            Some(d) => std::str::from_utf8(d).expect("ASCII digits"),
+            None => {
+                other = day_of(at);
+                other.as_str()
+            }
+        };
+        key.clear();
+        for part in [date, "|", site, "|", band] {
+            key.push_str(part);
+        }
+        let line = match st.consumption.get_mut(key.as_str()) {
+            Some(line) => line,
+            None => st.consumption.entry(key.clone()).or_insert_with(|| Line {
+                kind: "consumption".into(),
+                date: Some(date.to_string()),
+                site_id: Some(site.to_string()),
+                band: Some(band.to_string()),
+                energy_wh: Some(Decimal::ZERO),
+                ..Line::default()
+            }),
+        };
         *line.energy_wh.get_or_insert(Decimal::ZERO) += wh;
         line.amount_eu += eu;
     };
     if price.parts.is_empty() {
-        add(day_of(start), &price.band, wh, price.amount_eu);
+        add(start, &price.band, wh, price.amount_eu);
     } else {
         for p in &price.parts {
-            add(day_of(p.start), &p.band, p.energy_wh, p.amount_eu);
+            add(p.start, &p.band, p.energy_wh, p.amount_eu);
         }
     }
 }
@@ -1242,5 +1274,46 @@ impl Statement {
             "spending_limit_eu": opt_dec(&self.spending_limit_eu),
             "spending_limit_exceeded": self.spending_limit_exceeded,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// The digits of a day are what chrono's `%Y-%m-%d` writes, over the years 0–9999
+    /// (the first and last day of each month among them); other years are left to chrono.
+    #[test]
+    fn a_days_digits_are_what_chrono_writes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let mut times: Vec<DateTime<Utc>> = (0..20_000)
+            .map(|_| {
+                let s = rng.gen_range(-62_167_219_200i64..253_402_300_800);
+                Utc.timestamp_opt(s, 0).single().unwrap()
+            })
+            .collect();
+        for (y, m, d) in [
+            (0, 1, 1),
+            (9999, 12, 31),
+            (2026, 2, 28),
+            (2024, 2, 29),
+            (1970, 1, 1),
+            (5, 10, 31),
+        ] {
+            times.push(Utc.with_ymd_and_hms(y, m, d, 23, 59, 59).unwrap());
+        }
+        for t in times {
+            let want = t.format("%Y-%m-%d").to_string();
+            let got = day_digits(t).expect("a year in 0–9999");
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want, "{t:?}");
+            assert_eq!(day_of(t), want);
+        }
+        for y in [-1, 10000] {
+            let t = Utc.with_ymd_and_hms(y, 6, 1, 0, 0, 0).unwrap();
+            assert_eq!(day_digits(t), None);
+            assert_eq!(day_of(t), t.format("%Y-%m-%d").to_string());
+        }
     }
 }
