@@ -7,7 +7,7 @@
 use crate::domain::LedgerState;
 use crate::domain::events::Event;
 use crate::domain::ids::HoldId;
-use crate::domain::postings::{balanced, postings};
+use crate::domain::postings::{Posting, balanced, postings};
 use crate::domain::quantity::fmt_decimal;
 use crate::domain::quantity::round_eu;
 use crate::domain::state::HoldStatus;
@@ -252,14 +252,18 @@ struct Checked {
     hash_ok: bool,
     event: Result<Event, String>,
     balanced: bool,
+    /// The event's postings, checked above and handed to the books.
+    posted: Vec<Posting>,
 }
 
 impl Checked {
     fn of(r: &RecordedEvent) -> Self {
         let hash_ok = r.expected_hash() == r.hash;
         let event = Event::from_parts(&r.event_type, &r.data);
-        let balanced = event.as_ref().is_ok_and(|ev| balanced(&postings(ev)));
+        let posted = event.as_ref().map(postings).unwrap_or_default();
+        let balanced = event.is_ok() && balanced(&posted);
         Checked {
+            posted,
             hash_ok,
             event,
             balanced,
@@ -651,10 +655,10 @@ struct Replay {
 }
 
 impl Replay {
-    fn apply(&mut self, chunk: &Chunk) {
-        for (i, (r, c)) in chunk.records.iter().zip(&chunk.checked).enumerate() {
+    fn apply(&mut self, chunk: Chunk) {
+        for (i, (r, c)) in chunk.records.iter().zip(chunk.checked).enumerate() {
             if let Ok(ev) = &c.event {
-                self.books.apply(r, ev);
+                self.books.apply_posted(r, ev, c.posted);
             }
             if let Some(l) = &self.live
                 && !self.compared
@@ -769,7 +773,7 @@ pub async fn audit(
     let books_thread = spawn("audit-books")
         .spawn(move || {
             for chunk in books_rx {
-                replay.apply(&chunk);
+                replay.apply(chunk);
             }
             replay
         })

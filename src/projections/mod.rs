@@ -12,7 +12,7 @@ pub use attribution::HourFlows;
 
 use crate::domain::events::{EmissionFactorsPublished, Event, MeterKind};
 use crate::domain::ids::TenantId;
-use crate::domain::postings::{Side, credit_normal, postings};
+use crate::domain::postings::{Posting, Side, credit_normal, postings};
 use crate::domain::quantity::{fmt_decimal, round_wh};
 use crate::domain::tariff::{Flow, Price, Source};
 use crate::domain::time::{Period, fmt_time};
@@ -380,10 +380,16 @@ fn step_shares(step_s: i64, start: DateTime<Utc>, end: DateTime<Utc>, wh: Decima
 impl Books {
     /// Folds one recorded event. Pure: no I/O, deterministic.
     pub fn apply(&mut self, rec: &RecordedEvent, ev: &Event) {
+        self.apply_posted(rec, ev, postings(ev));
+    }
+
+    /// [`Books::apply`] with the event's postings already made (the audit makes them to
+    /// check they balance, and hands them on).
+    pub fn apply_posted(&mut self, rec: &RecordedEvent, ev: &Event, posted: Vec<Posting>) {
         self.position = rec.position;
         self.chain_hash.clone_from(&rec.hash);
         let booked = booked_period(ev).map(|p| p.text());
-        for p in postings(ev) {
+        for p in posted {
             // Looked up before a key is made: an account is new only once.
             let a = match self.accounts.get_mut(&p.account) {
                 Some(a) => a,
