@@ -258,7 +258,7 @@ struct Checked {
 
 impl Checked {
     fn of(r: &RecordedEvent) -> Self {
-        let hash_ok = r.expected_hash() == r.hash;
+        let hash_ok = r.hash_matches();
         let event = Event::from_parts(&r.event_type, &r.data);
         let posted = event.as_ref().map(postings).unwrap_or_default();
         let balanced = event.is_ok() && balanced(&posted);
@@ -1095,7 +1095,7 @@ mod tests {
                     ),
                 );
             }
-            if r.expected_hash() != r.hash {
+            if !r.hash_matches() {
                 report.add(
                     p,
                     "hash",

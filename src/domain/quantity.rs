@@ -48,6 +48,15 @@ pub fn fmt_decimal(d: &Decimal) -> String {
 /// thread's profile: a reading's data holds six decimals). A test checks both agree.
 pub fn write_decimal(out: &mut String, d: &Decimal) {
     let (mut m, mut scale) = (d.mantissa(), d.scale() as usize);
+    // The trailing zeros in 64 bits when the mantissa fits (always, for the ledger's
+    // amounts): a 128-bit division is a call to a runtime routine.
+    if let Ok(mut small) = i64::try_from(m) {
+        while scale > 0 && small % 10 == 0 {
+            small /= 10;
+            scale -= 1;
+        }
+        m = i128::from(small);
+    }
     while scale > 0 && m % 10 == 0 {
         m /= 10;
         scale -= 1;
@@ -303,6 +312,10 @@ mod tests {
             Decimal::new(742_500, 0),
             Decimal::from_i128_with_scale(u64::MAX as i128 + 1, 3),
             Decimal::from_i128_with_scale(u64::MAX as i128 * 1000, 20),
+            Decimal::from_i128_with_scale(i64::MIN.into(), 19),
+            Decimal::from_i128_with_scale(i64::MAX.into(), 1),
+            Decimal::from_i128_with_scale(i128::from(i64::MAX) + 1, 18),
+            Decimal::from_i128_with_scale(-9_000_000_000_000_000_000, 28),
         ];
         for _ in 0..20_000 {
             let bits: u32 = rng.gen_range(1..=96);

@@ -313,9 +313,20 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// Whether the stored hash is [`RecordedEvent::expected_hash`], without making a
+    /// `String` of the latter (the audit asks it of every record).
+    pub fn hash_matches(&self) -> bool {
+        self.hash_hex(&mut [0; 64]) == self.hash
+    }
+
     /// The hash this record should carry, given its own `prev_hash`.
     pub fn expected_hash(&self) -> String {
-        record_hash(
+        self.hash_hex(&mut [0; 64]).to_string()
+    }
+
+    /// The hash this record should carry, written into `out`.
+    fn hash_hex<'a>(&self, out: &'a mut [u8; 64]) -> &'a str {
+        crate::store::chain::record_hash_hex(
             &self.prev_hash,
             self.position,
             &self.stream,
@@ -323,8 +334,9 @@ impl RecordedEvent {
             &self.event_id,
             &self.event_type,
             self.schema_version,
-            &self.recorded_at,
+            &crate::domain::time::fmt_time(&self.recorded_at),
             &self.data,
+            out,
         )
     }
 
