@@ -168,39 +168,22 @@ impl ReadingRecorded {
         use super::quantity::parse_decimal;
         use super::time::parse_time;
         let mut t = Text::object(data)?;
-        let asset_id = match t.has("asset_id") {
-            true => Some(AssetId::parse(t.str()?).ok()?),
-            false => None,
-        };
-        t.key("booked_period")?;
-        let booked_period = Period::parse(t.str()?).ok()?;
-        t.key("end")?;
-        let end = parse_time(t.str()?).ok()?;
-        t.key("energy_wh")?;
-        let energy_wh = EnergyWh::parse(t.str()?).ok()?;
-        t.key("flow")?;
-        let flow = Flow::parse(t.str()?).ok()?;
-        let job_id = match t.has("job_id") {
-            true => Some(JobId::parse(t.str()?).ok()?),
-            false => None,
-        };
-        t.key("meter_id")?;
-        let meter_id = MeterId::parse(t.str()?).ok()?;
-        t.key("period")?;
-        let period = Period::parse(t.str()?).ok()?;
+        let asset_id = t.optional("asset_id", AssetId::parse)?;
+        let booked_period = t.member("booked_period", Period::parse)?;
+        let end = t.member("end", parse_time)?;
+        let energy_wh = t.member("energy_wh", EnergyWh::parse)?;
+        let flow = t.member("flow", Flow::parse)?;
+        let job_id = t.optional("job_id", JobId::parse)?;
+        let meter_id = t.member("meter_id", MeterId::parse)?;
+        let period = t.member("period", Period::parse)?;
         t.key("price")?;
         t.open()?;
-        let decimal = |t: &mut Text<'_>, k: &str| {
-            t.key(k)?;
-            parse_decimal(t.str()?).ok()
-        };
-        let amount_eu = decimal(&mut t, "amount_eu")?;
-        t.key("band")?;
-        let band = t.str()?.to_owned();
-        let eu_per_wh = decimal(&mut t, "eu_per_wh")?;
-        let multiplier = decimal(&mut t, "multiplier")?;
-        let rate_eu_per_wh = decimal(&mut t, "rate_eu_per_wh")?;
-        let source_multiplier = decimal(&mut t, "source_multiplier")?;
+        let amount_eu = t.member("amount_eu", parse_decimal)?;
+        let band = t.member("band", |s| Ok::<_, ()>(s.to_owned()))?;
+        let eu_per_wh = t.member("eu_per_wh", parse_decimal)?;
+        let multiplier = t.member("multiplier", parse_decimal)?;
+        let rate_eu_per_wh = t.member("rate_eu_per_wh", parse_decimal)?;
+        let source_multiplier = t.member("source_multiplier", parse_decimal)?;
         t.key("tariff_version")?;
         let tariff_version = u32::try_from(t.uint()?).ok()?;
         t.close()?;
@@ -214,24 +197,15 @@ impl ReadingRecorded {
             amount_eu,
             parts: Vec::new(),
         };
-        t.key("quality")?;
-        let quality = match t.str()? {
-            "actual" => Quality::Actual,
-            "estimated" => Quality::Estimated,
-            _ => return None,
-        };
-        t.key("site_id")?;
-        let site_id = SiteId::parse(t.str()?).ok()?;
-        let source = match t.has("source") {
-            true => Some(Source::parse(t.str()?).ok()?),
-            false => None,
-        };
-        t.key("start")?;
-        let start = parse_time(t.str()?).ok()?;
-        let tenant_id = match t.has("tenant_id") {
-            true => Some(TenantId::parse(t.str()?).ok()?),
-            false => None,
-        };
+        let quality = t.member("quality", |s| match s {
+            "actual" => Ok(Quality::Actual),
+            "estimated" => Ok(Quality::Estimated),
+            _ => Err(()),
+        })?;
+        let site_id = t.member("site_id", SiteId::parse)?;
+        let source = t.optional("source", Source::parse)?;
+        let start = t.member("start", parse_time)?;
+        let tenant_id = t.optional("tenant_id", TenantId::parse)?;
         t.end()?;
         Some(ReadingRecorded {
             meter_id,

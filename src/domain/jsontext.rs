@@ -122,6 +122,20 @@ impl<'a> Text<'a> {
         self.has(k).then_some(())
     }
 
+    /// The member named `k`, which must come next, its string read by `parse`.
+    pub fn member<T, E>(&mut self, k: &str, parse: impl FnOnce(&'a str) -> Result<T, E>) -> Option<T> {
+        self.key(k)?;
+        parse(self.str()?).ok()
+    }
+
+    /// [`Text::member`] for a member that may be left out: `Some(None)` when it is.
+    pub fn optional<T, E>(&mut self, k: &str, parse: impl FnOnce(&'a str) -> Result<T, E>) -> Option<Option<T>> {
+        match self.has(k) {
+            true => parse(self.str()?).ok().map(Some),
+            false => Some(None),
+        }
+    }
+
     /// A string without escapes or control characters (serde_json's writer escapes only
     /// those), as it stands in the text.
     pub fn str(&mut self) -> Option<&'a str> {

@@ -50,16 +50,20 @@ pub fn write_decimal(out: &mut String, d: &Decimal) {
     let (mut m, mut scale) = (d.mantissa(), d.scale() as usize);
     // The trailing zeros in 64 bits when the mantissa fits (always, for the ledger's
     // amounts): a 128-bit division is a call to a runtime routine.
-    if let Ok(mut small) = i64::try_from(m) {
-        while scale > 0 && small % 10 == 0 {
-            small /= 10;
-            scale -= 1;
+    match i64::try_from(m) {
+        Ok(mut small) => {
+            while scale > 0 && small % 10 == 0 {
+                small /= 10;
+                scale -= 1;
+            }
+            m = i128::from(small);
         }
-        m = i128::from(small);
-    }
-    while scale > 0 && m % 10 == 0 {
-        m /= 10;
-        scale -= 1;
+        Err(_) => {
+            while scale > 0 && m % 10 == 0 {
+                m /= 10;
+                scale -= 1;
+            }
+        }
     }
     if m == 0 {
         out.push('0');

@@ -314,9 +314,9 @@ mod tests {
     use super::*;
 
     /// The digit reader takes only times chrono reads to the same instant (in the years
-    /// [`parse_time`] allows), and takes the
-    /// ledger's own shapes: texts built from the shape with digits, separators and lengths
-    /// varied (invalid dates and hours, leap seconds, fractions of 0–12 digits, offsets).
+    /// [`parse_time`] allows), and takes the ledger's own shapes: texts built from the
+    /// shape with digits, separators and lengths varied (invalid dates and hours, leap
+    /// seconds, fractions of 0–12 digits, offsets).
     #[test]
     fn utc_times_read_digit_by_digit_are_the_ones_chrono_reads() {
         use rand::{Rng, SeedableRng};
@@ -364,8 +364,8 @@ mod tests {
         }
     }
 
-    /// `Display`, `Period::write_to` and `Period::text` write what `{:04}-{:02}` writes, and `Display`
-    /// keeps a width.
+    /// `Display`, `Period::write_to` and `Period::text` write what `{:04}-{:02}` writes,
+    /// and `Display` keeps a width.
     #[test]
     fn periods_are_written_as_the_format_writes_them() {
         let cases = [
