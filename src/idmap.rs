@@ -30,8 +30,9 @@
 //! - `run-<seq>.ids`: a 64-byte header (`"IDMAPRUN"`, format `u32` = 2, records per block `u32` = 170, count `u64`,
 //!   min value `u64`, max value `u64`, max key `u128`, bloom probes `u32` = 8, zero `u32`); the records sorted by
 //!   key, 24 bytes each (key `u128`, value `u64`); the footer: the bloom filter (`u64` words, a multiple of 8),
-//!   the first key of each block (`u128`), the first 8 bytes of each block's SHA-256; and a 56-byte trailer: bloom words `u64`,
-//!   block count `u64`, the footer SHA-256 (over the header, the footer and those two numbers) and `"IDMAPEND"`.
+//!   the first key of each block (`u128`), the first 8 bytes of each block's SHA-256; and a 56-byte trailer: bloom
+//!   words `u64`, block count `u64`, the footer SHA-256 (over the header, the footer and those two numbers) and
+//!   `"IDMAPEND"`.
 //! - `LOCK`: locked (`flock`) while a map is open, so two maps never share a directory.
 //! - `run-<seq>.ids.tmp`, `MANIFEST.tmp`: files being written; they are never read.
 //!
@@ -1091,8 +1092,8 @@ impl<'a> Decoder<'a> {
 /// Two 64-bit hashes of a key, computed once per lookup: `h1` picks the key's block of the filter by multiply-shift,
 /// and the top six bits of `h2 * salt[i]` the bit it sets in the block's word `i`. A key's probes thus touch one
 /// 64-byte block (one or two cache lines, as the words are aligned to 8 bytes), not eight words across the filter
-/// (format 1; a merge of large runs, which inserts every key again, spent most of its time waiting for memory). The mixing is defined here, not by a library, as it is on
-/// disk.
+/// (format 1; a merge of large runs, which inserts every key again, spent most of its time waiting for memory).
+/// The mixing is defined here, not by a library, as it is on disk.
 #[derive(Clone, Copy)]
 struct KeyHash(u64, u64);
 
@@ -2009,7 +2010,6 @@ mod tests {
             .take(100_000)
             .filter(|&k| bloom.may_contain(KeyHash::new(k)))
             .count();
-        println!("{false_positives} false positives in 100,000");
         assert!(false_positives < 500, "{false_positives} false positives in 100,000");
     }
 

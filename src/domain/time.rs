@@ -262,36 +262,31 @@ impl Period {
 
     /// What `Display` writes, without an allocation for the years 0–9999 (the books look
     /// up a period's entries for every reading).
-    pub fn text(&self) -> PeriodText {
+    pub fn text(&self) -> ShortText<7> {
         match self.digits() {
-            Some(b) => PeriodText::Digits(b),
-            None => PeriodText::Other(self.to_string()),
+            Some(b) => ShortText::Digits(b),
+            None => ShortText::Other(self.to_string()),
         }
     }
 
     /// Appends what `Display` writes (`2026-03`).
     pub fn write_to(&self, out: &mut String) {
-        match self.digits() {
-            Some(b) => out.push_str(std::str::from_utf8(&b).expect("ASCII digits")),
-            None => {
-                use fmt::Write;
-                write!(out, "{self}").expect("writes to a String");
-            }
-        }
+        out.push_str(self.text().as_str());
     }
 }
 
-/// [`Period::text`]: a period's text, on the stack for the usual years.
-pub enum PeriodText {
-    Digits([u8; 7]),
+/// A short text that is ASCII digits and separators in the usual case (a period's, a day's),
+/// held on the stack then, and in a `String` otherwise.
+pub enum ShortText<const N: usize> {
+    Digits([u8; N]),
     Other(String),
 }
 
-impl PeriodText {
+impl<const N: usize> ShortText<N> {
     pub fn as_str(&self) -> &str {
         match self {
-            PeriodText::Digits(b) => std::str::from_utf8(b).expect("ASCII digits"),
-            PeriodText::Other(s) => s,
+            ShortText::Digits(b) => std::str::from_utf8(b).expect("ASCII digits"),
+            ShortText::Other(s) => s,
         }
     }
 }

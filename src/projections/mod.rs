@@ -15,7 +15,7 @@ use crate::domain::ids::TenantId;
 use crate::domain::postings::{Posting, Side, credit_normal, postings};
 use crate::domain::quantity::{fmt_decimal, round_wh};
 use crate::domain::tariff::{Flow, Price, Source};
-use crate::domain::time::{Period, fmt_time};
+use crate::domain::time::{Period, ShortText, fmt_time};
 use crate::store::RecordedEvent;
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
@@ -312,20 +312,19 @@ pub struct Books {
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
-    match day_digits(t) {
-        Some(d) => std::str::from_utf8(&d).expect("ASCII digits").to_string(),
-        None => t.format("%Y-%m-%d").to_string(),
-    }
+    day_text(t).as_str().to_string()
 }
 
-/// `YYYY-MM-DD` digit by digit for the years 0–9999 (a consumption line's key holds it, for
-/// every reading); `None` for other years, which chrono's formatter writes.
-fn day_digits(t: DateTime<Utc>) -> Option<[u8; 10]> {
+/// `YYYY-MM-DD`, digit by digit on the stack for the years 0–9999 (a consumption line's key
+/// holds it, for every reading); chrono's formatter writes other years.
+fn day_text(t: DateTime<Utc>) -> ShortText<10> {
     use chrono::Datelike;
-    let y = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let Some(y) = u32::try_from(t.year()).ok().filter(|y| *y <= 9999) else {
+        return ShortText::Other(t.format("%Y-%m-%d").to_string());
+    };
     let (m, d) = (t.month(), t.day());
     let digit = |n: u32| b'0' + (n % 10) as u8;
-    Some([
+    ShortText::Digits([
         digit(y / 1000),
         digit(y / 100),
         digit(y / 10),
@@ -1144,15 +1143,8 @@ fn add_consumption_lines(st: &mut StatementAcc, site: &str, start: DateTime<Utc>
     // usual reading adds to a line that exists).
     let mut key = String::with_capacity(64);
     let mut add = |at: DateTime<Utc>, band: &str, wh: Decimal, eu: Decimal| {
-        let digits = day_digits(at);
-        let other;
-        let date = match &digits {
-            Some(d) => std::str::from_utf8(d).expect("ASCII digits"),
-            None => {
-                other = day_of(at);
-                other.as_str()
-            }
-        };
+        let day = day_text(at);
+        let date = day.as_str();
         key.clear();
         for part in [date, "|", site, "|", band] {
             key.push_str(part);
@@ -1312,13 +1304,14 @@ mod tests {
         }
         for t in times {
             let want = t.format("%Y-%m-%d").to_string();
-            let got = day_digits(t).expect("a year in 0–9999");
-            assert_eq!(std::str::from_utf8(&got).unwrap(), want, "{t:?}");
+            let got = day_text(t);
+            assert!(matches!(got, ShortText::Digits(_)), "a year in 0–9999: {t:?}");
+            assert_eq!(got.as_str(), want, "{t:?}");
             assert_eq!(day_of(t), want);
         }
         for y in [-1, 10000] {
             let t = Utc.with_ymd_and_hms(y, 6, 1, 0, 0, 0).unwrap();
-            assert_eq!(day_digits(t), None);
+            assert!(matches!(day_text(t), ShortText::Other(_)), "{t:?}");
             assert_eq!(day_of(t), t.format("%Y-%m-%d").to_string());
         }
     }
