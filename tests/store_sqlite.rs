@@ -127,3 +127,37 @@ async fn a_failed_sync_refuses_its_group_and_everything_after() {
     }
     contract::assert_sound_chain(&s.read_all(0, 10).await.unwrap());
 }
+
+/// While the store is open, what was written reaches the database file through the
+/// checkpoints of its own thread, not only at a clean stop: the WAL does not grow without
+/// bound on a server that is never stopped.
+#[tokio::test]
+async fn the_wal_is_checkpointed_into_the_database_while_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    // Six groups of 1 MiB of rows: past the 4 MiB after which the syncer asks for one.
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(16 * 1024));
+    for g in 0..6 {
+        let events = (0..64).map(|_| contract::ev(&data)).collect();
+        s.append(contract::batch(&format!("g{g}"), ExpectedVersion::NoStream, events))
+            .wait()
+            .await
+            .unwrap();
+    }
+    // The checkpoint runs beside the appends: wait for it, for at most ten seconds.
+    let mut after = before;
+    for _ in 0..200 {
+        after = std::fs::metadata(&path).unwrap().len();
+        if after >= 4 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        after >= 4 << 20,
+        "the database file held {after} bytes (from {before}) ten seconds after 6 MiB of rows"
+    );
+    s.shutdown().await;
+}

@@ -6,7 +6,9 @@
 //! event ids against its in-memory index (and the groups not yet synced), assigns positions
 //! and the hash chain, and commits to the WAL with `synchronous=NORMAL`. A second thread,
 //! the syncer, then fdatasyncs the WAL and only after that applies the group to the index
-//! and answers its requests, while the writer goes on with the next group. If a commit
+//! and answers its requests, while the writer goes on with the next group. A third thread
+//! checkpoints the WAL into the database when the syncer asks, so that neither waits for
+//! the database's fsync. If a commit
 //! fails, every request of the group is refused and the index is left as it was; if a sync
 //! fails, the store refuses everything from then on (see [`Syncer`]). Readers see only what
 //! is synced.
@@ -721,7 +723,7 @@ struct Writer {
     /// Set when a sync of the WAL failed: what was written since may not be on disk, and
     /// the writer refuses every request from then on (see [`Syncer`]).
     poisoned: Arc<std::sync::atomic::AtomicBool>,
-    /// The database file (the syncer syncs its WAL and checkpoints it).
+    /// The database file (the syncer syncs its WAL; the checkpoint thread checkpoints it).
     db: PathBuf,
     /// Tests only: the syncer's next sync fails.
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
@@ -799,7 +801,7 @@ impl InFlight {
     }
 }
 
-/// Rows' bytes after which the syncer checkpoints the WAL (SQLite's own default is 1,000
+/// Rows' bytes after which the syncer asks for a checkpoint of the WAL (SQLite's own default is 1,000
 /// pages, about 4 MiB).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 
@@ -812,13 +814,36 @@ fn row_bytes(c: &Committed) -> u64 {
     (r.stream.len() + r.event_type.len() + r.data.len() + r.hash.len() + r.prev_hash.len() + 100) as u64
 }
 
-/// The syncer's connection for checkpoints: `synchronous=NORMAL` syncs the WAL before it is
+/// The checkpoint thread's connection: `synchronous=NORMAL` syncs the WAL before it is
 /// copied and the database after.
 fn checkpoint_conn(db: &Path) -> rusqlite::Result<Connection> {
     let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     c.execute_batch("PRAGMA synchronous=NORMAL")?;
     Ok(c)
+}
+
+/// The thread that checkpoints the WAL (`wattledger-sqlite-ckpt`), on its own connection,
+/// when the syncer asks. A passive checkpoint copies what it can of the WAL into the
+/// database without waiting for the writer or the readers; the WAL's frames stay until
+/// then, so an acknowledged append never depends on one.
+struct Checkpointer;
+
+impl Checkpointer {
+    fn spawn(c: Connection) -> std::io::Result<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)> {
+        // One request waits while one runs: more would only run back to back.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let h = std::thread::Builder::new()
+            .name("wattledger-sqlite-ckpt".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+                        tracing::warn!(error = %e, "a checkpoint of the WAL failed; it is tried again later");
+                    }
+                }
+            })?;
+        Ok((tx, h))
+    }
 }
 
 fn poisoned_error() -> StoreError {
@@ -832,23 +857,27 @@ impl Writer {
     /// the next group's inserts run while the last one's fdatasync waits on the disk.
     fn run(self, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
         let (to_sync, synced) = std::sync::mpsc::sync_channel::<Answers>(UNSYNCED_GROUPS_MAX);
-        // Checkpoints run on the syncer's own connection, so that their two fsyncs (the WAL,
-        // then the database) no longer stall the inserts. Without it, SQLite checkpoints
-        // on this connection as before.
-        let checkpointer = match checkpoint_conn(&self.db) {
-            Ok(c) => match conn.execute_batch("PRAGMA wal_autocheckpoint=0") {
-                Ok(()) => Some(c),
+        // Checkpoints run on a connection and a thread of their own, so that their two
+        // fsyncs (the WAL, then the database) stall neither the inserts nor the syncs of the
+        // groups committed meanwhile (and so their answers). Without them, SQLite
+        // checkpoints on this connection as before.
+        let (checkpoints, checkpoint_thread) = match checkpoint_conn(&self.db)
+            .map_err(|e| e.to_string())
+            .and_then(|c| Checkpointer::spawn(c).map_err(|e| e.to_string()))
+        {
+            Ok((tx, h)) => match conn.execute_batch("PRAGMA wal_autocheckpoint=0") {
+                Ok(()) => (Some(tx), Some(h)),
                 Err(e) => {
                     tracing::warn!(error = %e, "checkpoints stay on the writer's connection");
-                    None
+                    (None, Some(h))
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoints stay on the writer's connection");
-                None
+                (None, None)
             }
         };
-        let own_checkpoints = checkpointer.is_some();
+        let own_checkpoints = checkpoints.is_some();
         let in_flight = Arc::new(InFlight::default());
         let syncer = Syncer {
             index: self.index.clone(),
@@ -859,7 +888,7 @@ impl Writer {
             wal: wal_path(&self.db),
             file: None,
             fail_sync: self.fail_sync.clone(),
-            checkpointer,
+            checkpoints,
             unchecked_bytes: 0,
             in_flight: in_flight.clone(),
         };
@@ -930,6 +959,9 @@ impl Writer {
         }
         drop(to_sync);
         let _ = syncer.join();
+        if let Some(h) = checkpoint_thread {
+            let _ = h.join();
+        }
     }
 
     /// Refuses what is queued until the queue closes (the writer cannot write).
@@ -1158,8 +1190,9 @@ struct Syncer {
     /// The WAL, opened read-only, and its inode (reopened should the file ever be another).
     file: Option<(std::fs::File, u64)>,
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
-    /// Its connection for checkpoints, if it has one, and the rows' bytes since the last.
-    checkpointer: Option<Connection>,
+    /// Where it asks for a checkpoint, if the store has a thread for them, and the rows'
+    /// bytes since it last asked.
+    checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
     unchecked_bytes: u64,
     in_flight: Arc<InFlight>,
 }
@@ -1209,16 +1242,17 @@ impl Syncer {
         self.file.as_ref().expect("opened above").0.sync_data()
     }
 
-    /// A passive checkpoint once enough was written since the last: it copies what it can
-    /// of the WAL into the database without waiting for the writer or the readers.
+    /// Asks for a checkpoint once enough was written since it last asked. One still running
+    /// is not waited for: the bytes count on, and it asks again after the next group.
     fn checkpoint(&mut self) {
-        let Some(c) = &self.checkpointer else { return };
+        let Some(tx) = &self.checkpoints else { return };
         if self.unchecked_bytes < CHECKPOINT_BYTES {
             return;
         }
-        self.unchecked_bytes = 0;
-        if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
-            tracing::warn!(error = %e, "a checkpoint of the WAL failed; it is tried again later");
+        match tx.try_send(()) {
+            Ok(()) => self.unchecked_bytes = 0,
+            Err(std::sync::mpsc::TrySendError::Full(())) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(())) => self.checkpoints = None,
         }
     }
 
