@@ -12,7 +12,8 @@
 //!   correction changes lives in an in-memory side table, and a job id is interned;
 //! - each meter's readings of one flow are a sorted list of **runs**: back-to-back readings
 //!   of one length (a meter posting every 15 minutes makes one run, whatever its number of
-//!   readings), plus 4 bytes a reading naming its slot;
+//!   readings, and whatever order a few of them arrive in: a reading that closes a gap
+//!   joins the runs on either side), plus 4 bytes a reading naming its slot;
 //! - an id table keyed by 64 bits of the event id.
 //!
 //! The slot file is a cache of the log like the snapshot that names it: the snapshot records
@@ -235,21 +236,77 @@ impl Series {
                 crate::vecs::push_lean(&mut self.slots, slot);
                 return;
             }
-            let extends = r.len == len
-                && r.end_of(r.count - 1) == start
-                && r.first + r.count == next
-                && len
-                    .num_nanoseconds()
-                    .is_some_and(|n| n > 0 && n.checked_mul(i64::from(r.count) + 1).is_some());
-            if extends {
+            if r.len == len && r.end_of(r.count - 1) == start && run_fits(len, u64::from(r.count) + 1) {
+                // It follows the run back to back: the run takes it, its slot listed right
+                // after the run's own. That is the end of the list unless readings of later
+                // intervals arrived first (a backfill, or clients racing); then theirs move
+                // up one, and a run this reading now reaches takes the run in.
+                let p = r.first + r.count;
+                self.insert_slot(p, slot, None);
                 self.runs[j].count += 1;
-                crate::vecs::push_lean(&mut self.slots, slot);
+                self.join_next(j);
                 return;
             }
+        }
+        // It ends where the next run starts: that run takes it first (readings arriving
+        // latest first).
+        if let Some(n) = self.runs.get(i)
+            && n.len == len
+            && n.start == end
+            && run_fits(len, u64::from(n.count) + 1)
+        {
+            let p = n.first;
+            self.insert_slot(p, slot, Some(i));
+            let n = &mut self.runs[i];
+            n.start = start;
+            n.count += 1;
+            return;
         }
         self.runs.insert(i, single);
         crate::vecs::push_lean(&mut self.slots, slot);
     }
+
+    /// Lists `slot` at position `p` of the series' slots: the slots from `p` on, and the
+    /// runs that name them (but `own`, whose first slot `p` becomes), move up one.
+    fn insert_slot(&mut self, p: u32, slot: u32, own: Option<usize>) {
+        if p as usize == self.slots.len() {
+            crate::vecs::push_lean(&mut self.slots, slot);
+            return;
+        }
+        crate::vecs::reserve_lean(&mut self.slots, 1);
+        self.slots.insert(p as usize, slot);
+        for (i, r) in self.runs.iter_mut().enumerate() {
+            if r.first >= p && Some(i) != own {
+                r.first += 1;
+            }
+        }
+    }
+
+    /// Joins run `j + 1` into run `j` when it starts where run `j` ends, with the same
+    /// length and its slots listed right after.
+    fn join_next(&mut self, j: usize) {
+        let (Some(r), Some(n)) = (self.runs.get(j), self.runs.get(j + 1)) else {
+            return;
+        };
+        if n.len == r.len
+            && n.start == r.end_of(r.count - 1)
+            && n.first == r.first + r.count
+            && run_fits(r.len, u64::from(r.count) + u64::from(n.count))
+        {
+            let more = n.count;
+            self.runs[j].count += more;
+            self.runs.remove(j + 1);
+        }
+    }
+}
+
+/// Whether a run of `count` readings of `len` can be one run: every reading's offset from
+/// the run's start fits in nanoseconds (and the count in a `u32`).
+fn run_fits(len: TimeDelta, count: u64) -> bool {
+    u32::try_from(count).is_ok()
+        && len
+            .num_nanoseconds()
+            .is_some_and(|n| n > 0 && i64::try_from(count).is_ok_and(|c| n.checked_mul(c).is_some()))
 }
 
 /// Slots per chunk of [`Chunked`].
@@ -1117,16 +1174,51 @@ mod tests {
             end: at(15 * 5000 + 4),
         };
         assert_eq!(s.overlapping(&q), Some((at(15 * 5000), at(15 * 5001), 5000)));
-        // A gap starts a new run; filling it splits nothing and finds its neighbours.
+        // A gap starts a new run; filling it joins the two again.
         s.insert(at(15 * 10_001), at(15 * 10_002), 10_001);
         assert_eq!(s.runs.len(), 2);
         s.insert(at(15 * 10_000), at(15 * 10_001), 10_000);
-        assert_eq!(s.runs.len(), 3);
+        assert_eq!(s.runs.len(), 1);
         let q = Interval {
             start: at(15 * 10_000),
             end: at(15 * 10_002),
         };
         assert_eq!(s.overlapping(&q).map(|o| o.2), Some(10_001));
+        let q = Interval {
+            start: at(15 * 10_000),
+            end: at(15 * 10_001),
+        };
+        assert_eq!(s.overlapping(&q).map(|o| o.2), Some(10_000));
+    }
+
+    /// Back-to-back readings that arrive out of order by a few places (a backfill posted
+    /// by clients in parallel) still make one run: a reading that closes a gap joins the
+    /// runs on either side, and one that ends where a run starts is taken by it.
+    #[test]
+    fn back_to_back_readings_out_of_order_make_one_run() {
+        let mut s = Series {
+            meter_id: MeterId::parse("m-1").unwrap(),
+            flow: Flow::Consumed,
+            runs: vec![],
+            slots: vec![],
+        };
+        // 0, 2, 1, 3, then 6, 5, 4, then 7 … in blocks of eight, each block shuffled.
+        let order = [0u32, 2, 1, 3, 6, 5, 4, 7];
+        for block in 0..1_000u32 {
+            for k in order {
+                let k = block * 8 + k;
+                s.insert(at(15 * i64::from(k)), at(15 * i64::from(k) + 15), 100_000 + k);
+            }
+        }
+        assert_eq!(s.runs.len(), 1, "{:?}", &s.runs[..s.runs.len().min(4)]);
+        for k in [0u32, 1, 2, 5, 4_001, 7_999] {
+            let q = Interval {
+                start: at(15 * i64::from(k) + 1),
+                end: at(15 * i64::from(k) + 2),
+            };
+            let want = (at(15 * i64::from(k)), at(15 * i64::from(k) + 15), 100_000 + k);
+            assert_eq!(s.overlapping(&q), Some(want));
+        }
     }
 
     #[test]
