@@ -1125,7 +1125,7 @@ mod tests {
             posts in proptest::collection::vec((0i64..120, prop_oneof![Just(15i64), Just(15), Just(5), Just(30)], any::<bool>()), 1..80),
             queries in proptest::collection::vec((0i64..140, 1i64..40), 1..40),
         ) {
-            let mut series = Series { meter_id: MeterId::parse("m-1").unwrap(), flow: Flow::Consumed, runs: vec![], slots: vec![] };
+            let mut series = empty_series(Flow::Consumed);
             let mut model = BTreeMap::new();
             let mut cursor = 0i64;
             for (i, (start, len, in_order)) in posts.iter().enumerate() {
@@ -1157,14 +1157,19 @@ mod tests {
         assert_eq!(Readings::fresh(Some(dir.path())).home(), Some(dir.path()));
     }
 
-    #[test]
-    fn back_to_back_readings_make_one_run() {
-        let mut s = Series {
+    /// An empty series of meter `m-1`.
+    fn empty_series(flow: Flow) -> Series {
+        Series {
             meter_id: MeterId::parse("m-1").unwrap(),
-            flow: Flow::Generated,
+            flow,
             runs: vec![],
             slots: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn back_to_back_readings_make_one_run() {
+        let mut s = empty_series(Flow::Generated);
         for k in 0..10_000 {
             s.insert(at(15 * k), at(15 * k + 15), k as u32);
         }
@@ -1196,12 +1201,7 @@ mod tests {
     /// runs on either side, and one that ends where a run starts is taken by it.
     #[test]
     fn back_to_back_readings_out_of_order_make_one_run() {
-        let mut s = Series {
-            meter_id: MeterId::parse("m-1").unwrap(),
-            flow: Flow::Consumed,
-            runs: vec![],
-            slots: vec![],
-        };
+        let mut s = empty_series(Flow::Consumed);
         // 0, 2, 1, 3, then 6, 5, 4, then 7 … in blocks of eight, each block shuffled.
         let order = [0u32, 2, 1, 3, 6, 5, 4, 7];
         for block in 0..1_000u32 {

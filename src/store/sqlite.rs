@@ -8,10 +8,9 @@
 //! the syncer, then fdatasyncs the WAL and only after that applies the group to the index
 //! and answers its requests, while the writer goes on with the next group. A third thread
 //! checkpoints the WAL into the database when the syncer asks, so that neither waits for
-//! the database's fsync. If a commit
-//! fails, every request of the group is refused and the index is left as it was; if a sync
-//! fails, the store refuses everything from then on (see [`Syncer`]). Readers see only what
-//! is synced.
+//! the database's fsync. If a commit fails, every request of the group is refused and the
+//! index is left as it was; if a sync fails, the store refuses everything from then on (see
+//! [`Syncer`]). Readers see only what is synced.
 
 use super::*;
 use rusqlite::{Connection, OpenFlags, params};
@@ -801,8 +800,8 @@ impl InFlight {
     }
 }
 
-/// Rows' bytes after which the syncer asks for a checkpoint of the WAL (SQLite's own default is 1,000
-/// pages, about 4 MiB).
+/// Rows' bytes after which the syncer asks for a checkpoint of the WAL (SQLite's own
+/// default is 1,000 pages, about 4 MiB).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 
 /// Rows' bytes after which the writer checkpoints what is left, so that the WAL starts over.
@@ -1252,7 +1251,12 @@ impl Syncer {
         match tx.try_send(()) {
             Ok(()) => self.unchecked_bytes = 0,
             Err(std::sync::mpsc::TrySendError::Full(())) => {}
-            Err(std::sync::mpsc::TrySendError::Disconnected(())) => self.checkpoints = None,
+            Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
+                // Only a panic ends that thread early; the writer still checkpoints every
+                // WAL_RESTART_BYTES.
+                tracing::error!("the store's checkpoint thread stopped; the writer checkpoints less often");
+                self.checkpoints = None;
+            }
         }
     }
 
