@@ -33,12 +33,74 @@ struct Index {
     /// 400 MB table took seconds).
     seed: u64,
     /// Stream → positions of its events, in version order.
-    streams: SeededMap<String, Vec<u64>>,
+    streams: SeededMap<String, StreamPositions>,
     /// Event id → position, mostly on disk (`<db>.ids/`); the writer's only (a read-only
     /// store never appends, and the writer holds the map's directory).
     ids: Option<crate::idmap::IdMap>,
     head: u64,
     head_hash: String,
+}
+
+/// A stream's positions in version order: 4 bytes each while they fit in 32 bits (a log of
+/// up to 4,294,967,295 events), 8 from the first that does not. This list is what grows
+/// with the log in memory (every event is in one), and a meter's streams grow in step, so
+/// each growth copies them all at about the same time.
+#[derive(Clone, Debug, PartialEq)]
+enum StreamPositions {
+    Narrow(Vec<u32>),
+    Wide(Vec<u64>),
+}
+
+impl Default for StreamPositions {
+    fn default() -> Self {
+        StreamPositions::Narrow(Vec::new())
+    }
+}
+
+impl StreamPositions {
+    fn with_capacity(n: usize) -> Self {
+        StreamPositions::Narrow(Vec::with_capacity(n))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            StreamPositions::Narrow(v) => v.len(),
+            StreamPositions::Wide(v) => v.len(),
+        }
+    }
+
+    /// Positions `from` on (0-based), at most `limit` of them.
+    fn range(&self, from: usize, limit: usize) -> Vec<u64> {
+        match self {
+            StreamPositions::Narrow(v) => v.iter().skip(from).take(limit).map(|p| u64::from(*p)).collect(),
+            StreamPositions::Wide(v) => v.iter().skip(from).take(limit).copied().collect(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        match self {
+            StreamPositions::Narrow(v) => Box::new(v.iter().map(|p| u64::from(*p))),
+            StreamPositions::Wide(v) => Box::new(v.iter().copied()),
+        }
+    }
+
+    /// Appends `ps`, growing the list by a quarter at a time ([`crate::vecs::reserve_lean`]).
+    fn extend(&mut self, ps: &[u64]) {
+        if let StreamPositions::Narrow(v) = self {
+            if ps.iter().all(|p| u32::try_from(*p).is_ok()) {
+                crate::vecs::reserve_lean(v, ps.len());
+                v.extend(ps.iter().map(|p| *p as u32));
+                return;
+            }
+            let mut wide = Vec::with_capacity(v.len() + ps.len());
+            wide.extend(v.iter().map(|p| u64::from(*p)));
+            *self = StreamPositions::Wide(wide);
+        }
+        if let StreamPositions::Wide(v) = self {
+            crate::vecs::reserve_lean(v, ps.len());
+            v.extend_from_slice(ps);
+        }
+    }
 }
 
 impl Index {
@@ -135,8 +197,8 @@ fn write_index(path: &Path, index: &Index) -> std::io::Result<()> {
         for (stream, positions) in &index.streams {
             e.field(stream.as_bytes())?;
             e.u64(positions.len() as u64)?;
-            for p in positions {
-                e.u64(*p)?;
+            for p in positions.iter() {
+                e.u64(p)?;
             }
         }
         Ok(())
@@ -152,9 +214,9 @@ fn read_index(conn: &Connection, path: &Path) -> Result<Option<Index>, String> {
         for _ in 0..n {
             let stream = d.string()?;
             let m = d.count(8)?;
-            let mut positions = Vec::with_capacity(m);
+            let mut positions = StreamPositions::with_capacity(m);
             for _ in 0..m {
-                positions.push(d.u64()?);
+                positions.extend(&[d.u64()?]);
             }
             index.streams.insert(stream, positions);
         }
@@ -457,7 +519,7 @@ impl SqliteStore {
             }
             if position > streams_from {
                 let stream: String = r.get(1).map_err(unavailable)?;
-                crate::vecs::push_lean(index.streams.entry(stream).or_default(), position);
+                index.streams.entry(stream).or_default().extend(&[position]);
                 index.head = position;
                 index.head_hash = r.get(3).map_err(unavailable)?;
             }
@@ -518,12 +580,7 @@ impl EventStore for SqliteStore {
         let positions: Vec<u64> = {
             let index = self.index.read().expect("index lock");
             match index.streams.get(stream) {
-                Some(ps) => ps
-                    .iter()
-                    .skip(from_version.saturating_sub(1) as usize)
-                    .take(limit)
-                    .copied()
-                    .collect(),
+                Some(ps) => ps.range(from_version.saturating_sub(1) as usize, limit),
                 None => Vec::new(),
             }
         };
@@ -696,8 +753,9 @@ impl View<'_> {
 
     fn version(&self, stream: &str) -> u64 {
         let len = |s: &Staged| s.streams.get(stream).map_or(0, |p| p.as_slice().len());
-        let n =
-            self.idx.streams.get(stream).map_or(0, Vec::len) + len(self.staged) + self.ahead().map(len).sum::<usize>();
+        let n = self.idx.streams.get(stream).map_or(0, StreamPositions::len)
+            + len(self.staged)
+            + self.ahead().map(len).sum::<usize>();
         n as u64
     }
 
@@ -1275,12 +1333,11 @@ impl Syncer {
             for (s, ps) in &staged.streams {
                 let ps = ps.as_slice();
                 match idx.streams.get_mut(s.as_str()) {
-                    Some(positions) => {
-                        crate::vecs::reserve_lean(positions, ps.len());
-                        positions.extend_from_slice(ps);
-                    }
+                    Some(positions) => positions.extend(ps),
                     None => {
-                        idx.streams.insert(s.clone(), ps.to_vec());
+                        let mut positions = StreamPositions::with_capacity(ps.len());
+                        positions.extend(ps);
+                        idx.streams.insert(s.clone(), positions);
                     }
                 }
             }
@@ -1398,4 +1455,40 @@ fn check_batch(tx: &rusqlite::Transaction<'_>, view: &View<'_>, batch: &AppendBa
         });
     }
     Ok(Check::Next(actual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Positions are kept in 32 bits while they fit, and the list widens, keeping every one,
+    /// at the first that does not.
+    #[test]
+    fn stream_positions_widen_past_32_bits_and_keep_their_order() {
+        let mut ps = StreamPositions::default();
+        let mut model: Vec<u64> = Vec::new();
+        for p in [1u64, 7, 10_000, u64::from(u32::MAX)] {
+            ps.extend(&[p]);
+            model.push(p);
+        }
+        assert!(matches!(ps, StreamPositions::Narrow(_)));
+        let wide = [u64::from(u32::MAX) + 1, 1 << 40];
+        ps.extend(&wide);
+        model.extend(wide);
+        assert!(matches!(ps, StreamPositions::Wide(_)));
+        ps.extend(&[(1 << 40) + 5]);
+        model.push((1 << 40) + 5);
+        assert_eq!(ps.len(), model.len());
+        assert_eq!(ps.iter().collect::<Vec<_>>(), model);
+        for from in 0..=model.len() + 1 {
+            for limit in 0..=model.len() + 1 {
+                let want: Vec<u64> = model.iter().skip(from).take(limit).copied().collect();
+                assert_eq!(ps.range(from, limit), want, "from {from}, limit {limit}");
+            }
+        }
+        let mut narrow = StreamPositions::with_capacity(2);
+        narrow.extend(&[3, 4]);
+        assert_eq!(narrow.range(1, 5), vec![4]);
+        assert_eq!(narrow, StreamPositions::Narrow(vec![3, 4]));
+    }
 }
