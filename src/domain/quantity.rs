@@ -43,28 +43,33 @@ pub fn fmt_decimal(d: &Decimal) -> String {
     out
 }
 
+/// `m · 10^-scale` with the zeros it ends in dropped (as long as the scale allows).
+fn strip_trailing_zeros<T>(mut m: T, mut scale: usize) -> (T, usize)
+where
+    T: Copy + PartialEq + From<i8> + std::ops::Rem<Output = T> + std::ops::Div<Output = T>,
+{
+    let (ten, zero) = (T::from(10), T::from(0));
+    while scale > 0 && m % ten == zero {
+        m = m / ten;
+        scale -= 1;
+    }
+    (m, scale)
+}
+
 /// Appends [`fmt_decimal`]'s text, `d.normalize().to_string()`, from the mantissa's digits
 /// (the `Display` of `rust_decimal` through `fmt::write` was a tenth of the deciding
 /// thread's profile: a reading's data holds six decimals). A test checks both agree.
 pub fn write_decimal(out: &mut String, d: &Decimal) {
-    let (mut m, mut scale) = (d.mantissa(), d.scale() as usize);
+    let (m, scale) = (d.mantissa(), d.scale() as usize);
     // The trailing zeros in 64 bits when the mantissa fits (always, for the ledger's
     // amounts): a 128-bit division is a call to a runtime routine.
-    match i64::try_from(m) {
-        Ok(mut small) => {
-            while scale > 0 && small % 10 == 0 {
-                small /= 10;
-                scale -= 1;
-            }
-            m = i128::from(small);
+    let (m, scale) = match i64::try_from(m) {
+        Ok(small) => {
+            let (small, scale) = strip_trailing_zeros(small, scale);
+            (i128::from(small), scale)
         }
-        Err(_) => {
-            while scale > 0 && m % 10 == 0 {
-                m /= 10;
-                scale -= 1;
-            }
-        }
-    }
+        Err(_) => strip_trailing_zeros(m, scale),
+    };
     if m == 0 {
         out.push('0');
         return;

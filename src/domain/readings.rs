@@ -998,10 +998,7 @@ impl Readings {
                     .and_then(|s| s.checked_add(&TimeDelta::nanoseconds(i64::from(nanos))))
                     .ok_or_else(|| damaged(format!("length {secs}.{nanos}")))?;
                 let (count, first) = (u32::from_le_bytes(c.take()), u32::from_le_bytes(c.take()));
-                let fits = count == 1
-                    || len
-                        .num_nanoseconds()
-                        .is_some_and(|n| n > 0 && n.checked_mul(i64::from(count)).is_some());
+                let fits = count == 1 || run_fits(len, u64::from(count));
                 if count == 0 || !fits {
                     return Err(damaged(format!("a run of {count} readings of {len}")));
                 }
